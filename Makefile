@@ -1,0 +1,36 @@
+# The two commands: `make dev` (try it) and `make test` (what CI runs).
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: dev test build release check-fmt lint bench prereqs fuzz
+
+prereqs:
+	@./scripts/prereqs.sh
+
+## run the gateway on an embedded default: dev issuer + demo backend, prints a curl command
+dev: prereqs
+	$(CARGO) run --bin cc-gateway -- dev
+
+## unit, property and integration tests (real processes on loopback)
+test: prereqs
+	$(CARGO) test --all-targets
+
+build: prereqs
+	$(CARGO) build
+
+release: prereqs
+	$(CARGO) build --release
+
+lint: prereqs
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## benchmarks (not tests): see bench/README.md
+bench: prereqs
+	PREREQS_EXTRA=wrk ./scripts/prereqs.sh
+	./bench/run.sh
+
+## fuzz the token parser for FUZZ_SECONDS (default 60); needs nightly + cargo-fuzz
+fuzz:
+	cd fuzz && cargo +nightly fuzz run jwt_decode -- -max_total_time=$${FUZZ_SECONDS:-60}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs (as root, via apt-get) or names (otherwise) what building and testing cc-gateway
+# needs on a fresh Debian machine. Idempotent and quiet when everything is there.
+set -euo pipefail
+
+need_pkgs=()
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# a C compiler and make: aws-lc-sys (the crypto backend) compiles C
+have cc || need_pkgs+=(gcc)
+have make || need_pkgs+=(make)
+# https key sources (OIDC discovery against real issuers) read the system CA store
+[ -e /etc/ssl/certs/ca-certificates.crt ] || need_pkgs+=(ca-certificates)
+# extra tools for a target, e.g. PREREQS_EXTRA="wrk" for benchmarks
+for p in ${PREREQS_EXTRA:-}; do have "$p" || need_pkgs+=("$p"); done
+
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && have apt-get; then
+    echo "prereqs: installing ${need_pkgs[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  else
+    echo "prereqs: missing: ${need_pkgs[*]}" >&2
+    echo "prereqs: install them with: sudo apt-get install -y ${need_pkgs[*]}" >&2
+    exit 1
+  fi
+fi
+
+if ! have cargo; then
+  [ -x "$HOME/.cargo/bin/cargo" ] && exit 0
+  echo "prereqs: no Rust toolchain (cargo). Install it with rustup: https://rustup.rs" >&2
+  exit 1
+fi

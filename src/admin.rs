@@ -1,0 +1,142 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `GET /issuers`,
+//! `POST /issuers/<name>/refresh`. Runs on the control-plane runtime, never on a worker.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::auth::Verifier;
+use crate::keysync::{self, Fetcher};
+use crate::metrics::METRICS;
+
+pub struct Admin {
+    pub verifier: Arc<Verifier>,
+    pub fetcher: Arc<Fetcher>,
+}
+
+pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin listener");
+            return;
+        }
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let a = admin.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let a = a.clone();
+                async move { Ok::<_, Infallible>(route(&a, req).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut b = serde_json::to_vec_pretty(&v).unwrap_or_default();
+    b.push(b'\n');
+    reply(status, "application/json", b)
+}
+
+async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => {
+            let pending: Vec<&str> = a
+                .verifier
+                .issuers()
+                .iter()
+                .filter(|i| !i.is_loaded())
+                .map(|i| i.cfg.name.as_str())
+                .collect();
+            if pending.is_empty() {
+                json_reply(StatusCode::OK, json!({"ready": true}))
+            } else {
+                json_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"ready": false, "keys_not_loaded": pending}),
+                )
+            }
+        }
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            METRICS.render(),
+        ),
+        (&Method::GET, "/issuers") => json_reply(StatusCode::OK, issuers_status(&a.verifier)),
+        (&Method::POST, p) if p.starts_with("/issuers/") && p.ends_with("/refresh") => {
+            let name = &p["/issuers/".len()..p.len() - "/refresh".len()];
+            let Some((idx, _)) = a.verifier.issuer_by_name(name) else {
+                return json_reply(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": "not_found", "reason": "unknown_issuer", "issuer": name}),
+                );
+            };
+            match keysync::refresh(&a.verifier, idx, &a.fetcher).await {
+                Ok(r) => json_reply(
+                    StatusCode::OK,
+                    json!({"issuer": name, "result": "ok", "keys": r.keys, "kids": r.kids}),
+                ),
+                Err(e) => json_reply(
+                    StatusCode::BAD_GATEWAY,
+                    json!({"issuer": name, "result": "error", "error": e.to_string()}),
+                ),
+            }
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/issuers") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        ),
+        _ => json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": "not_found", "reason": "no_route"}),
+        ),
+    }
+}
+
+fn issuers_status(v: &Verifier) -> serde_json::Value {
+    let list: Vec<_> = v
+        .issuers()
+        .iter()
+        .map(|i| {
+            let keys = i.current();
+            json!({
+                "name": i.cfg.name,
+                "issuer": i.cfg.issuer,
+                "source": i.cfg.source.to_string(),
+                "loaded": keys.is_some(),
+                "kids": keys.map(|k| k.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>()),
+                "last_error": i.last_error.load_full().map(|e| e.to_string()),
+            })
+        })
+        .collect();
+    json!({ "issuers": list })
+}

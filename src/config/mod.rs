@@ -1,0 +1,967 @@
+//! Configuration: the TOML file is parsed once into [`raw`] structs, then validated into the
+//! typed structs below. Everything the request path needs (header names, methods, indices of
+//! upstreams) is pre-computed here, so the hot path never touches TOML or re-parses strings.
+//!
+//! Every problem is reported as `FILE: key.path: problem`.
+
+mod raw;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, Method, Uri};
+
+use crate::auth::alg::Alg;
+use raw::*;
+
+/// A refused configuration: which file, which key, what is wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}: {path}: {problem}")]
+pub struct ConfigError {
+    pub file: String,
+    pub path: String,
+    pub problem: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// where it was read from (for messages and relative paths)
+    pub source: PathBuf,
+    pub server: Server,
+    pub auth: Auth,
+    pub log: Log,
+    pub issuers: Vec<Issuer>,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Upstream>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub threads: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Option<Duration>,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenHeader {
+    /// `Authorization: Bearer <token>` (scheme matched case-insensitively, RFC 9110 §11.1)
+    Authorization,
+    /// the whole header value is the token
+    Plain(HeaderName),
+}
+
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub token_headers: Vec<TokenHeader>,
+    /// lower-cased (header names are lower-case in `http`), e.g. `x-cc-`
+    pub identity_header_prefix: String,
+    pub token_cache_size: usize,
+    pub max_token_bytes: usize,
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub access: AccessLog,
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `{issuer}/.well-known/openid-configuration` names the `jwks_uri`
+    Discovery(Uri),
+    JwksUri(Uri),
+    JwksFile(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub name: String,
+    /// must equal the token's `iss`
+    pub issuer: String,
+    pub source: KeySource,
+    pub algorithms: Vec<Alg>,
+    pub refresh_interval: Duration,
+    pub leeway: Duration,
+    /// (header, claim): when the client sends the header, it must equal the claim
+    pub bind_headers: Vec<(HeaderName, String)>,
+    pub fetch_timeout: Duration,
+    /// an unknown `kid` triggers at most one refetch per this interval
+    pub unknown_kid_refetch: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    Required,
+    Public,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub path_prefix: String,
+    pub strip_prefix: bool,
+    /// index into `Config::upstreams`
+    pub upstream: usize,
+    pub audience: Option<String>,
+    pub scopes: Vec<String>,
+    pub auth: RouteAuth,
+    pub methods: Option<Vec<Method>>,
+    /// indices into `Config::issuers` whose tokens this route accepts (None = all)
+    pub issuers: Option<Vec<usize>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// `host:port` authorities
+    pub endpoints: Vec<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            path: "(file)".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names the file in messages and anchors
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let de = toml::de::Deserializer::parse(text).map_err(|e| syntax_error(&file, text, &e))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let problem = first_line(inner.message());
+            // serde_path_to_error's path already ends with an unknown key's own name
+            let key = if key.is_empty() || key == "." {
+                unknown_field_name(&problem).unwrap_or_else(|| "(top level)".to_string())
+            } else {
+                key
+            };
+            ConfigError {
+                file: file.clone(),
+                path: key,
+                problem,
+            }
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Validator { file, base }.config(raw, path)
+    }
+
+    pub fn upstream_of(&self, route: &Route) -> &Upstream {
+        &self.upstreams[route.upstream]
+    }
+
+    /// A short human summary (for `cc-gateway check`).
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "server: listen {} (admin {}), {} threads",
+            listen.join(", "),
+            self.server
+                .admin_listen
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into()),
+            self.server.threads
+        );
+        let _ = writeln!(s, "issuers ({}):", self.issuers.len());
+        for i in &self.issuers {
+            let algs: Vec<&str> = i.algorithms.iter().map(|a| a.name()).collect();
+            let _ = writeln!(
+                s,
+                "  {:<16} {}  keys: {}  algs: {}",
+                i.name,
+                i.issuer,
+                i.source,
+                algs.join(",")
+            );
+        }
+        let _ = writeln!(s, "routes ({}):", self.routes.len());
+        for r in &self.routes {
+            let auth = match r.auth {
+                RouteAuth::Public => "public".to_string(),
+                RouteAuth::Required => format!(
+                    "aud={} scopes=[{}]",
+                    r.audience.as_deref().unwrap_or("*"),
+                    r.scopes.join(",")
+                ),
+            };
+            let _ = writeln!(
+                s,
+                "  {:<16} {}{} -> {}  {}",
+                r.name,
+                r.path_prefix,
+                if r.strip_prefix { " (strip)" } else { "" },
+                self.upstreams[r.upstream].name,
+                auth
+            );
+        }
+        let _ = writeln!(s, "upstreams ({}):", self.upstreams.len());
+        for u in &self.upstreams {
+            let _ = writeln!(s, "  {:<16} {}", u.name, u.endpoints.join(", "));
+        }
+        s
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Discovery(u) => write!(f, "discovery via {u}"),
+            KeySource::JwksUri(u) => write!(f, "{u}"),
+            KeySource::JwksFile(p) => write!(f, "file {}", p.display()),
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// serde says ``unknown field `foo`, expected one of …``: pull out `foo`.
+fn unknown_field_name(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn syntax_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let path = match e.span() {
+        Some(span) => {
+            let upto = &text[..span.start.min(text.len())];
+            let line = upto.matches('\n').count() + 1;
+            let col = upto.len() - upto.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            format!("line {line}, column {col}")
+        }
+        None => "(syntax)".into(),
+    };
+    ConfigError {
+        file: file.to_string(),
+        path,
+        problem: format!("TOML syntax: {}", first_line(e.message())),
+    }
+}
+
+/// Raw → typed, accumulating the key path for messages.
+struct Validator {
+    file: String,
+    base: PathBuf,
+}
+
+type VResult<T> = Result<T, ConfigError>;
+
+impl Validator {
+    fn err(&self, path: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn duration(&self, path: &str, v: &Option<String>, default: Duration) -> VResult<Duration> {
+        match v {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
+                self.err(
+                    path,
+                    format!("invalid duration {s:?}: {e} (e.g. \"30s\", \"5m\", \"1h\")"),
+                )
+            }),
+        }
+    }
+
+    fn positive_duration(
+        &self,
+        path: &str,
+        v: &Option<String>,
+        default: Duration,
+    ) -> VResult<Duration> {
+        let d = self.duration(path, v, default)?;
+        if d.is_zero() {
+            return Err(self.err(path, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn count(
+        &self,
+        path: &str,
+        v: Option<i64>,
+        default: usize,
+        min: i64,
+        max: i64,
+    ) -> VResult<usize> {
+        match v {
+            None => Ok(default),
+            Some(n) if n < min || n > max => {
+                Err(self.err(path, format!("{n} is out of range ({min}..={max})")))
+            }
+            Some(n) => Ok(n as usize),
+        }
+    }
+
+    fn addr(&self, path: &str, s: &str) -> VResult<SocketAddr> {
+        s.parse::<SocketAddr>().map_err(|_| {
+            self.err(
+                path,
+                format!("{s:?} is not an IP:port address (e.g. \"127.0.0.1:8080\", \"[::]:8080\")"),
+            )
+        })
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn config(&self, raw: RawConfig, source: &Path) -> VResult<Config> {
+        let server = self.server(raw.server)?;
+        let auth = self.auth(raw.auth)?;
+        let log = self.log(raw.log)?;
+        let upstreams = self.upstreams(raw.upstreams)?;
+        let issuers = self.issuers(raw.issuers)?;
+        let routes = self.routes(raw.routes, &upstreams, &issuers)?;
+        Ok(Config {
+            source: source.to_path_buf(),
+            server,
+            auth,
+            log,
+            issuers,
+            routes,
+            upstreams,
+        })
+    }
+
+    fn server(&self, r: RawServer) -> VResult<Server> {
+        let listen = match r.listen {
+            None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            Some(v) if v.is_empty() => {
+                return Err(self.err("server.listen", "needs at least one address"))
+            }
+            Some(v) => v
+                .iter()
+                .enumerate()
+                .map(|(i, s)| self.addr(&format!("server.listen[{i}]"), s))
+                .collect::<VResult<Vec<_>>>()?,
+        };
+        let admin_listen = match r.admin_listen.as_deref() {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
+            Some("off") | Some("") => None,
+            Some(s) => Some(self.addr("server.admin_listen", s)?),
+        };
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Ok(Server {
+            listen,
+            admin_listen,
+            threads: self.count("server.threads", r.threads, cores, 1, 1024)?,
+            max_header_bytes: self.count(
+                "server.max_header_bytes",
+                r.max_header_bytes,
+                128 * 1024,
+                8192,
+                16 << 20,
+            )?,
+            header_read_timeout: match &r.header_read_timeout {
+                None => None,
+                Some(s) if s == "off" => None,
+                v => {
+                    Some(self.positive_duration("server.header_read_timeout", v, Duration::ZERO)?)
+                }
+            },
+            shutdown_timeout: self.duration(
+                "server.shutdown_timeout",
+                &r.shutdown_timeout,
+                Duration::from_secs(10),
+            )?,
+        })
+    }
+
+    fn auth(&self, r: RawAuth) -> VResult<Auth> {
+        let names = r
+            .token_headers
+            .unwrap_or_else(|| vec!["X-Gitlab-Token".into(), "Authorization".into()]);
+        if names.is_empty() {
+            return Err(self.err("auth.token_headers", "needs at least one header"));
+        }
+        let mut token_headers = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            let h = HeaderName::from_bytes(n.trim().as_bytes()).map_err(|_| {
+                self.err(
+                    format!("auth.token_headers[{i}]"),
+                    format!("{n:?} is not a valid header name"),
+                )
+            })?;
+            let th = if h == http::header::AUTHORIZATION {
+                TokenHeader::Authorization
+            } else {
+                TokenHeader::Plain(h)
+            };
+            if token_headers.contains(&th) {
+                return Err(self.err(
+                    format!("auth.token_headers[{i}]"),
+                    format!("{n:?} is listed twice"),
+                ));
+            }
+            token_headers.push(th);
+        }
+        let prefix = r.identity_header_prefix.unwrap_or_else(|| "X-Cc-".into());
+        if prefix.len() < 2
+            || HeaderName::from_bytes(format!("{prefix}subject").as_bytes()).is_err()
+        {
+            return Err(self.err(
+                "auth.identity_header_prefix",
+                format!("{prefix:?} is not a usable header name prefix (e.g. \"X-Cc-\")"),
+            ));
+        }
+        Ok(Auth {
+            token_headers,
+            identity_header_prefix: prefix.to_ascii_lowercase(),
+            token_cache_size: self.count(
+                "auth.token_cache_size",
+                r.token_cache_size,
+                100_000,
+                0,
+                100_000_000,
+            )?,
+            max_token_bytes: self.count(
+                "auth.max_token_bytes",
+                r.max_token_bytes,
+                8192,
+                64,
+                1 << 20,
+            )?,
+            forward_token: r.forward_token.unwrap_or(true),
+        })
+    }
+
+    fn log(&self, r: RawLog) -> VResult<Log> {
+        let access = match r.access.as_deref() {
+            None | Some("stdout") => AccessLog::Stdout,
+            Some("off") => AccessLog::Off,
+            Some("") => {
+                return Err(self.err(
+                    "log.access",
+                    "empty: use \"stdout\", \"off\" or a file path",
+                ))
+            }
+            Some(p) => AccessLog::File(self.path(p)),
+        };
+        let level = r.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            return Err(self.err("log.level", format!("{level:?} is not a level or filter (e.g. \"info\", \"debug\", \"cc_gateway=debug\")")));
+        }
+        let format = match r.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(f) => {
+                return Err(self.err(
+                    "log.format",
+                    format!("{f:?}: expected \"text\" or \"json\""),
+                ))
+            }
+        };
+        Ok(Log {
+            access,
+            level,
+            format,
+        })
+    }
+
+    fn upstreams(&self, raws: Vec<RawUpstream>) -> VResult<Vec<Upstream>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in raws.into_iter().enumerate() {
+            let p = format!("upstreams[{i}]");
+            self.name(&format!("{p}.name"), &r.name)?;
+            if !seen.insert(r.name.clone()) {
+                return Err(self.err(
+                    format!("{p}.name"),
+                    format!("duplicate upstream name {:?}", r.name),
+                ));
+            }
+            if r.endpoints.is_empty() {
+                return Err(self.err(format!("{p}.endpoints"), "needs at least one \"host:port\""));
+            }
+            let mut endpoints = Vec::new();
+            for (j, e) in r.endpoints.iter().enumerate() {
+                endpoints.push(self.endpoint(&format!("{p}.endpoints[{j}]"), e)?);
+            }
+            out.push(Upstream {
+                name: r.name,
+                endpoints,
+                connect_timeout: self.positive_duration(
+                    &format!("{p}.connect_timeout"),
+                    &r.connect_timeout,
+                    Duration::from_secs(2),
+                )?,
+                read_timeout: self.positive_duration(
+                    &format!("{p}.read_timeout"),
+                    &r.read_timeout,
+                    Duration::from_secs(60),
+                )?,
+                pool_idle_timeout: self.positive_duration(
+                    &format!("{p}.pool_idle_timeout"),
+                    &r.pool_idle_timeout,
+                    Duration::from_secs(60),
+                )?,
+                pool_max_idle: self.count(
+                    &format!("{p}.pool_max_idle"),
+                    r.pool_max_idle,
+                    1024,
+                    0,
+                    1 << 20,
+                )?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn endpoint(&self, path: &str, e: &str) -> VResult<String> {
+        let e = e.trim();
+        if e.contains("://") {
+            return Err(self.err(
+                path,
+                format!("{e:?}: give \"host:port\" without a scheme (plain HTTP/1.1 upstreams)"),
+            ));
+        }
+        let auth: http::uri::Authority = e
+            .parse()
+            .map_err(|_| self.err(path, format!("{e:?} is not \"host:port\"")))?;
+        if auth.port_u16().is_none() {
+            return Err(self.err(path, format!("{e:?} has no port")));
+        }
+        // resolvable now? (a name that does not resolve is most likely a typo)
+        if e.to_socket_addrs()
+            .map(|mut a| a.next().is_none())
+            .unwrap_or(true)
+        {
+            return Err(self.err(path, format!("{e:?} does not resolve")));
+        }
+        Ok(e.to_string())
+    }
+
+    fn name(&self, path: &str, n: &str) -> VResult<()> {
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if ok {
+            Ok(())
+        } else {
+            Err(self.err(path, format!("{n:?}: names are 1-64 of [A-Za-z0-9._-]")))
+        }
+    }
+
+    fn issuers(&self, raws: Vec<RawIssuer>) -> VResult<Vec<Issuer>> {
+        let mut names = HashSet::new();
+        let mut isses = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in raws.into_iter().enumerate() {
+            let p = format!("issuers[{i}]");
+            self.name(&format!("{p}.name"), &r.name)?;
+            if !names.insert(r.name.clone()) {
+                return Err(self.err(
+                    format!("{p}.name"),
+                    format!("duplicate issuer name {:?}", r.name),
+                ));
+            }
+            if r.issuer.is_empty() {
+                return Err(self.err(
+                    format!("{p}.issuer"),
+                    "must not be empty (it must equal the tokens' iss)",
+                ));
+            }
+            if !isses.insert(r.issuer.clone()) {
+                return Err(self.err(
+                    format!("{p}.issuer"),
+                    format!("{:?} is configured twice", r.issuer),
+                ));
+            }
+            let sources = r.discovery.unwrap_or(false) as u8
+                + r.jwks_uri.is_some() as u8
+                + r.jwks_file.is_some() as u8;
+            if sources != 1 {
+                return Err(self.err(
+                    p.to_string(),
+                    "needs exactly one key source: discovery = true, jwks_uri = \"…\" or jwks_file = \"…\"",
+                ));
+            }
+            let source = if let Some(u) = &r.jwks_uri {
+                KeySource::JwksUri(self.http_uri(&format!("{p}.jwks_uri"), u)?)
+            } else if let Some(f) = &r.jwks_file {
+                KeySource::JwksFile(self.path(f))
+            } else {
+                let base = r.issuer.trim_end_matches('/');
+                let u = format!("{base}/.well-known/openid-configuration");
+                KeySource::Discovery(self.http_uri(&format!("{p}.issuer"), &u)?)
+            };
+            let algorithms = match &r.algorithms {
+                None => vec![Alg::RS256],
+                Some(v) if v.is_empty() => {
+                    return Err(self.err(format!("{p}.algorithms"), "needs at least one algorithm"))
+                }
+                Some(v) => {
+                    let mut algs = Vec::new();
+                    for (j, a) in v.iter().enumerate() {
+                        let alg = Alg::from_name(a).ok_or_else(|| {
+                            let hint = if a == "none" || a.starts_with("HS") {
+                                " (refused: \"none\" and HMAC algorithms allow forgery by anyone holding the public key)"
+                            } else {
+                                ""
+                            };
+                            self.err(
+                                format!("{p}.algorithms[{j}]"),
+                                format!("unsupported algorithm {a:?}{hint}; supported: {}", Alg::ALL_NAMES),
+                            )
+                        })?;
+                        if !algs.contains(&alg) {
+                            algs.push(alg);
+                        }
+                    }
+                    algs
+                }
+            };
+            let mut bind_headers = Vec::new();
+            for (h, claim) in &r.bind_headers {
+                let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    self.err(
+                        format!("{p}.bind_headers"),
+                        format!("{h:?} is not a valid header name"),
+                    )
+                })?;
+                if claim.is_empty() {
+                    return Err(self.err(
+                        format!("{p}.bind_headers.{h}"),
+                        "claim name must not be empty",
+                    ));
+                }
+                bind_headers.push((name, claim.clone()));
+            }
+            out.push(Issuer {
+                name: r.name,
+                issuer: r.issuer,
+                source,
+                algorithms,
+                refresh_interval: self.positive_duration(
+                    &format!("{p}.refresh_interval"),
+                    &r.refresh_interval,
+                    Duration::from_secs(3600),
+                )?,
+                leeway: self.duration(
+                    &format!("{p}.leeway"),
+                    &r.leeway,
+                    Duration::from_secs(30),
+                )?,
+                bind_headers,
+                fetch_timeout: self.positive_duration(
+                    &format!("{p}.fetch_timeout"),
+                    &r.fetch_timeout,
+                    Duration::from_secs(5),
+                )?,
+                unknown_kid_refetch: self.positive_duration(
+                    &format!("{p}.unknown_kid_refetch"),
+                    &r.unknown_kid_refetch,
+                    Duration::from_secs(30),
+                )?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn http_uri(&self, path: &str, s: &str) -> VResult<Uri> {
+        let u: Uri = s
+            .parse()
+            .map_err(|_| self.err(path, format!("{s:?} is not a URL")))?;
+        match u.scheme_str() {
+            Some("http") | Some("https") if u.host().is_some() => Ok(u),
+            _ => Err(self.err(path, format!("{s:?}: expected an http:// or https:// URL"))),
+        }
+    }
+
+    fn routes(
+        &self,
+        raws: Vec<RawRoute>,
+        upstreams: &[Upstream],
+        issuers: &[Issuer],
+    ) -> VResult<Vec<Route>> {
+        let ups: HashMap<&str, usize> = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.as_str(), i))
+            .collect();
+        let iss: HashMap<&str, usize> = issuers
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.as_str(), i))
+            .collect();
+        let mut names = HashSet::new();
+        let mut prefixes: HashMap<(String, Option<Vec<Method>>), String> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, r) in raws.into_iter().enumerate() {
+            let p = format!("routes[{i}]");
+            self.name(&format!("{p}.name"), &r.name)?;
+            if !names.insert(r.name.clone()) {
+                return Err(self.err(
+                    format!("{p}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                ));
+            }
+            if !r.path_prefix.starts_with('/') {
+                return Err(self.err(
+                    format!("{p}.path_prefix"),
+                    format!("{:?} must start with \"/\"", r.path_prefix),
+                ));
+            }
+            if r.path_prefix
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b == b'?' || b == b'#' || !b.is_ascii_graphic())
+            {
+                return Err(self.err(
+                    format!("{p}.path_prefix"),
+                    format!(
+                        "{:?} must be a plain path (no spaces, '?' or '#')",
+                        r.path_prefix
+                    ),
+                ));
+            }
+            let up_name = r.upstream.as_deref().ok_or_else(|| {
+                self.err(
+                    format!("{p}.upstream"),
+                    "missing: name one of [[upstreams]]",
+                )
+            })?;
+            let upstream = *ups.get(up_name).ok_or_else(|| {
+                self.err(
+                    format!("{p}.upstream"),
+                    format!("unknown upstream {up_name:?}"),
+                )
+            })?;
+            let auth = match r.auth.as_deref() {
+                None | Some("required") => RouteAuth::Required,
+                Some("public") => RouteAuth::Public,
+                Some(a) => {
+                    return Err(self.err(
+                        format!("{p}.auth"),
+                        format!("{a:?}: expected \"required\" or \"public\""),
+                    ))
+                }
+            };
+            let methods = match &r.methods {
+                None => None,
+                Some(v) if v.is_empty() => {
+                    return Err(self.err(
+                        format!("{p}.methods"),
+                        "empty: omit it to allow every method",
+                    ))
+                }
+                Some(v) => Some(
+                    v.iter()
+                        .enumerate()
+                        .map(|(j, m)| {
+                            let up = m.to_ascii_uppercase();
+                            Method::from_bytes(up.as_bytes()).map_err(|_| {
+                                self.err(
+                                    format!("{p}.methods[{j}]"),
+                                    format!("{m:?} is not an HTTP method"),
+                                )
+                            })
+                        })
+                        .collect::<VResult<Vec<_>>>()?,
+                ),
+            };
+            let route_issuers = match &r.issuers {
+                None => None,
+                Some(v) => Some(
+                    v.iter()
+                        .enumerate()
+                        .map(|(j, n)| {
+                            iss.get(n.as_str()).copied().ok_or_else(|| {
+                                self.err(
+                                    format!("{p}.issuers[{j}]"),
+                                    format!("unknown issuer {n:?}"),
+                                )
+                            })
+                        })
+                        .collect::<VResult<Vec<_>>>()?,
+                ),
+            };
+            if auth == RouteAuth::Required && issuers.is_empty() {
+                return Err(self.err(format!("{p}.auth"), "requires tokens but no [[issuers]] are configured (set auth = \"public\" or add an issuer)"));
+            }
+            let mut sorted_methods = methods.clone();
+            if let Some(m) = &mut sorted_methods {
+                m.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            }
+            if let Some(other) =
+                prefixes.insert((r.path_prefix.clone(), sorted_methods), r.name.clone())
+            {
+                return Err(self.err(
+                    format!("{p}.path_prefix"),
+                    format!("{:?} is already routed by {other:?}", r.path_prefix),
+                ));
+            }
+            out.push(Route {
+                name: r.name,
+                path_prefix: r.path_prefix,
+                strip_prefix: r.strip_prefix.unwrap_or(false),
+                upstream,
+                audience: r.audience.filter(|a| !a.is_empty()),
+                scopes: r.scopes.unwrap_or_default(),
+                auth,
+                methods,
+                issuers: route_issuers,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("gw.toml"))
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+threads = 2
+[[issuers]]
+name = "a"
+issuer = "https://gitlab.com"
+discovery = true
+bind_headers = { "X-Gitlab-Instance-Id" = "sub" }
+[[routes]]
+name = "ai"
+path_prefix = "/ai/"
+strip_prefix = true
+upstream = "up"
+audience = "gitlab-ai-gateway"
+scopes = ["code_suggestions"]
+[[upstreams]]
+name = "up"
+endpoints = ["127.0.0.1:5052"]
+"#;
+
+    #[test]
+    fn good_config_parses() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.server.threads, 2);
+        assert_eq!(
+            c.issuers[0].source,
+            KeySource::Discovery(
+                "https://gitlab.com/.well-known/openid-configuration"
+                    .parse()
+                    .unwrap()
+            )
+        );
+        assert_eq!(c.routes[0].upstream, 0);
+        assert_eq!(c.auth.identity_header_prefix, "x-cc-");
+        assert_eq!(c.issuers[0].leeway, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let e = parse(&GOOD.replace("threads = 2", "threads = 2\nbogus = 1")).unwrap_err();
+        assert_eq!(e.path, "server.bogus", "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("gw.toml: server.bogus: unknown field"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("strip_prefix = true", "strip_prefix = true\nstrip = 1"))
+            .unwrap_err();
+        assert_eq!(e.path, "routes[0].strip", "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_path() {
+        let cases = [
+            ("threads = 2", "threads = 0", "server.threads"),
+            (
+                "name = \"up\"\nendpoints",
+                "name = \"up\"\nread_timeout = \"5 parsecs\"\nendpoints",
+                "upstreams[0].read_timeout",
+            ),
+            (
+                "upstream = \"up\"",
+                "upstream = \"nope\"",
+                "routes[0].upstream",
+            ),
+            ("discovery = true", "", "issuers[0]"),
+            (
+                "discovery = true",
+                "discovery = true\nalgorithms = [\"HS256\"]",
+                "issuers[0].algorithms[0]",
+            ),
+            (
+                "path_prefix = \"/ai/\"",
+                "path_prefix = \"ai\"",
+                "routes[0].path_prefix",
+            ),
+            ("threads = 2", "threads = \"two\"", "server.threads"),
+        ];
+        for (from, to, path) in cases {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err();
+            assert_eq!(e.path, path, "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = parse("[server]\nlisten = [\n").unwrap_err();
+        assert!(e.path.starts_with("line "), "{e}");
+    }
+
+    #[test]
+    fn duplicate_route_names_refused() {
+        let dup = format!(
+            "{GOOD}\n[[routes]]\nname = \"ai\"\npath_prefix = \"/x/\"\nupstream = \"up\"\n"
+        );
+        let e = parse(&dup).unwrap_err();
+        assert_eq!(e.path, "routes[1].name");
+    }
+}

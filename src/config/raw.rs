@@ -1,0 +1,94 @@
+//! The configuration file as written: serde structs mirroring the TOML, nothing validated yet.
+//! Unknown keys are refused (`deny_unknown_fields`) so a typo never silently does nothing.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Vec<String>>,
+    pub admin_listen: Option<String>,
+    pub threads: Option<i64>,
+    pub max_header_bytes: Option<i64>,
+    pub header_read_timeout: Option<String>,
+    pub shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub token_headers: Option<Vec<String>>,
+    pub identity_header_prefix: Option<String>,
+    pub token_cache_size: Option<i64>,
+    pub max_token_bytes: Option<i64>,
+    pub forward_token: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub access: Option<String>,
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub name: String,
+    pub issuer: String,
+    pub discovery: Option<bool>,
+    pub jwks_uri: Option<String>,
+    pub jwks_file: Option<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub refresh_interval: Option<String>,
+    pub leeway: Option<String>,
+    #[serde(default)]
+    pub bind_headers: BTreeMap<String, String>,
+    pub fetch_timeout: Option<String>,
+    pub unknown_kid_refetch: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub path_prefix: String,
+    pub strip_prefix: Option<bool>,
+    pub upstream: Option<String>,
+    pub audience: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub auth: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub issuers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub pool_max_idle: Option<i64>,
+}

@@ -1,0 +1,306 @@
+//! `cc-gateway dev`: a zero-config try-out. Generates a signing key, serves it as a local
+//! OIDC issuer (discovery + JWKS) next to a demo backend (JSON echo and an SSE completion),
+//! writes a real config for them and runs the gateway on it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::token::{self, SigningKey};
+
+pub struct DevOptions {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Token(#[from] token::TokenError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Server(#[from] crate::server::ServerError),
+}
+
+type DemoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+pub fn run(opts: DevOptions) -> Result<(), DevError> {
+    let dir = opts.dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("cc-gateway-dev-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir)?;
+    let key = SigningKey::generate("RS256")?;
+    let jwk = key.public_jwk("dev");
+    let kid = token::thumbprint(&jwk);
+    let mut jwk = key.public_jwk(&kid);
+    jwk["alg"] = json!("RS256");
+    let key_path = dir.join("dev-signing-key.pem");
+    std::fs::write(&key_path, key.to_pkcs8_pem())?;
+
+    // the demo backend doubles as the dev issuer
+    let backend = std::net::TcpListener::bind("127.0.0.1:0")?;
+    backend.set_nonblocking(true)?;
+    let backend_addr = backend.local_addr()?;
+    let issuer = format!("http://{backend_addr}");
+    let jwks = json!({ "keys": [jwk] });
+    let iss = issuer.clone();
+    std::thread::Builder::new()
+        .name("cc-dev-backend".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return eprintln!("cc-gateway dev: backend runtime: {e}"),
+            };
+            rt.block_on(demo_backend(backend, iss, jwks));
+        })?;
+
+    let config_path = dir.join("gateway.toml");
+    std::fs::write(
+        &config_path,
+        dev_config(&opts.listen, &opts.admin, &issuer, &backend_addr),
+    )?;
+    let config = Config::load(&config_path)?;
+
+    let now = crate::auth::verify::unix_now();
+    let claims = json!({
+        "iss": issuer, "aud": "gitlab-ai-gateway", "sub": "8f6e4253-58ce-42b9-869c-97f5c2287ad2",
+        "iat": now, "nbf": now, "exp": now + 12 * 3600, "jti": crate::forward::new_request_id().to_str().unwrap_or(""),
+        "gitlab_realm": "self-managed", "scopes": ["code_suggestions", "duo_chat"],
+    });
+    let tok = token::mint(&key, "RS256", Some(&kid), &claims)?;
+    let gw = format!("http://{}", opts.listen);
+    let admin = format!("http://{}", opts.admin);
+    println!(
+        r#"
+cc-gateway dev — a gateway on {gw} in front of a demo AI backend, trusting a local dev issuer.
+Files: {dir}  (gateway.toml, dev-signing-key.pem)
+
+A token (valid 12 h) for instance 8f6e4253-…, scopes code_suggestions + duo_chat:
+
+  export TOKEN='{tok}'
+
+Try it:
+
+  curl -sS -H "X-Gitlab-Token: $TOKEN" -H 'Content-Type: application/json' \
+       -d '{{"prompt_version":1,"current_file":{{"file_name":"main.py","content_above_cursor":"def hello"}}}}' \
+       {gw}/ai/v2/completions
+
+  curl -N -H "Authorization: Bearer $TOKEN" {gw}/ai/v2/completions/stream     # SSE, event by event
+  curl -sS {gw}/ai/v2/completions                                             # 401 missing_token
+  cc-gateway token inspect --config {cfg} "$TOKEN"                            # why 401?
+  cc-gateway token mint --key {key} --kid {kid} --iss {issuer} --aud gitlab-ai-gateway --sub me --scopes duo_chat --ttl 1h
+
+Metrics: {admin}/metrics   Health: {admin}/readyz   Access log: stdout
+Stop: Ctrl-C
+"#,
+        dir = dir.display(),
+        cfg = config_path.display(),
+        key = key_path.display(),
+    );
+    crate::server::run(config)?;
+    Ok(())
+}
+
+fn dev_config(
+    listen: &SocketAddr,
+    admin: &SocketAddr,
+    issuer: &str,
+    backend: &SocketAddr,
+) -> String {
+    format!(
+        r#"# written by `cc-gateway dev`
+[server]
+listen = ["{listen}"]
+admin_listen = "{admin}"
+threads = 2
+
+[auth]
+token_headers = ["X-Gitlab-Token", "Authorization"]
+identity_header_prefix = "X-Cc-"
+
+[log]
+access = "stdout"
+level = "info"
+
+[[issuers]]
+name = "dev"
+issuer = "{issuer}"
+discovery = true
+algorithms = ["RS256"]
+refresh_interval = "10m"
+bind_headers = {{ "X-Gitlab-Instance-Id" = "sub", "X-Gitlab-Realm" = "gitlab_realm" }}
+
+[[routes]]
+name = "ai"
+path_prefix = "/ai/"
+strip_prefix = true
+upstream = "demo"
+audience = "gitlab-ai-gateway"
+scopes = ["code_suggestions", "duo_chat"]
+
+[[routes]]
+name = "demo-public"
+path_prefix = "/public/"
+strip_prefix = true
+upstream = "demo"
+auth = "public"
+
+[[upstreams]]
+name = "demo"
+endpoints = ["{backend}"]
+connect_timeout = "1s"
+read_timeout = "30s"
+"#
+    )
+}
+
+async fn demo_backend(listener: std::net::TcpListener, issuer: String, jwks: Value) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    let issuer: &'static str = Box::leak(issuer.into_boxed_str());
+    let jwks: &'static Value = Box::leak(Box::new(jwks));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| demo(req, issuer, jwks));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn full(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<DemoBody> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+async fn demo(
+    req: Request<Incoming>,
+    issuer: &'static str,
+    jwks: &'static Value,
+) -> Result<Response<DemoBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    match path.as_str() {
+        "/.well-known/openid-configuration" => {
+            let doc =
+                json!({"issuer": issuer, "jwks_uri": format!("{issuer}/oauth/discovery/keys")});
+            return Ok(full(StatusCode::OK, "application/json", doc.to_string()));
+        }
+        "/oauth/discovery/keys" => {
+            return Ok(full(StatusCode::OK, "application/json", jwks.to_string()))
+        }
+        _ => {}
+    }
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let identity = json!({
+        "subject": header("x-cc-subject"), "issuer": header("x-cc-issuer"),
+        "scopes": header("x-cc-scopes"), "realm": header("x-cc-realm"),
+        "request_id": header("x-request-id"), "forwarded_for": header("x-forwarded-for"),
+    });
+    let method = req.method().to_string();
+    let wants_stream = path.ends_with("/stream")
+        || header("accept").is_some_and(|a| a.contains("text/event-stream"));
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if wants_stream {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        tokio::spawn(async move {
+            let words = [
+                "def",
+                " hello",
+                "(name):",
+                "\n    return",
+                " f\"Hello, {name}!\"",
+            ];
+            for (i, w) in words.iter().enumerate() {
+                let ev = json!({"index": i, "text": w});
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(format!(
+                        "event: completion\ndata: {ev}\n\n"
+                    )))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(
+                    b"event: done\ndata: {}\n\n",
+                ))))
+                .await;
+        });
+        let mut r = Response::new(ChannelBody(rx).boxed());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        r.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-cache"),
+        );
+        return Ok(r);
+    }
+    let echo = json!({
+        "backend": "cc-gateway demo", "method": method, "path": path,
+        "received_bytes": body.len(), "identity": identity,
+        "completion": {"text": "def hello(name):\n    return f\"Hello, {name}!\"", "model": "demo"},
+    });
+    Ok(full(
+        StatusCode::OK,
+        "application/json",
+        format!("{echo:#}\n"),
+    ))
+}
+
+/// An mpsc receiver of frames as a response body.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut().0.poll_recv(cx)
+    }
+}

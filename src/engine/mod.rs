@@ -1,0 +1,33 @@
+//! The engine: how sockets are driven. Thread-per-core — `threads` OS threads, each with its
+//! own current-thread tokio runtime, its own `SO_REUSEPORT` listener per address and its own
+//! upstream pools — so a request never crosses threads. The request pipeline sees only
+//! [`Handler`]; it does not know how connections are accepted or served.
+
+pub mod body;
+pub mod listener;
+pub mod upstream;
+pub mod worker;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+pub use body::Body;
+
+/// Where a request came from.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// What the engine calls for each request. One instance per worker thread.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        self: std::sync::Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static;
+}

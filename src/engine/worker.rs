@@ -1,0 +1,170 @@
+//! Worker threads: each runs a current-thread tokio runtime that accepts on its own listeners
+//! and serves HTTP/1.1 and HTTP/2 (h2c prior knowledge) connections, with upgrades.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{ConnInfo, Handler};
+use crate::metrics::METRICS;
+
+/// Connection-level settings shared by all workers.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Option<Duration>,
+    pub shutdown_timeout: Duration,
+}
+
+/// Running workers; `shutdown` stops accepting and drains connections.
+pub struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Workers {
+    /// Starts one thread per entry of `listeners`; `make(i)` builds worker i's handler (on the
+    /// worker's own thread, inside its runtime, so its upstream pools live there).
+    pub fn start<H, F>(
+        listeners: Vec<Vec<std::net::TcpListener>>,
+        opts: ServeOptions,
+        make: F,
+    ) -> std::io::Result<Workers>
+    where
+        H: Handler,
+        F: Fn(usize) -> Arc<H> + Send + Sync + 'static,
+    {
+        let (stop, stop_rx) = watch::channel(false);
+        let make = Arc::new(make);
+        let mut threads = Vec::new();
+        for (i, socks) in listeners.into_iter().enumerate() {
+            let make = make.clone();
+            let opts = opts.clone();
+            let stop_rx = stop_rx.clone();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("cc-worker-{i}"))
+                    .spawn(move || {
+                        rt.block_on(async move {
+                            let handler = make(i);
+                            run_worker(handler, socks, opts, stop_rx).await;
+                        });
+                    })?,
+            );
+        }
+        Ok(Workers { threads, stop })
+    }
+
+    /// Stops accepting, lets open connections finish (up to the shutdown timeout), joins.
+    pub fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn run_worker<H: Handler>(
+    handler: Arc<H>,
+    socks: Vec<std::net::TcpListener>,
+    opts: ServeOptions,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    {
+        let mut h1 = builder.http1();
+        h1.timer(TokioTimer::new())
+            .keep_alive(true)
+            .max_buf_size(opts.max_header_bytes.max(8192));
+        h1.header_read_timeout(opts.header_read_timeout);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(opts.max_header_bytes.min(u32::MAX as usize) as u32);
+    let builder = Arc::new(builder);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut accepts = tokio::task::JoinSet::new();
+    for std_l in socks {
+        let listener = match TcpListener::from_std(std_l) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register listener");
+                continue;
+            }
+        };
+        accepts.spawn(accept_loop(
+            listener,
+            handler.clone(),
+            builder.clone(),
+            graceful.clone(),
+            stop.clone(),
+        ));
+    }
+    let _ = stop.wait_for(|s| *s).await;
+    accepts.abort_all();
+    while accepts.join_next().await.is_some() {}
+    // listeners are closed now; drain open connections
+    match Arc::try_unwrap(graceful) {
+        Ok(g) => {
+            if tokio::time::timeout(opts.shutdown_timeout, g.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("shutdown timeout reached with connections still open");
+            }
+        }
+        Err(_) => tracing::warn!("connections still referenced at shutdown"),
+    }
+}
+
+async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    _stop: watch::Receiver<bool>,
+) {
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_info = ConnInfo { peer, local };
+        let h = handler.clone();
+        let svc = service_fn(move |req| {
+            let fut = h.clone().handle(req, conn_info);
+            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            METRICS.connections.inc();
+            // errors on one connection (client gone, bad request) end that connection only
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            METRICS.connections.dec();
+        });
+    }
+}

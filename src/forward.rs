@@ -1,0 +1,206 @@
+//! What crosses the hop: hop-by-hop headers dropped (both ways), identity headers stripped
+//! from the client and set from verified claims, `X-Forwarded-*` and `X-Request-Id` added.
+
+use http::header::{HeaderName, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderValue, Version};
+
+use crate::auth::Verified;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+
+/// Identity header names (`<prefix>Subject` …), built once from the config.
+pub struct IdentityNames {
+    prefix: String,
+    pub subject: HeaderName,
+    pub issuer: HeaderName,
+    pub scopes: HeaderName,
+    pub realm: HeaderName,
+}
+
+impl IdentityNames {
+    pub fn new(prefix_lower: &str) -> Self {
+        let n = |s: &str| {
+            HeaderName::from_bytes(format!("{prefix_lower}{s}").as_bytes())
+                .unwrap_or(HeaderName::from_static("x-cc-invalid"))
+        };
+        IdentityNames {
+            prefix: prefix_lower.to_string(),
+            subject: n("subject"),
+            issuer: n("issuer"),
+            scopes: n("scopes"),
+            realm: n("realm"),
+        }
+    }
+
+    /// Removes every client header under the identity prefix (anti-spoofing), then sets the
+    /// ones the verified token backs.
+    pub fn apply(&self, h: &mut HeaderMap, v: Option<&Verified>) {
+        let spoofed = h
+            .keys()
+            .any(|k| k.as_str().starts_with(self.prefix.as_str()));
+        if spoofed {
+            let names: Vec<HeaderName> = h
+                .keys()
+                .filter(|k| k.as_str().starts_with(self.prefix.as_str()))
+                .cloned()
+                .collect();
+            for n in names {
+                h.remove(n);
+            }
+        }
+        let Some(v) = v else { return };
+        let id = &v.identity;
+        for (name, val) in [
+            (&self.subject, &id.subject),
+            (&self.issuer, &id.issuer),
+            (&self.scopes, &id.scopes),
+            (&self.realm, &id.realm),
+        ] {
+            if let Some(val) = val {
+                h.insert(name.clone(), val.clone());
+            }
+        }
+    }
+}
+
+/// Is this an HTTP/1.1 upgrade (WebSocket) request?
+pub fn is_upgrade(h: &HeaderMap, version: Version) -> bool {
+    version == Version::HTTP_11
+        && h.contains_key(UPGRADE)
+        && h.get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Drops hop-by-hop headers (RFC 9110 §7.6.1), keeping `Connection: upgrade` + `Upgrade`
+/// when the exchange is an upgrade.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let mut upgrade_value = None;
+    if let Some(conn) = h.remove(CONNECTION) {
+        if let Ok(list) = conn.to_str() {
+            for name in list.split(',').map(str::trim) {
+                if name.eq_ignore_ascii_case("upgrade")
+                    || name.eq_ignore_ascii_case("close")
+                    || name.eq_ignore_ascii_case("keep-alive")
+                {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                    // never let a client drop our own headers by naming them in Connection
+                    if n != X_REQUEST_ID && n != X_FORWARDED_FOR && n != HOST {
+                        h.remove(n);
+                    }
+                }
+            }
+        }
+    }
+    if keep_upgrade {
+        upgrade_value = h.remove(UPGRADE);
+    }
+    h.remove(KEEP_ALIVE);
+    h.remove(PROXY_CONNECTION);
+    h.remove(PROXY_AUTHORIZATION);
+    h.remove(TE);
+    h.remove(TRAILER);
+    h.remove(TRANSFER_ENCODING); // hyper re-frames bodies itself
+    h.remove(UPGRADE);
+    if let Some(u) = upgrade_value {
+        h.insert(UPGRADE, u);
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// `X-Forwarded-For/-Proto/-Host`. The gateway is the edge: client-sent values are replaced,
+/// not trusted.
+pub fn set_forwarded(h: &mut HeaderMap, peer: std::net::IpAddr, host: Option<HeaderValue>) {
+    if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match host {
+        Some(v) => {
+            h.insert(X_FORWARDED_HOST, v);
+        }
+        None => {
+            h.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// The client's `X-Request-Id` when it is sane (1–128 of `[A-Za-z0-9._:-]`), else a new one.
+pub fn request_id(h: &HeaderMap) -> HeaderValue {
+    let mut all = h.get_all(X_REQUEST_ID).iter();
+    if let (Some(v), None) = (all.next(), all.next()) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+        {
+            return v.clone();
+        }
+    }
+    new_request_id()
+}
+
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut buf = [0u8; 32];
+    for b in buf.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    // 32 hex digits are always a valid header value
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("bad id with spaces"));
+        let id = request_id(&h);
+        assert_eq!(id.len(), 32);
+        assert_ne!(id, new_request_id());
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret, x-request-id"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("r"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("x-secret") && !h.contains_key(CONNECTION) && !h.contains_key(TE));
+        assert!(h.contains_key(X_REQUEST_ID));
+    }
+
+    #[test]
+    fn identity_spoofing_removed() {
+        let names = IdentityNames::new("x-cc-");
+        let mut h = HeaderMap::new();
+        h.insert("x-cc-subject", HeaderValue::from_static("admin"));
+        h.insert("X-CC-Anything", HeaderValue::from_static("1"));
+        names.apply(&mut h, None);
+        assert!(h.is_empty());
+    }
+}

@@ -1,0 +1,19 @@
+//! cc-gateway: a thread-per-core edge gateway that verifies service-token JWTs and routes by
+//! path. See `docs/architecture.md` for the map; the request pipeline reads top to bottom in
+//! [`pipeline::handle`].
+
+pub mod accesslog;
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod dev;
+pub mod engine;
+pub mod forward;
+pub mod gateway;
+pub mod keysync;
+pub mod metrics;
+pub mod pipeline;
+pub mod respond;
+pub mod routing;
+pub mod server;
+pub mod token;

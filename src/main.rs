@@ -1,0 +1,294 @@
+//! The `cc-gateway` command line. `anyhow` lives here only: library errors are typed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use cc_gateway::auth::{self, Verifier};
+use cc_gateway::config::{Config, LogFormat, RouteAuth};
+use cc_gateway::keysync::{self, Fetcher};
+use cc_gateway::token::{self, SigningKey};
+
+#[derive(Parser)]
+#[command(
+    name = "cc-gateway",
+    version,
+    about = "Edge gateway: verifies service-token JWTs and routes by path"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print a summary (exit 1 on any problem).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Zero-config try-out: a dev issuer, a demo backend and the gateway in front of them.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        admin: SocketAddr,
+        /// where to write the dev key and config (default: a temp dir)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Mint and inspect tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Sign a token with a PEM private key (RSA, EC or Ed25519).
+    Mint(MintArgs),
+    /// Decode a token, verify it against the configured issuers and say why it would pass or
+    /// fail (exit 0 valid, 1 invalid).
+    Inspect {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// check this route's requirements too (default: every route that needs a token)
+        #[arg(long)]
+        route: Option<String>,
+        token: String,
+    },
+}
+
+#[derive(Args)]
+struct MintArgs {
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    kid: Option<String>,
+    #[arg(long)]
+    iss: String,
+    /// audience(s), comma-separated
+    #[arg(long)]
+    aud: Option<String>,
+    #[arg(long)]
+    sub: Option<String>,
+    /// scopes, comma-separated
+    #[arg(long)]
+    scopes: Option<String>,
+    /// lifetime, e.g. 1h, 3d
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// signing algorithm (default: the key's natural one, RS256 for RSA)
+    #[arg(long)]
+    alg: Option<String>,
+    /// extra claim NAME=VALUE (VALUE as JSON when it parses, else a string); repeatable
+    #[arg(long = "claim", value_name = "NAME=VALUE")]
+    claims: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cc-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = load(&config)?;
+            init_tracing(&cfg.log.level, cfg.log.format);
+            cc_gateway::server::run(cfg).context("gateway stopped")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                print!("{}", cfg.summary());
+                println!("{}: OK", config.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Cmd::Dev { listen, admin, dir } => {
+            init_tracing("info", LogFormat::Text);
+            cc_gateway::dev::run(cc_gateway::dev::DevOptions { listen, admin, dir })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Token(TokenCmd::Mint(a)) => {
+            println!("{}", mint(a)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Token(TokenCmd::Inspect {
+            config,
+            route,
+            token,
+        }) => inspect(&config, route.as_deref(), &token),
+    }
+}
+
+/// A config error is printed as `file: key.path: problem` by itself.
+fn load(path: &Path) -> Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn init_tracing(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn mint(a: MintArgs) -> Result<String> {
+    let pem =
+        std::fs::read_to_string(&a.key).with_context(|| format!("reading {}", a.key.display()))?;
+    let key = SigningKey::from_pem(&pem).with_context(|| format!("{}", a.key.display()))?;
+    let alg = a
+        .alg
+        .unwrap_or_else(|| key.default_alg().name().to_string());
+    let ttl = humantime::parse_duration(&a.ttl).with_context(|| format!("--ttl {:?}", a.ttl))?;
+    let now = auth::verify::unix_now();
+    let mut claims = json!({"iss": a.iss, "iat": now, "nbf": now, "exp": now + ttl.as_secs() as i64,
+                            "jti": cc_gateway::forward::new_request_id().to_str().unwrap_or("")});
+    if let Some(aud) = a.aud {
+        let list: Vec<&str> = aud
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        claims["aud"] = if list.len() == 1 {
+            json!(list[0])
+        } else {
+            json!(list)
+        };
+    }
+    if let Some(sub) = a.sub {
+        claims["sub"] = json!(sub);
+    }
+    if let Some(s) = a.scopes {
+        claims["scopes"] = json!(s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>());
+    }
+    for c in a.claims {
+        let Some((k, v)) = c.split_once('=') else {
+            bail!("--claim {c:?}: expected NAME=VALUE")
+        };
+        claims[k] = serde_json::from_str::<Value>(v).unwrap_or_else(|_| json!(v));
+    }
+    Ok(token::mint(&key, &alg, a.kid.as_deref(), &claims)?)
+}
+
+fn inspect(config: &Path, only_route: Option<&str>, tok: &str) -> Result<ExitCode> {
+    let cfg = load(config)?;
+    let tok = tok.trim();
+    match auth::jwt::decode(tok) {
+        Ok(j) => {
+            let h = json!({"alg": j.header.alg, "kid": j.header.kid, "typ": j.header.typ});
+            println!("header: {h}");
+            println!(
+                "claims: {}",
+                serde_json::to_string_pretty(&Value::Object(j.claims.clone()))?
+            );
+            for (name, v) in [
+                ("exp", j.claims.get("exp")),
+                ("nbf", j.claims.get("nbf")),
+                ("iat", j.claims.get("iat")),
+            ] {
+                if let Some(t) = v.and_then(|v| v.as_i64()) {
+                    let when =
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
+                    println!("  {name} = {}", humantime::format_rfc3339(when));
+                }
+            }
+        }
+        Err(e) => println!("header/claims: cannot decode: {e}"),
+    }
+    let verifier = Arc::new(Verifier::new(&cfg));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let fetcher = Fetcher::new();
+        for idx in 0..verifier.issuers().len() {
+            if let Err(e) = keysync::refresh(&verifier, idx, &fetcher).await {
+                println!("keys: issuer {}: {e}", verifier.issuers()[idx].cfg.name);
+            }
+        }
+        verifier.verify_uncached(tok).await
+    });
+    let v = match result {
+        Ok(v) => v,
+        Err(e) => {
+            println!(
+                "verdict: {} ({}) — the gateway answers {} with reason {:?}",
+                e.reason,
+                e.detail,
+                e.reason.status().as_u16(),
+                e.reason.code()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!(
+        "signature: ok ({} key {:?} of issuer {})",
+        v.alg,
+        v.kid.as_deref().unwrap_or("-"),
+        verifier.issuers()[v.issuer].cfg.name
+    );
+    let headers = http::HeaderMap::new();
+    let mut any_route_ok = false;
+    let mut checked = 0;
+    println!("routes:");
+    for r in cfg
+        .routes
+        .iter()
+        .filter(|r| r.auth == RouteAuth::Required && only_route.is_none_or(|n| n == r.name))
+    {
+        checked += 1;
+        match auth::authorize(r, &v, &verifier, &headers) {
+            Ok(()) => {
+                any_route_ok = true;
+                println!("  {:<16} ok", r.name);
+            }
+            Err(e) => println!("  {:<16} {} ({})", r.name, e.reason, e.detail),
+        }
+    }
+    if let Some(n) = only_route {
+        if checked == 0 {
+            bail!("no route named {n:?} that requires a token");
+        }
+    }
+    if checked > 0 && !any_route_ok && only_route.is_some() {
+        println!("verdict: refused on route {}", only_route.unwrap_or(""));
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("verdict: valid");
+    Ok(ExitCode::SUCCESS)
+}

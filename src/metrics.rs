@@ -1,0 +1,219 @@
+//! Prometheus metrics (`cc_gateway_*`), registered once per process.
+//!
+//! The request path uses pre-resolved handles (`RouteMetrics`) so that recording a request is
+//! a few atomic adds, not a label hash per call.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub auth_failures: IntCounterVec,
+    pub jwks_refresh: IntCounterVec,
+    pub jwks_keys: IntGaugeVec,
+    pub token_cache_hits: IntCounter,
+    pub token_cache_misses: IntCounter,
+    pub upstream_errors: IntCounterVec,
+    pub access_log_dropped: IntCounter,
+    pub connections: IntGauge,
+}
+
+/// Latency buckets from 100 µs (a cached-token hop) to a minute (a long completion).
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // names are static and unique: registration cannot fail
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new_custom(Some("cc_gateway".into()), None).unwrap_or_default();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+        };
+        let hist_vec = |name: &str, help: &str, labels: &[&str]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                labels,
+            )
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+        };
+        let counter = |name: &str, help: &str| {
+            IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"))
+        };
+        Metrics {
+            requests: reg(
+                &r,
+                counter_vec(
+                    "requests_total",
+                    "Requests answered, by route and status.",
+                    &["route", "status"],
+                ),
+            ),
+            request_duration: reg(
+                &r,
+                hist_vec(
+                    "request_duration_seconds",
+                    "Time from request received to response body sent.",
+                    &["route"],
+                ),
+            ),
+            upstream_duration: reg(
+                &r,
+                hist_vec(
+                    "upstream_duration_seconds",
+                    "Time from request sent upstream to response headers received.",
+                    &["upstream"],
+                ),
+            ),
+            auth_failures: reg(
+                &r,
+                counter_vec(
+                    "auth_failures_total",
+                    "Requests refused by authentication or authorization, by reason.",
+                    &["reason"],
+                ),
+            ),
+            jwks_refresh: reg(
+                &r,
+                counter_vec(
+                    "jwks_refresh_total",
+                    "JWKS fetches, by issuer and result (ok/error).",
+                    &["issuer", "result"],
+                ),
+            ),
+            jwks_keys: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("jwks_keys", "Usable keys per issuer."),
+                    &["issuer"],
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            token_cache_hits: reg(
+                &r,
+                counter("token_cache_hits_total", "Verified-token cache hits."),
+            ),
+            token_cache_misses: reg(
+                &r,
+                counter(
+                    "token_cache_misses_total",
+                    "Verified-token cache misses (full verification).",
+                ),
+            ),
+            upstream_errors: reg(
+                &r,
+                counter_vec(
+                    "upstream_errors_total",
+                    "Upstream failures, by upstream and kind (connect/timeout/protocol).",
+                    &["upstream", "kind"],
+                ),
+            ),
+            access_log_dropped: reg(
+                &r,
+                counter(
+                    "access_log_dropped_total",
+                    "Access log lines dropped because the writer fell behind.",
+                ),
+            ),
+            connections: reg(
+                &r,
+                IntGauge::new("connections", "Open client connections.")
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            registry: r,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+/// Handles for one route, resolved once. Counters for the usual statuses are resolved up
+/// front; a rare status falls back to a label lookup.
+pub struct RouteMetrics {
+    route: String,
+    duration: Histogram,
+    by_status: Vec<(u16, IntCounter)>,
+}
+
+const COMMON_STATUSES: &[u16] = &[
+    101, 200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413,
+    415, 422, 429, 431, 499, 500, 502, 503, 504,
+];
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> Self {
+        RouteMetrics {
+            route: route.to_string(),
+            duration: METRICS.request_duration.with_label_values(&[route]),
+            by_status: COMMON_STATUSES
+                .iter()
+                .map(|s| {
+                    (
+                        *s,
+                        METRICS
+                            .requests
+                            .with_label_values(&[route, s.to_string().as_str()]),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn record(&self, status: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        match self.by_status.binary_search_by_key(&status, |(s, _)| *s) {
+            Ok(i) => self.by_status[i].1.inc(),
+            Err(_) => METRICS
+                .requests
+                .with_label_values(&[&self.route, status.to_string().as_str()])
+                .inc(),
+        }
+    }
+}
+
+/// Pre-resolved auth failure counters, indexed like `Reason::ALL`.
+pub struct AuthFailureCounters(Vec<IntCounter>);
+
+impl AuthFailureCounters {
+    pub fn new() -> Self {
+        AuthFailureCounters(
+            crate::auth::Reason::ALL
+                .iter()
+                .map(|r| METRICS.auth_failures.with_label_values(&[r.code()]))
+                .collect(),
+        )
+    }
+
+    pub fn inc(&self, reason: crate::auth::Reason) {
+        if let Some(i) = crate::auth::Reason::ALL.iter().position(|r| *r == reason) {
+            self.0[i].inc();
+        }
+    }
+}
+
+impl Default for AuthFailureCounters {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,291 @@
+//! The request pipeline, top to bottom: route → authenticate → (budget) → upstream → respond
+//! → log. Each step delegates to its module; this file only sequences them and keeps the
+//! per-request record (`Exchange`) that the access log and metrics are written from.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::HOST;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::accesslog::Record;
+use crate::auth::{self, AuthError, Verified};
+use crate::config::RouteAuth;
+use crate::engine::upstream::{ReqBody, UpstreamError};
+use crate::engine::{Body, ConnInfo};
+use crate::forward::{self, X_REQUEST_ID};
+use crate::gateway::{Gateway, Worker};
+use crate::metrics::METRICS;
+use crate::respond::{self, Refusal};
+use crate::routing;
+
+pub async fn handle(w: Arc<Worker>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    let gw = &w.gw;
+    let mut ex = Exchange::begin(gw, &req, conn);
+
+    // 1. route
+    let route = match gw.router.select(req.method(), req.uri().path()) {
+        Ok(r) => r,
+        Err(e) => return ex.refuse(gw, e.into()),
+    };
+    ex.route = Some(route);
+
+    // 2. authenticate and authorize
+    match authenticate(gw, route, &req).await {
+        Ok(identity) => ex.identity = identity,
+        Err(e) => {
+            gw.auth_failures.inc(e.reason);
+            return ex.refuse(gw, e.into());
+        }
+    }
+
+    // 3. budget: request budgets (issue #3) will decide here
+
+    // 4. upstream
+    let upstream = gw.config.routes[route].upstream;
+    ex.upstream = Some(upstream);
+    let (upstream_req, path, client_upgrade) = prepare_upstream(gw, route, req, &mut ex);
+    let sent = Instant::now();
+    let result = w.upstreams[upstream].send(upstream_req, path).await;
+    gw.upstream_durations[upstream].observe(sent.elapsed().as_secs_f64());
+
+    // 5. respond (6. the log is written when the response body completes)
+    match result {
+        Ok((resp, _endpoint)) => ex.respond(gw, resp, client_upgrade),
+        Err(e) => {
+            upstream_failed(gw, &ex, upstream, &e);
+            ex.refuse(gw, (&e).into())
+        }
+    }
+}
+
+/// Step 2: the verified identity (None on public routes).
+async fn authenticate(
+    gw: &Gateway,
+    route: usize,
+    req: &Request<Incoming>,
+) -> Result<Option<Arc<Verified>>, AuthError> {
+    let r = &gw.config.routes[route];
+    if r.auth == RouteAuth::Public {
+        return Ok(None);
+    }
+    let token = auth::token_from(
+        req.headers(),
+        &gw.config.auth.token_headers,
+        gw.config.auth.max_token_bytes,
+    )?;
+    let verified = gw.verifier.verify(token).await?;
+    auth::authorize(r, &verified, &gw.verifier, req.headers())?;
+    Ok(Some(verified))
+}
+
+/// Step 4a: the request as the upstream gets it.
+fn prepare_upstream(
+    gw: &Gateway,
+    route: usize,
+    req: Request<Incoming>,
+    ex: &mut Exchange,
+) -> (
+    Request<ReqBody>,
+    PathAndQuery,
+    Option<hyper::upgrade::OnUpgrade>,
+) {
+    let (mut head, body) = req.into_parts();
+    let r = &gw.config.routes[route];
+    let upgrade = forward::is_upgrade(&head.headers, head.version);
+    let client_upgrade = if upgrade {
+        head.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    let host = head.headers.get(HOST).cloned().or_else(|| {
+        head.uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let pq = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = if r.strip_prefix {
+        PathAndQuery::try_from(routing::upstream_path(r, pq))
+            .unwrap_or_else(|_| PathAndQuery::from_static("/"))
+    } else {
+        head.uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    };
+    forward::strip_hop_by_hop(&mut head.headers, upgrade);
+    gw.identity.apply(&mut head.headers, ex.identity.as_deref());
+    forward::set_forwarded(&mut head.headers, ex.peer, host);
+    head.headers.insert(X_REQUEST_ID, ex.request_id.clone());
+    head.version = Version::HTTP_11;
+    let (body, counter) = ReqBody::from_client(body);
+    ex.bytes_in = counter;
+    (Request::from_parts(head, body), path, client_upgrade)
+}
+
+fn upstream_failed(gw: &Gateway, ex: &Exchange, upstream: usize, e: &UpstreamError) {
+    let name = &gw.config.upstreams[upstream].name;
+    METRICS
+        .upstream_errors
+        .with_label_values(&[name, e.kind()])
+        .inc();
+    tracing::warn!(request_id = ex.request_id.to_str().unwrap_or(""), upstream = %name, error = %e, "upstream request failed");
+}
+
+/// The per-request record: what happened, for the response, the metrics and the access log.
+struct Exchange {
+    start: Instant,
+    request_id: HeaderValue,
+    peer: IpAddr,
+    method: Method,
+    version: Version,
+    /// only kept when the access log is on
+    path: Option<String>,
+    route: Option<usize>,
+    upstream: Option<usize>,
+    identity: Option<Arc<Verified>>,
+    bytes_in: Option<Arc<AtomicU64>>,
+}
+
+impl Exchange {
+    fn begin(gw: &Gateway, req: &Request<Incoming>, conn: ConnInfo) -> Self {
+        Exchange {
+            start: Instant::now(),
+            request_id: forward::request_id(req.headers()),
+            peer: conn.peer.ip(),
+            method: req.method().clone(),
+            version: req.version(),
+            path: gw
+                .access_log
+                .enabled()
+                .then(|| req.uri().path().to_string()),
+            route: None,
+            upstream: None,
+            identity: None,
+            bytes_in: None,
+        }
+    }
+
+    fn refuse(self, gw: &Arc<Gateway>, r: Refusal) -> Response<Body> {
+        let resp = respond::refusal(&r, &self.request_id);
+        self.finish(gw, resp, Some(r.reason), None)
+    }
+
+    fn respond(
+        self,
+        gw: &Arc<Gateway>,
+        mut resp: Response<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Body> {
+        let upstream_status = resp.status().as_u16();
+        let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client)) = (switching, client_upgrade) {
+            tunnel(client, hyper::upgrade::on(&mut resp));
+        }
+        forward::strip_hop_by_hop(resp.headers_mut(), switching);
+        self.finish(gw, resp.map(Body::upstream), None, Some(upstream_status))
+    }
+
+    /// Echoes the request id and arranges for metrics and the access log to be written when
+    /// the response body is done.
+    fn finish(
+        self,
+        gw: &Arc<Gateway>,
+        mut resp: Response<Body>,
+        reason: Option<&'static str>,
+        upstream_status: Option<u16>,
+    ) -> Response<Body> {
+        resp.headers_mut()
+            .insert(X_REQUEST_ID, self.request_id.clone());
+        let status = resp.status().as_u16();
+        let gw = gw.clone();
+        resp.body_mut()
+            .on_done(Box::new(move |bytes_out, complete| {
+                let elapsed = self.start.elapsed();
+                match self.route {
+                    Some(r) => gw.route_metrics[r].record(status, elapsed.as_secs_f64()),
+                    None => gw.unrouted_metrics.record(status, elapsed.as_secs_f64()),
+                }
+                if gw.access_log.enabled() {
+                    self.log(
+                        &gw,
+                        status,
+                        elapsed,
+                        reason,
+                        upstream_status,
+                        bytes_out,
+                        complete,
+                    );
+                }
+            }));
+        resp
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log(
+        &self,
+        gw: &Gateway,
+        status: u16,
+        elapsed: std::time::Duration,
+        reason: Option<&str>,
+        upstream_status: Option<u16>,
+        bytes_out: u64,
+        complete: bool,
+    ) {
+        let cfg = &gw.config;
+        let id = self.identity.as_deref();
+        gw.access_log.log(&Record {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            request_id: self.request_id.to_str().unwrap_or(""),
+            client_ip: self.peer.to_string(),
+            method: self.method.as_str(),
+            path: self.path.as_deref().unwrap_or(""),
+            protocol: version_str(self.version),
+            route: self.route.map(|r| cfg.routes[r].name.as_str()),
+            status,
+            duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            upstream: self.upstream.map(|u| cfg.upstreams[u].name.as_str()),
+            upstream_status,
+            sub: id.and_then(|v| v.sub.as_deref()),
+            iss: id.map(|v| &*v.iss),
+            realm: id.and_then(|v| v.realm.as_deref()),
+            bytes_in: self
+                .bytes_in
+                .as_ref()
+                .map_or(0, |n| n.load(Ordering::Relaxed)),
+            bytes_out,
+            reason,
+            incomplete: !complete,
+        });
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP",
+    }
+}
+
+/// Joins the client's and the upstream's upgraded connections (WebSocket) and copies bytes
+/// both ways until either side closes.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (c, u) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut c = hyper_util::rt::TokioIo::new(c);
+        let mut u = hyper_util::rt::TokioIo::new(u);
+        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+    });
+}

@@ -1,0 +1,160 @@
+//! Responses we generate ourselves: every refusal is JSON
+//! `{"error", "reason", "message", "request_id"}` with a stable `reason`; 401/403 carry an
+//! RFC 6750 `WWW-Authenticate` challenge.
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::auth::{AuthError, Reason};
+use crate::engine::upstream::UpstreamError;
+use crate::engine::Body;
+use crate::routing::RouteError;
+
+/// A refusal, whatever step produced it.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// the machine-readable reason (public interface)
+    pub reason: &'static str,
+    pub message: String,
+    pub bearer_error: Option<&'static str>,
+    pub retry_after: Option<u32>,
+    pub allow: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason,
+            message: message.into(),
+            bearer_error: None,
+            retry_after: None,
+            allow: None,
+        }
+    }
+}
+
+impl From<AuthError> for Refusal {
+    fn from(e: AuthError) -> Self {
+        let mut r = Refusal::new(e.reason.status(), e.reason.code(), e.detail);
+        r.bearer_error = e.reason.bearer_error();
+        if e.reason == Reason::KeysUnavailable {
+            r.retry_after = Some(5);
+        }
+        r
+    }
+}
+
+impl From<RouteError> for Refusal {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::NoRoute => Refusal::new(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                "no route matches this path",
+            ),
+            RouteError::InvalidPath => Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "path has dot segments",
+            ),
+            RouteError::MethodNotAllowed(allow) => {
+                let mut r = Refusal::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("allowed: {allow}"),
+                );
+                r.allow = Some(allow);
+                r
+            }
+        }
+    }
+}
+
+impl From<&UpstreamError> for Refusal {
+    fn from(e: &UpstreamError) -> Self {
+        match e {
+            UpstreamError::Timeout { .. } => Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            ),
+            // details (addresses) stay in our logs; the client learns only what failed
+            UpstreamError::Connect { .. } => Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the upstream cannot be reached",
+            ),
+            UpstreamError::Protocol { .. } | UpstreamError::Uri(_) => Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the upstream failed to answer",
+            ),
+        }
+    }
+}
+
+/// Short error category for the JSON `error` field.
+fn category(r: &Refusal) -> &'static str {
+    if let Some(b) = r.bearer_error {
+        return b;
+    }
+    match r.status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        StatusCode::BAD_GATEWAY => "bad_gateway",
+        StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+        StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
+        _ => "error",
+    }
+}
+
+/// Builds the JSON refusal.
+pub fn refusal(r: &Refusal, request_id: &HeaderValue) -> Response<Body> {
+    let body = serde_json::json!({
+        "error": category(r),
+        "reason": r.reason,
+        "message": r.message,
+        "request_id": request_id.to_str().unwrap_or(""),
+    });
+    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut resp = Response::new(Body::full(bytes));
+    *resp.status_mut() = r.status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(err) = r.bearer_error {
+        let v = format!(
+            "Bearer realm=\"cc-gateway\", error=\"{err}\", error_description=\"{}\"",
+            quote_safe(&r.message)
+        );
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(WWW_AUTHENTICATE, v);
+        }
+    }
+    if let Some(s) = r.retry_after {
+        h.insert(RETRY_AFTER, HeaderValue::from(s));
+    }
+    if let Some(a) = &r.allow {
+        if let Ok(v) = HeaderValue::from_str(a) {
+            h.insert(http::header::ALLOW, v);
+        }
+    }
+    resp
+}
+
+/// RFC 6750 §3: error_description is %x20-21 / %x23-5B / %x5D-7E (no `"` or `\`).
+fn quote_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c == '"' || c == '\\' || !(' '..='~').contains(&c) {
+                '\''
+            } else {
+                c
+            }
+        })
+        .collect()
+}

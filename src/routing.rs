@@ -1,0 +1,206 @@
+//! Path routing: the longest matching `path_prefix` wins; `methods` narrows a route.
+
+use http::Method;
+
+use crate::config::Route;
+
+pub struct Router {
+    /// indices into the config's routes, longest prefix first
+    order: Vec<usize>,
+    routes: Vec<Route>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteError {
+    NoRoute,
+    /// a route matches the path but not the method; the allowed methods
+    MethodNotAllowed(String),
+    /// dot segments (`/../`, `%2e%2e`) could route past a prefix: refused, never normalised
+    InvalidPath,
+}
+
+impl Router {
+    pub fn new(routes: &[Route]) -> Self {
+        let mut order: Vec<usize> = (0..routes.len()).collect();
+        // longest prefix first; routes with a method filter before catch-alls of the same prefix
+        order.sort_by(|&a, &b| {
+            let (ra, rb) = (&routes[a], &routes[b]);
+            rb.path_prefix
+                .len()
+                .cmp(&ra.path_prefix.len())
+                .then(rb.methods.is_some().cmp(&ra.methods.is_some()))
+        });
+        Router {
+            order,
+            routes: routes.to_vec(),
+        }
+    }
+
+    /// The route for a request, as an index into the config's routes.
+    pub fn select(&self, method: &Method, path: &str) -> Result<usize, RouteError> {
+        if !is_safe_path(path) {
+            return Err(RouteError::InvalidPath);
+        }
+        let mut allowed: Vec<&str> = Vec::new();
+        let mut matched_len = None;
+        for &i in &self.order {
+            let r = &self.routes[i];
+            if !path.starts_with(r.path_prefix.as_str()) {
+                continue;
+            }
+            // a longer prefix that refused the method does not fall back to a shorter one
+            if matched_len.is_some_and(|l| l != r.path_prefix.len()) {
+                break;
+            }
+            match &r.methods {
+                Some(ms) if !ms.contains(method) => {
+                    matched_len = Some(r.path_prefix.len());
+                    allowed.extend(ms.iter().map(|m| m.as_str()));
+                }
+                _ => return Ok(i),
+            }
+        }
+        if allowed.is_empty() {
+            Err(RouteError::NoRoute)
+        } else {
+            allowed.sort_unstable();
+            allowed.dedup();
+            Err(RouteError::MethodNotAllowed(allowed.join(", ")))
+        }
+    }
+}
+
+/// The upstream path: the prefix removed when `strip_prefix`, always starting with `/`.
+pub fn upstream_path(route: &Route, path_and_query: &str) -> String {
+    if !route.strip_prefix {
+        return path_and_query.to_string();
+    }
+    let rest = &path_and_query[route.path_prefix.len().min(path_and_query.len())..];
+    if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    }
+}
+
+/// Refuses `.`/`..` segments (also between backslashes, and percent-encoded) that a backend
+/// might resolve into a different path than the one we routed.
+pub fn is_safe_path(path: &str) -> bool {
+    if !path.starts_with('/') {
+        return false;
+    }
+    let b = path.as_bytes();
+    // an encoded '.' is refused outright (it only serves to hide a dot segment); encoded
+    // slashes stay allowed: GitLab-style APIs use them in ids (group%2Fproject)
+    for i in 0..b.len().saturating_sub(2) {
+        if b[i] == b'%' {
+            let h = [b[i + 1].to_ascii_lowercase(), b[i + 2].to_ascii_lowercase()];
+            if &h == b"2e" {
+                return false;
+            }
+        }
+    }
+    !path.split(['/', '\\']).any(|seg| seg == "." || seg == "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouteAuth;
+
+    fn route(name: &str, prefix: &str, methods: Option<Vec<Method>>) -> Route {
+        Route {
+            name: name.into(),
+            path_prefix: prefix.into(),
+            strip_prefix: true,
+            upstream: 0,
+            audience: None,
+            scopes: vec![],
+            auth: RouteAuth::Required,
+            methods,
+            issuers: None,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let r = Router::new(&[
+            route("a", "/ai/", None),
+            route("b", "/ai/v2/chat/", None),
+            route("c", "/", None),
+        ]);
+        assert_eq!(r.select(&Method::GET, "/ai/v2/chat/x"), Ok(1));
+        assert_eq!(r.select(&Method::GET, "/ai/v1"), Ok(0));
+        assert_eq!(r.select(&Method::GET, "/other"), Ok(2));
+    }
+
+    #[test]
+    fn methods_filter() {
+        let r = Router::new(&[
+            route("post", "/ai/", Some(vec![Method::POST])),
+            route("root", "/", None),
+        ]);
+        assert_eq!(r.select(&Method::POST, "/ai/x"), Ok(0));
+        assert_eq!(
+            r.select(&Method::GET, "/ai/x"),
+            Err(RouteError::MethodNotAllowed("POST".into()))
+        );
+        let r = Router::new(&[
+            route("post", "/ai/", Some(vec![Method::POST])),
+            route("get", "/ai/", Some(vec![Method::GET])),
+        ]);
+        assert_eq!(r.select(&Method::GET, "/ai/x"), Ok(1));
+        assert_eq!(
+            r.select(&Method::PUT, "/ai/x"),
+            Err(RouteError::MethodNotAllowed("GET, POST".into()))
+        );
+    }
+
+    #[test]
+    fn no_route() {
+        let r = Router::new(&[route("a", "/ai/", None)]);
+        assert_eq!(r.select(&Method::GET, "/ai"), Err(RouteError::NoRoute));
+        assert_eq!(r.select(&Method::GET, "*"), Err(RouteError::InvalidPath));
+    }
+
+    #[test]
+    fn strip() {
+        let r = route("a", "/ai/", None);
+        assert_eq!(
+            upstream_path(&r, "/ai/v2/completions?x=1"),
+            "/v2/completions?x=1"
+        );
+        assert_eq!(upstream_path(&r, "/ai/"), "/");
+        let mut r2 = route("b", "/api", None);
+        assert_eq!(upstream_path(&r2, "/api/x"), "/x");
+        assert_eq!(upstream_path(&r2, "/api"), "/");
+        r2.strip_prefix = false;
+        assert_eq!(upstream_path(&r2, "/api/x"), "/api/x");
+    }
+
+    #[test]
+    fn unsafe_paths() {
+        for p in [
+            "/ai/../admin",
+            "/ai/./x",
+            "/ai/..",
+            "/ai/%2e%2e/x",
+            "/ai/%2E./x",
+            "/ai\\..\\x",
+            "/ai/x/..\\",
+        ] {
+            assert!(!is_safe_path(p), "{p}");
+        }
+        for p in [
+            "/",
+            "/ai/v2/completions",
+            "/ai/a..b",
+            "/ai/.well-known",
+            "/ai/%20x",
+            "/ai/x%",
+            "/ai/group%2Fproject",
+        ] {
+            assert!(is_safe_path(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Startup and shutdown: config → shared state → listeners → workers, with the control plane
+//! (key refreshers, admin listener, signals) on the main thread's runtime.
+
+use std::sync::Arc;
+
+use crate::accesslog::AccessLogger;
+use crate::admin::{self, Admin};
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::engine::listener::{self, BindError};
+use crate::engine::worker::{ServeOptions, Workers};
+use crate::gateway::{Gateway, Worker};
+use crate::keysync::{self, Fetcher};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("access log {path}: {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    let config = Arc::new(config);
+    let verifier = Arc::new(Verifier::new(&config));
+    let access_log =
+        AccessLogger::start(&config.log.access).map_err(|source| ServerError::AccessLog {
+            path: format!("{:?}", config.log.access),
+            source,
+        })?;
+    let gw = Arc::new(Gateway::new(config.clone(), verifier.clone(), access_log));
+
+    let (per_worker, bound) = listener::bind_all(&config.server.listen, config.server.threads)?;
+    let admin_listener = config
+        .server
+        .admin_listen
+        .map(listener::bind_single)
+        .transpose()?;
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let opts = ServeOptions {
+        max_header_bytes: config.server.max_header_bytes,
+        header_read_timeout: config.server.header_read_timeout,
+        shutdown_timeout: config.server.shutdown_timeout,
+    };
+    let workers = {
+        let gw = gw.clone();
+        Workers::start(per_worker, opts, move |_| Arc::new(Worker::new(gw.clone())))
+            .map_err(ServerError::Runtime)?
+    };
+
+    rt.block_on(async {
+        let fetcher = Arc::new(Fetcher::new());
+        // keys load in the background: startup does not wait for them (/readyz does)
+        for idx in 0..verifier.issuers().len() {
+            tokio::spawn(keysync::run_refresher(
+                verifier.clone(),
+                idx,
+                fetcher.clone(),
+            ));
+        }
+        if let Some(l) = admin_listener {
+            tokio::spawn(admin::serve(
+                l,
+                Arc::new(Admin {
+                    verifier: verifier.clone(),
+                    fetcher: fetcher.clone(),
+                }),
+            ));
+        }
+        let listen: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
+        // the one stable startup line (scripts and tests wait for it)
+        eprintln!(
+            "cc-gateway ready listen={} admin={}",
+            listen.join(","),
+            admin_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into())
+        );
+        tracing::info!(listen = %listen.join(","), threads = config.server.threads, "serving");
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections, draining open ones");
+    });
+    workers.shutdown();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
