@@ -86,10 +86,21 @@ pub fn run(opts: DevOptions) -> Result<(), DevError> {
         "gitlab_realm": "self-managed", "scopes": ["code_suggestions", "duo_chat"],
     });
     let tok = token::mint(&key, "RS256", Some(&kid), &claims)?;
-    let gw = format!("http://{}", opts.listen);
-    let admin = format!("http://{}", opts.admin);
-    println!(
-        r#"
+    let dir_shown = dir.display().to_string();
+    let cfg_shown = config_path.display().to_string();
+    let key_shown = key_path.display().to_string();
+    let print_banner = move |b: &crate::server::Bound| {
+        let gw = b
+            .listen
+            .first()
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
+        let admin = b
+            .admin
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_else(|| "(off)".into());
+        println!(
+            r#"
 cc-gateway dev — a gateway on {gw} in front of a demo AI backend, trusting a local dev issuer.
 Files: {dir}  (gateway.toml, dev-signing-key.pem)
 
@@ -111,11 +122,12 @@ Try it:
 Metrics: {admin}/metrics   Health: {admin}/readyz   Access log: stdout
 Stop: Ctrl-C
 "#,
-        dir = dir.display(),
-        cfg = config_path.display(),
-        key = key_path.display(),
-    );
-    crate::server::run(config)?;
+            dir = dir_shown,
+            cfg = cfg_shown,
+            key = key_shown,
+        );
+    };
+    crate::server::run_with(config, print_banner)?;
     Ok(())
 }
 

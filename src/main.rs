@@ -56,6 +56,21 @@ enum Cmd {
 enum TokenCmd {
     /// Sign a token with a PEM private key (RSA, EC or Ed25519).
     Mint(MintArgs),
+    /// Generate a signing key (PKCS#8 PEM) and its public JWKS (kid = RFC 7638 thumbprint).
+    Keygen {
+        /// RS256 (RSA 2048), ES256, ES384, ES512 or EdDSA
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+        /// where to write the private key
+        #[arg(long)]
+        key: PathBuf,
+        /// where to write the public JWKS
+        #[arg(long)]
+        jwks: PathBuf,
+        /// key id (default: the key's thumbprint)
+        #[arg(long)]
+        kid: Option<String>,
+    },
     /// Decode a token, verify it against the configured issuers and say why it would pass or
     /// fail (exit 0 valid, 1 invalid).
     Inspect {
@@ -94,6 +109,9 @@ struct MintArgs {
     /// extra claim NAME=VALUE (VALUE as JSON when it parses, else a string); repeatable
     #[arg(long = "claim", value_name = "NAME=VALUE")]
     claims: Vec<String>,
+    /// mint this many distinct tokens (one per line; `sub` gets a `-N` suffix), for load tests
+    #[arg(long, default_value_t = 1)]
+    count: usize,
 }
 
 fn main() -> ExitCode {
@@ -132,7 +150,31 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Token(TokenCmd::Mint(a)) => {
-            println!("{}", mint(a)?);
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for t in mint(a)? {
+                writeln!(out, "{t}")?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Token(TokenCmd::Keygen {
+            alg,
+            key,
+            jwks,
+            kid,
+        }) => {
+            let k = SigningKey::generate(&alg)?;
+            let kid = kid.unwrap_or_else(|| token::thumbprint(&k.public_jwk("")));
+            write_private(&key, &k.to_pkcs8_pem())?;
+            let set = json!({ "keys": [k.public_jwk(&kid)] });
+            std::fs::write(&jwks, serde_json::to_string_pretty(&set)? + "\n")
+                .with_context(|| format!("writing {}", jwks.display()))?;
+            println!(
+                "kid {kid}: private key {}, public JWKS {}",
+                key.display(),
+                jwks.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Token(TokenCmd::Inspect {
@@ -163,7 +205,22 @@ fn init_tracing(level: &str, format: LogFormat) {
     }
 }
 
-fn mint(a: MintArgs) -> Result<String> {
+/// Private keys are written readable by the owner only.
+fn write_private(path: &Path, pem: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(pem.as_bytes())?;
+    Ok(())
+}
+
+fn mint(a: MintArgs) -> Result<Vec<String>> {
     let pem =
         std::fs::read_to_string(&a.key).with_context(|| format!("reading {}", a.key.display()))?;
     let key = SigningKey::from_pem(&pem).with_context(|| format!("{}", a.key.display()))?;
@@ -202,7 +259,17 @@ fn mint(a: MintArgs) -> Result<String> {
         };
         claims[k] = serde_json::from_str::<Value>(v).unwrap_or_else(|_| json!(v));
     }
-    Ok(token::mint(&key, &alg, a.kid.as_deref(), &claims)?)
+    if a.count <= 1 {
+        return Ok(vec![token::mint(&key, &alg, a.kid.as_deref(), &claims)?]);
+    }
+    let base_sub = claims["sub"].as_str().unwrap_or("sub").to_string();
+    (0..a.count)
+        .map(|i| {
+            claims["sub"] = json!(format!("{base_sub}-{i}"));
+            claims["jti"] = json!(cc_gateway::forward::new_request_id().to_str().unwrap_or(""));
+            Ok(token::mint(&key, &alg, a.kid.as_deref(), &claims)?)
+        })
+        .collect()
 }
 
 fn inspect(config: &Path, only_route: Option<&str>, tok: &str) -> Result<ExitCode> {

@@ -59,11 +59,13 @@ impl From<RouteError> for Refusal {
                 "invalid_path",
                 "path has dot segments",
             ),
+            // no route takes this method: still `no_route` (the public contract), with an
+            // `Allow` hint naming the methods that would have matched
             RouteError::MethodNotAllowed(allow) => {
                 let mut r = Refusal::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    format!("allowed: {allow}"),
+                    StatusCode::NOT_FOUND,
+                    "no_route",
+                    format!("no route for this method (allowed: {allow})"),
                 );
                 r.allow = Some(allow);
                 r

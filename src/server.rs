@@ -25,8 +25,19 @@ pub enum ServerError {
     Runtime(std::io::Error),
 }
 
+/// The addresses actually bound (ports 0 resolved).
+pub struct Bound {
+    pub listen: Vec<std::net::SocketAddr>,
+    pub admin: Option<std::net::SocketAddr>,
+}
+
 /// Runs the gateway until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), ServerError> {
+    run_with(config, |_| {})
+}
+
+/// Like `run`, calling `on_ready` once the listeners are bound and the workers started.
+pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), ServerError> {
     let config = Arc::new(config);
     let verifier = Arc::new(Verifier::new(&config));
     let access_log =
@@ -88,6 +99,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 .unwrap_or_else(|| "off".into())
         );
         tracing::info!(listen = %listen.join(","), threads = config.server.threads, "serving");
+        on_ready(&Bound {
+            listen: bound.clone(),
+            admin: admin_addr,
+        });
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections, draining open ones");
     });

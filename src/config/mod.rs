@@ -8,7 +8,7 @@ mod raw;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -570,13 +570,6 @@ impl Validator {
             .map_err(|_| self.err(path, format!("{e:?} is not \"host:port\"")))?;
         if auth.port_u16().is_none() {
             return Err(self.err(path, format!("{e:?} has no port")));
-        }
-        // resolvable now? (a name that does not resolve is most likely a typo)
-        if e.to_socket_addrs()
-            .map(|mut a| a.next().is_none())
-            .unwrap_or(true)
-        {
-            return Err(self.err(path, format!("{e:?} does not resolve")));
         }
         Ok(e.to_string())
     }

@@ -1,1 +1,16 @@
-//! Integration tests (being written).
+//! Black-box integration tests for cc-gateway.
+//!
+//! Every test spawns the real `cc-gateway` binary with its own config in its own temp dir and talks to
+//! it over real loopback sockets; upstreams and JWKS servers are real servers on ephemeral ports
+//! inside the test. Tests are independent and safe to run in parallel.
+//!
+//! Run: `cargo test --test integration -- --test-threads=2`
+
+mod common;
+
+mod admin;
+mod auth;
+mod cli;
+mod fuzz;
+mod jwks;
+mod routing;

@@ -1,0 +1,30 @@
+-- wrk script: GET /ai/v2/completions with X-Gitlab-Token taken round-robin from TOKENS_FILE
+-- (one token per line). Requests are built once up front so a warm and a cold run cost wrk
+-- the same. Prints one machine-readable line at the end.
+local tokens = {}
+local reqs = {}
+local i = 0
+
+function init(args)
+  local path = os.getenv("TOKENS_FILE")
+  for line in io.lines(path) do
+    if #line > 0 then tokens[#tokens + 1] = line end
+  end
+  for k, t in ipairs(tokens) do
+    reqs[k] = wrk.format("GET", "/ai/v2/completions", { ["X-Gitlab-Token"] = t, ["Host"] = "bench" })
+  end
+  -- spread threads over the token list
+  i = math.random(#reqs) - 1
+end
+
+function request()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+
+function done(summary, latency, requests)
+  local non2xx = summary.errors.status
+  io.write(string.format("RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d non2xx=%d sockerr=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), non2xx,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end

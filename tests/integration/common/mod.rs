@@ -1,0 +1,19 @@
+//! Test harness: the gateway process, in-test servers, HTTP clients, token crafting, metrics.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod fixture;
+pub mod gateway;
+pub mod metrics;
+pub mod servers;
+pub mod tokens;
+pub mod wait;
+
+#[allow(unused_imports)]
+pub use client::{raw_request, H1Conn, RawResp, Req, Resp};
+pub use fixture::{assert_error, Fixture, Opts, AUD, KID, REALM, SUB};
+pub use gateway::Gateway;
+pub use metrics::metric;
+pub use servers::{dead_addr, Echo, Jwks, Sse};
+pub use tokens::*;
+pub use wait::{wait_metric, wait_until};
