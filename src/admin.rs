@@ -21,6 +21,8 @@ use crate::metrics::METRICS;
 pub struct Admin {
     pub verifier: Arc<Verifier>,
     pub fetcher: Arc<Fetcher>,
+    /// set at SIGTERM: /readyz turns 503 so load balancers stop sending traffic
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>) {
@@ -68,6 +70,12 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") if a.draining.load(std::sync::atomic::Ordering::Acquire) => {
+            json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"ready": false, "draining": true}),
+            )
+        }
         (&Method::GET, "/readyz") => {
             let pending: Vec<&str> = a
                 .verifier

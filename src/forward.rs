@@ -69,6 +69,28 @@ impl IdentityNames {
     }
 }
 
+/// With `auth.forward_token = false`: the token headers never reach the upstream
+/// (`Authorization` only when it carried a Bearer token).
+pub fn remove_token(h: &mut HeaderMap, from: &[crate::config::TokenHeader]) {
+    for th in from {
+        match th {
+            crate::config::TokenHeader::Plain(n) => {
+                h.remove(n);
+            }
+            crate::config::TokenHeader::Authorization => {
+                let bearer = h.get(http::header::AUTHORIZATION).is_some_and(|v| {
+                    v.as_bytes()
+                        .get(..7)
+                        .is_some_and(|p| p.eq_ignore_ascii_case(b"bearer "))
+                });
+                if bearer {
+                    h.remove(http::header::AUTHORIZATION);
+                }
+            }
+        }
+    }
+}
+
 /// Is this an HTTP/1.1 upgrade (WebSocket) request?
 pub fn is_upgrade(h: &HeaderMap, version: Version) -> bool {
     version == Version::HTTP_11

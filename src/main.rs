@@ -330,6 +330,7 @@ fn inspect(config: &Path, only_route: Option<&str>, tok: &str) -> Result<ExitCod
         verifier.issuers()[v.issuer].cfg.name
     );
     let headers = http::HeaderMap::new();
+    let mut first_refusal = None;
     let mut any_route_ok = false;
     let mut checked = 0;
     println!("routes:");
@@ -344,7 +345,10 @@ fn inspect(config: &Path, only_route: Option<&str>, tok: &str) -> Result<ExitCod
                 any_route_ok = true;
                 println!("  {:<16} ok", r.name);
             }
-            Err(e) => println!("  {:<16} {} ({})", r.name, e.reason, e.detail),
+            Err(e) => {
+                println!("  {:<16} {} ({})", r.name, e.reason, e.detail);
+                first_refusal.get_or_insert(e);
+            }
         }
     }
     if let Some(n) = only_route {
@@ -352,8 +356,15 @@ fn inspect(config: &Path, only_route: Option<&str>, tok: &str) -> Result<ExitCod
             bail!("no route named {n:?} that requires a token");
         }
     }
-    if checked > 0 && !any_route_ok && only_route.is_some() {
-        println!("verdict: refused on route {}", only_route.unwrap_or(""));
+    // the token is genuine, but the gateway would still refuse it wherever it is used
+    if let (false, Some(e)) = (any_route_ok, first_refusal) {
+        println!(
+            "verdict: {} ({}) — the gateway answers {} with reason {:?} (bound headers are checked per request)",
+            e.reason,
+            e.detail,
+            e.reason.status().as_u16(),
+            e.reason.code()
+        );
         return Ok(ExitCode::FAILURE);
     }
     println!("verdict: valid");

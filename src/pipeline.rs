@@ -118,6 +118,13 @@ fn prepare_upstream(
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     };
     forward::strip_hop_by_hop(&mut head.headers, upgrade);
+    if !gw.config.auth.forward_token {
+        forward::remove_token(&mut head.headers, &gw.config.auth.token_headers);
+    }
+    if let (None, Some(h)) = (head.headers.get(HOST), &host) {
+        // HTTP/2 clients send :authority, not Host: the upstream sees the same Host either way
+        head.headers.insert(HOST, h.clone());
+    }
     gw.identity.apply(&mut head.headers, ex.identity.as_deref());
     forward::set_forwarded(&mut head.headers, ex.peer, host);
     head.headers.insert(X_REQUEST_ID, ex.request_id.clone());

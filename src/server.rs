@@ -70,6 +70,7 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
             .map_err(ServerError::Runtime)?
     };
 
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     rt.block_on(async {
         let fetcher = Arc::new(Fetcher::new());
         // keys load in the background: startup does not wait for them (/readyz does)
@@ -86,6 +87,7 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
                 Arc::new(Admin {
                     verifier: verifier.clone(),
                     fetcher: fetcher.clone(),
+                    draining: draining.clone(),
                 }),
             ));
         }
@@ -105,24 +107,29 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         });
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections, draining open ones");
+        draining.store(true, std::sync::atomic::Ordering::Release);
+        // the admin listener keeps answering (/readyz 503) while the workers drain
+        let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
     });
-    workers.shutdown();
     Ok(())
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            // SIGHUP must not kill a gateway (the default action would)
+            _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported yet; restart to apply changes"),
         }
     }
 }

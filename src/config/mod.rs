@@ -402,8 +402,9 @@ impl Validator {
                 8192,
                 16 << 20,
             )?,
+            // on by default: idle or slow-loris clients must not hold connections forever
             header_read_timeout: match &r.header_read_timeout {
-                None => None,
+                None => Some(Duration::from_secs(30)),
                 Some(s) if s == "off" => None,
                 v => {
                     Some(self.positive_duration("server.header_read_timeout", v, Duration::ZERO)?)
@@ -734,6 +735,10 @@ impl Validator {
         for (i, r) in raws.into_iter().enumerate() {
             let p = format!("routes[{i}]");
             self.name(&format!("{p}.name"), &r.name)?;
+            if r.name.starts_with('_') {
+                // `_none` labels unrouted requests in metrics
+                return Err(self.err(format!("{p}.name"), "names starting with '_' are reserved"));
+            }
             if !names.insert(r.name.clone()) {
                 return Err(self.err(
                     format!("{p}.name"),
@@ -805,6 +810,12 @@ impl Validator {
             };
             let route_issuers = match &r.issuers {
                 None => None,
+                Some(v) if v.is_empty() => {
+                    return Err(self.err(
+                        format!("{p}.issuers"),
+                        "empty: omit it to accept every issuer",
+                    ))
+                }
                 Some(v) => Some(
                     v.iter()
                         .enumerate()

@@ -139,6 +139,16 @@ fn check_refuses_broken_configs_with_file_and_key_path() {
             ),
             "server.listen",
         ),
+        (
+            "empty route issuers",
+            replace_once(&good, "name = \"ai\"", "name = \"ai\"\nissuers = []"),
+            "routes[0].issuers",
+        ),
+        (
+            "reserved route name",
+            replace_once(&good, "name = \"public\"", "name = \"_none\""),
+            "routes[1].name",
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (what, text, key_path)) in cases.iter().enumerate() {
@@ -286,6 +296,30 @@ async fn token_mint_then_inspect_round_trip() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(all.contains("expired"), "{}", describe(&o));
+
+    // inspect: genuine, but no route takes its audience -> refused like the gateway would.
+    let other_aud = fx.token_with(|c| c["aud"] = json!("some-other-service"));
+    let o = run_async(vec![
+        "token".into(),
+        "inspect".into(),
+        "--config".into(),
+        config.clone(),
+        other_aud.clone(),
+    ])
+    .await;
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "inspect other audience: {}",
+        describe(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("audience_mismatch"),
+        "{}",
+        describe(&o)
+    );
+    let r = fx.send(Fixture::ai_req(&other_aud)).await;
+    assert_error(&r, 401, "audience_mismatch");
 
     // inspect: tampered -> the same reason code the gateway uses.
     let (h, p, s) = segments(&token);

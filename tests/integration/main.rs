@@ -13,4 +13,5 @@ mod auth;
 mod cli;
 mod fuzz;
 mod jwks;
+mod operations;
 mod routing;

@@ -36,6 +36,8 @@ pub struct Opts {
     pub wait_ready: bool,
     /// Replaces the issuer's `jwks_uri = ...` line (e.g. `discovery = true`, `jwks_file = "..."`).
     pub key_source: Option<String>,
+    /// More keys for the `[auth]` table (e.g. `forward_token = false`).
+    pub auth_extra: String,
 }
 
 impl Default for Opts {
@@ -49,6 +51,7 @@ impl Default for Opts {
             read_timeout: "10s".into(),
             wait_ready: true,
             key_source: None,
+            auth_extra: String::new(),
         }
     }
 }
@@ -101,6 +104,7 @@ threads = 2
 token_headers = ["X-Gitlab-Token", "Authorization"]
 identity_header_prefix = "X-Cc-"
 token_cache_size = {cache}
+{auth_extra}
 
 [log]
 access = {access}
@@ -145,6 +149,7 @@ read_timeout = {read_timeout}
         echo_addr = toml_str(&echo_addr.to_string()),
         read_timeout = toml_str(&opts.read_timeout),
         extra = opts.extra,
+        auth_extra = opts.auth_extra,
     )
 }
 

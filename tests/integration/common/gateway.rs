@@ -186,6 +186,11 @@ impl Gateway {
     }
 
     /// Whether the process is still running.
+    /// The gateway's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
