@@ -25,12 +25,12 @@ use crate::routing;
 
 pub async fn handle(w: Arc<Worker>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let gw = &w.gw;
-    let mut ex = Exchange::begin(gw, &req, conn);
+    let mut ex = Exchange::begin(&w, &req, conn);
 
     // 1. route
     let route = match gw.router.select(req.method(), req.uri().path()) {
         Ok(r) => r,
-        Err(e) => return ex.refuse(gw, e.into()),
+        Err(e) => return ex.refuse(e.into()),
     };
     ex.route = Some(route);
 
@@ -39,7 +39,7 @@ pub async fn handle(w: Arc<Worker>, req: Request<Incoming>, conn: ConnInfo) -> R
         Ok(identity) => ex.identity = identity,
         Err(e) => {
             gw.auth_failures.inc(e.reason);
-            return ex.refuse(gw, e.into());
+            return ex.refuse(e.into());
         }
     }
 
@@ -55,10 +55,10 @@ pub async fn handle(w: Arc<Worker>, req: Request<Incoming>, conn: ConnInfo) -> R
 
     // 5. respond (6. the log is written when the response body completes)
     match result {
-        Ok((resp, _endpoint)) => ex.respond(gw, resp, client_upgrade),
+        Ok((resp, _endpoint)) => ex.respond(resp, client_upgrade),
         Err(e) => {
             upstream_failed(gw, &ex, upstream, &e);
-            ex.refuse(gw, (&e).into())
+            ex.refuse((&e).into())
         }
     }
 }
@@ -144,7 +144,13 @@ fn upstream_failed(gw: &Gateway, ex: &Exchange, upstream: usize, e: &UpstreamErr
 }
 
 /// The per-request record: what happened, for the response, the metrics and the access log.
+/// Dropped without being answered (the client went away while we waited on keys or the
+/// upstream), it still counts: status 499 `client_closed`, as nginx logs it.
 struct Exchange {
+    /// the worker (not the shared gateway): its refcount stays on this thread's cache lines
+    worker: Arc<Worker>,
+    /// set once a response was handed to the engine; the body's completion hook logs from there
+    answered: bool,
     start: Instant,
     request_id: HeaderValue,
     peer: IpAddr,
@@ -159,8 +165,11 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn begin(gw: &Gateway, req: &Request<Incoming>, conn: ConnInfo) -> Self {
+    fn begin(w: &Arc<Worker>, req: &Request<Incoming>, conn: ConnInfo) -> Self {
+        let gw = &w.gw;
         Exchange {
+            worker: w.clone(),
+            answered: false,
             start: Instant::now(),
             request_id: forward::request_id(req.headers()),
             peer: conn.peer.ip(),
@@ -177,14 +186,13 @@ impl Exchange {
         }
     }
 
-    fn refuse(self, gw: &Arc<Gateway>, r: Refusal) -> Response<Body> {
+    fn refuse(self, r: Refusal) -> Response<Body> {
         let resp = respond::refusal(&r, &self.request_id);
-        self.finish(gw, resp, Some(r.reason), None)
+        self.finish(resp, Some(r.reason), None)
     }
 
     fn respond(
         self,
-        gw: &Arc<Gateway>,
         mut resp: Response<Incoming>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<Body> {
@@ -194,14 +202,13 @@ impl Exchange {
             tunnel(client, hyper::upgrade::on(&mut resp));
         }
         forward::strip_hop_by_hop(resp.headers_mut(), switching);
-        self.finish(gw, resp.map(Body::upstream), None, Some(upstream_status))
+        self.finish(resp.map(Body::upstream), None, Some(upstream_status))
     }
 
     /// Echoes the request id and arranges for metrics and the access log to be written when
     /// the response body is done.
     fn finish(
-        self,
-        gw: &Arc<Gateway>,
+        mut self,
         mut resp: Response<Body>,
         reason: Option<&'static str>,
         upstream_status: Option<u16>,
@@ -209,27 +216,40 @@ impl Exchange {
         resp.headers_mut()
             .insert(X_REQUEST_ID, self.request_id.clone());
         let status = resp.status().as_u16();
-        let gw = gw.clone();
+        self.answered = true;
         resp.body_mut()
             .on_done(Box::new(move |bytes_out, complete| {
-                let elapsed = self.start.elapsed();
-                match self.route {
-                    Some(r) => gw.route_metrics[r].record(status, elapsed.as_secs_f64()),
-                    None => gw.unrouted_metrics.record(status, elapsed.as_secs_f64()),
-                }
-                if gw.access_log.enabled() {
-                    self.log(
-                        &gw,
-                        status,
-                        elapsed,
-                        reason,
-                        upstream_status,
-                        bytes_out,
-                        complete,
-                    );
-                }
+                self.record(status, reason, upstream_status, bytes_out, complete);
             }));
         resp
+    }
+
+    /// Metrics and the access-log line, once per request.
+    fn record(
+        &self,
+        status: u16,
+        reason: Option<&str>,
+        upstream_status: Option<u16>,
+        bytes_out: u64,
+        complete: bool,
+    ) {
+        let gw = &self.worker.gw;
+        let elapsed = self.start.elapsed();
+        match self.route {
+            Some(r) => gw.route_metrics[r].record(status, elapsed.as_secs_f64()),
+            None => gw.unrouted_metrics.record(status, elapsed.as_secs_f64()),
+        }
+        if gw.access_log.enabled() {
+            self.log(
+                gw,
+                status,
+                elapsed,
+                reason,
+                upstream_status,
+                bytes_out,
+                complete,
+            );
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -268,6 +288,14 @@ impl Exchange {
             reason,
             incomplete: !complete,
         });
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.record(499, Some("client_closed"), None, 0, false);
+        }
     }
 }
 

@@ -81,3 +81,69 @@ async fn sighup_does_not_stop_the_gateway() {
     let t = fx.token();
     fx.expect_ok(Fixture::ai_req(&t)).await;
 }
+
+#[tokio::test]
+async fn a_request_abandoned_by_its_client_is_counted_as_499() {
+    use tokio::io::AsyncWriteExt;
+    let slow = crate::common::servers::Slow::start().await;
+    let extra = format!(
+        "\n[[routes]]\nname = \"slow\"\npath_prefix = \"/slow/\"\nupstream = \"slow\"\nauth = \"public\"\n\n[[upstreams]]\nname = \"slow\"\nendpoints = [\"{}\"]\nread_timeout = \"60s\"\n",
+        slow.addr
+    );
+    let fx = Fixture::with(Opts {
+        extra,
+        ..Opts::default()
+    })
+    .await;
+    let before = metric(
+        &fx.metrics().await,
+        "cc_gateway_requests_total",
+        &[("route", "slow"), ("status", "499")],
+    );
+    let mut c = tokio::net::TcpStream::connect(fx.gw.addr)
+        .await
+        .expect("connect");
+    c.write_all(b"GET /slow/x HTTP/1.1\r\nHost: gw\r\nX-Request-Id: abandoned-1\r\n\r\n")
+        .await
+        .expect("write");
+    wait_until("the gateway to reach the slow upstream", DEADLINE, || {
+        let n = slow.accepted();
+        async move {
+            if n >= 1 {
+                Ok(())
+            } else {
+                Err(format!("{n} connections"))
+            }
+        }
+    })
+    .await;
+    drop(c); // the client gives up long before the upstream's 60 s
+    wait_metric(
+        &fx.gw,
+        "cc_gateway_requests_total",
+        &[("route", "slow"), ("status", "499")],
+        before + 1.0,
+    )
+    .await;
+    let log = fx.access_log.clone();
+    wait_until(
+        "the access log line of the abandoned request",
+        DEADLINE,
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            async move {
+                let line = text
+                    .lines()
+                    .find(|l| l.contains("abandoned-1"))
+                    .ok_or("no line yet".to_string())?;
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+                if v["status"] == 499 && v["reason"] == "client_closed" {
+                    Ok(())
+                } else {
+                    Err(line.to_string())
+                }
+            }
+        },
+    )
+    .await;
+}
