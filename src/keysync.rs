@@ -278,7 +278,7 @@ pub async fn refresh(
 
 /// The background refresher of one issuer: refresh, then sleep until the next refresh is due
 /// (or an unknown kid wakes it, or — for files — the file changes). Failures retry with
-/// backoff from 1 s up to a minute, keeping the last good keys meanwhile.
+/// backoff from 1 s up to 30 s (a request for the issuer wakes it sooner), keeping the last good keys meanwhile.
 pub async fn run_refresher(verifier: Arc<Verifier>, idx: usize, fetcher: Arc<Fetcher>) {
     let cfg = verifier.issuers()[idx].cfg.clone();
     let floor = Duration::from_secs(60).min(cfg.refresh_interval);
@@ -295,7 +295,7 @@ pub async fn run_refresher(verifier: Arc<Verifier>, idx: usize, fetcher: Arc<Fet
             Err(_) => {
                 let w = backoff;
                 backoff = (backoff * 2)
-                    .min(Duration::from_secs(60))
+                    .min(Duration::from_secs(30))
                     .min(cfg.refresh_interval.max(Duration::from_secs(1)));
                 w
             }

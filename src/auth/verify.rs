@@ -183,6 +183,9 @@ impl Verifier {
             ));
         }
         let Some(mut keys) = issuer.current() else {
+            // nudge the refresher (rate-limited like unknown kids): an issuer that just came back
+            // is picked up on demand, not only at the next backoff step
+            let _ = issuer.request_refetch_for_unknown_kid();
             return Err(AuthError::new(
                 Reason::KeysUnavailable,
                 format!("keys of issuer {} have not loaded yet", issuer.cfg.name),
