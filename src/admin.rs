@@ -18,11 +18,17 @@ use crate::auth::Verifier;
 use crate::keysync::{self, Fetcher};
 use crate::metrics::METRICS;
 
+/// A reload request's answer channel: `Ok` (what was reloaded) or the reason it was refused.
+pub type ReloadReply = tokio::sync::oneshot::Sender<Result<crate::reload::Reloaded, String>>;
+
 pub struct Admin {
-    pub verifier: Arc<Verifier>,
+    /// swapped at reload
+    pub verifier: Arc<arc_swap::ArcSwap<Verifier>>,
     pub fetcher: Arc<Fetcher>,
     /// set at SIGTERM: /readyz turns 503 so load balancers stop sending traffic
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// to the control loop, which owns the running configuration
+    pub reload: tokio::sync::mpsc::Sender<ReloadReply>,
 }
 
 pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>) {
@@ -68,6 +74,7 @@ fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>>
 
 async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    let verifier = a.verifier.load_full();
     match (req.method(), path) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") if a.draining.load(std::sync::atomic::Ordering::Acquire) => {
@@ -77,8 +84,7 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             )
         }
         (&Method::GET, "/readyz") => {
-            let pending: Vec<&str> = a
-                .verifier
+            let pending: Vec<&str> = verifier
                 .issuers()
                 .iter()
                 .filter(|i| !i.is_loaded())
@@ -98,16 +104,16 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "text/plain; version=0.0.4",
             METRICS.render(),
         ),
-        (&Method::GET, "/issuers") => json_reply(StatusCode::OK, issuers_status(&a.verifier)),
+        (&Method::GET, "/issuers") => json_reply(StatusCode::OK, issuers_status(&verifier)),
         (&Method::POST, p) if p.starts_with("/issuers/") && p.ends_with("/refresh") => {
             let name = &p["/issuers/".len()..p.len() - "/refresh".len()];
-            let Some((idx, _)) = a.verifier.issuer_by_name(name) else {
+            let Some((idx, _)) = verifier.issuer_by_name(name) else {
                 return json_reply(
                     StatusCode::NOT_FOUND,
                     json!({"error": "not_found", "reason": "unknown_issuer", "issuer": name}),
                 );
             };
-            match keysync::refresh(&a.verifier, idx, &a.fetcher).await {
+            match keysync::refresh(&verifier, idx, &a.fetcher).await {
                 Ok(r) => json_reply(
                     StatusCode::OK,
                     json!({"issuer": name, "result": "ok", "keys": r.keys, "kids": r.kids}),
@@ -118,7 +124,8 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 ),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/issuers") => reply(
+        (&Method::POST, "/reload") => reload(a).await,
+        (_, "/healthz" | "/readyz" | "/metrics" | "/issuers" | "/reload") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n",
@@ -126,6 +133,30 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         _ => json_reply(
             StatusCode::NOT_FOUND,
             json!({"error": "not_found", "reason": "no_route"}),
+        ),
+    }
+}
+
+async fn reload(a: &Admin) -> Response<Full<Bytes>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if a.reload.send(tx).await.is_err() {
+        return json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"result": "error", "error": "shutting down"}),
+        );
+    }
+    match rx.await {
+        Ok(Ok(r)) => json_reply(
+            StatusCode::OK,
+            json!({"result": "ok", "generation": r.generation, "restart_needed": r.restart_needed}),
+        ),
+        Ok(Err(e)) => json_reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"result": "error", "error": e}),
+        ),
+        Err(_) => json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"result": "error", "error": "shutting down"}),
         ),
     }
 }

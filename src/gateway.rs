@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use http::{Request, Response};
 use hyper::body::Incoming;
 use prometheus::Histogram;
@@ -53,21 +55,56 @@ impl Gateway {
     }
 }
 
-/// One per worker thread; its upstream pools never leave that thread.
-pub struct Worker {
+/// What one worker serves with: the gateway and its own upstream pools. Swapped whole at a
+/// config reload; a request keeps the snapshot it started with.
+pub struct WorkerState {
     pub gw: Arc<Gateway>,
-    pub upstreams: Vec<UpstreamClient>,
+    pub upstreams: Vec<Arc<UpstreamClient>>,
 }
 
-impl Worker {
-    pub fn new(gw: Arc<Gateway>) -> Self {
+impl WorkerState {
+    /// Pools are kept for upstreams whose config did not change (`previous`).
+    pub fn new(gw: Arc<Gateway>, previous: Option<&WorkerState>) -> Self {
         let upstreams = gw
             .config
             .upstreams
             .iter()
-            .map(UpstreamClient::new)
+            .map(|u| {
+                previous
+                    .and_then(|p| {
+                        p.gw.config
+                            .upstreams
+                            .iter()
+                            .position(|o| o == u)
+                            .map(|i| p.upstreams[i].clone())
+                    })
+                    .unwrap_or_else(|| Arc::new(UpstreamClient::new(u)))
+            })
             .collect();
-        Worker { gw, upstreams }
+        WorkerState { gw, upstreams }
+    }
+}
+
+/// One per worker thread; its upstream pools never leave that thread.
+pub struct Worker {
+    state: ArcSwap<WorkerState>,
+}
+
+impl Worker {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Worker {
+            state: ArcSwap::from_pointee(WorkerState::new(gw, None)),
+        }
+    }
+
+    pub fn state(&self) -> Arc<WorkerState> {
+        self.state.load_full()
+    }
+
+    /// Installs a new gateway (config reload), keeping unchanged upstream pools.
+    pub fn install(&self, gw: Arc<Gateway>) {
+        let old = self.state.load_full();
+        self.state.store(Arc::new(WorkerState::new(gw, Some(&old))));
     }
 }
 
@@ -77,6 +114,6 @@ impl Handler for Worker {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
-        crate::pipeline::handle(self, req, conn)
+        crate::pipeline::handle(self.state.load_full(), req, conn)
     }
 }

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod keysync;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod respond;
 pub mod routing;
 pub mod server;

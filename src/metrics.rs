@@ -23,6 +23,7 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub connections: IntGauge,
+    pub config_reloads: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs (a cached-token hop) to a minute (a long completion).
@@ -135,6 +136,14 @@ impl Metrics {
                 &r,
                 IntGauge::new("connections", "Open client connections.")
                     .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            config_reloads: reg(
+                &r,
+                counter_vec(
+                    "config_reloads_total",
+                    "Configuration reloads, by result (ok/error).",
+                    &["result"],
+                ),
             ),
             registry: r,
         }

@@ -18,12 +18,12 @@ use crate::config::RouteAuth;
 use crate::engine::upstream::{ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo};
 use crate::forward::{self, X_REQUEST_ID};
-use crate::gateway::{Gateway, Worker};
+use crate::gateway::{Gateway, WorkerState};
 use crate::metrics::METRICS;
 use crate::respond::{self, Refusal};
 use crate::routing;
 
-pub async fn handle(w: Arc<Worker>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+pub async fn handle(w: Arc<WorkerState>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let gw = &w.gw;
     let mut ex = Exchange::begin(&w, &req, conn);
 
@@ -148,7 +148,7 @@ fn upstream_failed(gw: &Gateway, ex: &Exchange, upstream: usize, e: &UpstreamErr
 /// upstream), it still counts: status 499 `client_closed`, as nginx logs it.
 struct Exchange {
     /// the worker (not the shared gateway): its refcount stays on this thread's cache lines
-    worker: Arc<Worker>,
+    worker: Arc<WorkerState>,
     /// set once a response was handed to the engine; the body's completion hook logs from there
     answered: bool,
     start: Instant,
@@ -165,7 +165,7 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn begin(w: &Arc<Worker>, req: &Request<Incoming>, conn: ConnInfo) -> Self {
+    fn begin(w: &Arc<WorkerState>, req: &Request<Incoming>, conn: ConnInfo) -> Self {
         let gw = &w.gw;
         Exchange {
             worker: w.clone(),

@@ -10,7 +10,8 @@ use crate::config::Config;
 use crate::engine::listener::{self, BindError};
 use crate::engine::worker::{ServeOptions, Workers};
 use crate::gateway::{Gateway, Worker};
-use crate::keysync::{self, Fetcher};
+use crate::keysync::Fetcher;
+use crate::reload::Live;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -64,32 +65,36 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         header_read_timeout: config.server.header_read_timeout,
         shutdown_timeout: config.server.shutdown_timeout,
     };
+    // built here so a reload can reach every worker; each serves on its own thread
+    let worker_handles: Vec<Arc<Worker>> = (0..per_worker.len())
+        .map(|_| Arc::new(Worker::new(gw.clone())))
+        .collect();
     let workers = {
-        let gw = gw.clone();
-        Workers::start(per_worker, opts, move |_| Arc::new(Worker::new(gw.clone())))
+        let handles = worker_handles.clone();
+        Workers::start(per_worker, opts, move |i| handles[i].clone())
             .map_err(ServerError::Runtime)?
     };
 
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     rt.block_on(async {
         let fetcher = Arc::new(Fetcher::new());
+        let mut live = Live::new(
+            config.source.clone(),
+            gw.clone(),
+            worker_handles,
+            fetcher.clone(),
+        );
         // keys load in the background: startup does not wait for them (/readyz does)
-        for idx in 0..verifier.issuers().len() {
-            tokio::spawn(keysync::run_refresher(
-                verifier.clone(),
-                idx,
-                fetcher.clone(),
-            ));
-        }
+        live.start_refreshers();
+        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadReply>(4);
         if let Some(l) = admin_listener {
-            tokio::spawn(admin::serve(
-                l,
-                Arc::new(Admin {
-                    verifier: verifier.clone(),
-                    fetcher: fetcher.clone(),
-                    draining: draining.clone(),
-                }),
-            ));
+            let admin = Admin {
+                verifier: live.verifier.clone(),
+                fetcher,
+                draining: draining.clone(),
+                reload: reload_tx,
+            };
+            tokio::spawn(admin::serve(l, Arc::new(admin)));
         }
         let listen: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
         // the one stable startup line (scripts and tests wait for it)
@@ -105,7 +110,7 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
             listen: bound.clone(),
             admin: admin_addr,
         });
-        wait_for_signal().await;
+        control_loop(&mut live, &mut reload_rx).await;
         tracing::info!("shutting down: no new connections, draining open ones");
         draining.store(true, std::sync::atomic::Ordering::Release);
         // the admin listener keeps answering (/readyz 503) while the workers drain
@@ -114,7 +119,11 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM/SIGINT (returns) while serving reloads (SIGHUP, admin `POST /reload`).
+async fn control_loop(
+    live: &mut Live,
+    reloads: &mut tokio::sync::mpsc::Receiver<admin::ReloadReply>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -128,8 +137,13 @@ async fn wait_for_signal() {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            // SIGHUP must not kill a gateway (the default action would)
-            _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported yet; restart to apply changes"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", live.path.display());
+                let _ = live.reload();
+            }
+            Some(reply) = reloads.recv() => {
+                let _ = reply.send(live.reload().map_err(|e| e.to_string()));
+            }
         }
     }
 }

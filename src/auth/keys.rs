@@ -56,6 +56,15 @@ impl IssuerKeys {
         self.keys.swap(Some(Arc::new(set)))
     }
 
+    /// Installs keys carried over from the previous config (reload).
+    pub fn install_arc(&self, set: Arc<KeySet>) {
+        crate::metrics::METRICS
+            .jwks_keys
+            .with_label_values(&[&self.cfg.name])
+            .set(set.keys.len() as i64);
+        self.keys.store(Some(set));
+    }
+
     pub fn begin_fetch(&self) {
         self.in_flight.store(true, Ordering::Release);
     }

@@ -61,7 +61,8 @@ impl Verified {
 pub struct Verifier {
     issuers: Vec<IssuerKeys>,
     by_iss: HashMap<String, usize>,
-    cache: Option<TokenCache>,
+    cache: Option<Arc<TokenCache>>,
+    cache_size: usize,
 }
 
 pub fn unix_now() -> i64 {
@@ -73,18 +74,47 @@ pub fn unix_now() -> i64 {
 
 impl Verifier {
     pub fn new(cfg: &Config) -> Self {
+        Self::new_from(cfg, None)
+    }
+
+    /// A verifier for a reloaded config. Issuers whose key settings did not change keep the
+    /// keys they have (no `keys_unavailable` window); the token cache is kept when the issuer
+    /// table is identical (cached entries refer to issuers by index).
+    pub fn new_from(cfg: &Config, previous: Option<&Verifier>) -> Self {
         let issuers: Vec<IssuerKeys> = cfg.issuers.iter().cloned().map(IssuerKeys::new).collect();
+        if let Some(prev) = previous {
+            for ik in &issuers {
+                let same = prev.issuers.iter().find(|o| {
+                    o.cfg.name == ik.cfg.name
+                        && o.cfg.issuer == ik.cfg.issuer
+                        && o.cfg.source == ik.cfg.source
+                        && o.cfg.algorithms == ik.cfg.algorithms
+                });
+                if let Some(keys) = same.and_then(|o| o.current()) {
+                    ik.install_arc(keys);
+                }
+            }
+        }
         let by_iss = issuers
             .iter()
             .enumerate()
             .map(|(i, k)| (k.cfg.issuer.clone(), i))
             .collect();
-        let cache =
-            (cfg.auth.token_cache_size > 0).then(|| TokenCache::new(cfg.auth.token_cache_size));
+        let size = cfg.auth.token_cache_size;
+        let reusable = previous.filter(|p| {
+            p.cache_size == size
+                && p.issuers.len() == issuers.len()
+                && p.issuers.iter().zip(&issuers).all(|(a, b)| a.cfg == b.cfg)
+        });
+        let cache = match reusable {
+            Some(p) => p.cache.clone(),
+            None => (size > 0).then(|| Arc::new(TokenCache::new(size))),
+        };
         Verifier {
             issuers,
             by_iss,
             cache,
+            cache_size: size,
         }
     }
 

@@ -27,7 +27,7 @@ pub struct ConfigError {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// where it was read from (for messages and relative paths)
     pub source: PathBuf,
@@ -39,7 +39,7 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Server {
     pub listen: Vec<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
@@ -57,7 +57,7 @@ pub enum TokenHeader {
     Plain(HeaderName),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Auth {
     pub token_headers: Vec<TokenHeader>,
     /// lower-cased (header names are lower-case in `http`), e.g. `x-cc-`
@@ -80,7 +80,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Log {
     pub access: AccessLog,
     pub level: String,
@@ -95,7 +95,7 @@ pub enum KeySource {
     JwksFile(PathBuf),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Issuer {
     pub name: String,
     /// must equal the token's `iss`
@@ -117,7 +117,7 @@ pub enum RouteAuth {
     Public,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub name: String,
     pub path_prefix: String,
@@ -132,7 +132,7 @@ pub struct Route {
     pub issuers: Option<Vec<usize>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub name: String,
     /// `host:port` authorities
