@@ -117,7 +117,10 @@ impl Live {
         if a.shutdown_timeout != b.shutdown_timeout {
             restart_needed.push("server.shutdown_timeout");
         }
-        let access_log = if config.log.access == old.log.access {
+        // a file is always reopened: `kill -HUP` after logrotate moves it starts a fresh file
+        let reuse = config.log.access == old.log.access
+            && !matches!(config.log.access, crate::config::AccessLog::File(_));
+        let access_log = if reuse {
             self.gw.access_log.clone()
         } else {
             AccessLogger::start(&config.log.access).map_err(|source| ReloadError::AccessLog {

@@ -206,3 +206,44 @@ async fn a_request_abandoned_by_its_client_is_counted_as_499() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn reload_reopens_the_access_log_for_logrotate() {
+    let fx = Fixture::start().await;
+    fx.expect_ok(Req::get("/public/before").header("X-Request-Id", "before-rotation"))
+        .await;
+    let log = fx.access_log.clone();
+    wait_until("the first line", DEADLINE, || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        async move {
+            if t.contains("before-rotation") {
+                Ok(())
+            } else {
+                Err(t)
+            }
+        }
+    })
+    .await;
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    let r = fx.gw.admin_post("/reload").await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    fx.expect_ok(Req::get("/public/after").header("X-Request-Id", "after-rotation"))
+        .await;
+    wait_until("the new line in a fresh file", DEADLINE, || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        async move {
+            if t.contains("after-rotation") {
+                Ok(())
+            } else {
+                Err(format!("new file: {t:?}"))
+            }
+        }
+    })
+    .await;
+    let old = std::fs::read_to_string(&rotated).expect("rotated file");
+    assert!(
+        old.contains("before-rotation") && !old.contains("after-rotation"),
+        "{old}"
+    );
+}
