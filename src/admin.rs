@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::auth::Verifier;
+use crate::gateway::Gateway;
 use crate::keysync::{self, Fetcher};
 use crate::metrics::METRICS;
 
@@ -22,8 +23,8 @@ use crate::metrics::METRICS;
 pub type ReloadReply = tokio::sync::oneshot::Sender<Result<crate::reload::Reloaded, String>>;
 
 pub struct Admin {
-    /// swapped at reload
-    pub verifier: Arc<arc_swap::ArcSwap<Verifier>>,
+    /// the running gateway, swapped at reload
+    pub gateway: Arc<arc_swap::ArcSwap<Gateway>>,
     pub fetcher: Arc<Fetcher>,
     /// set at SIGTERM: /readyz turns 503 so load balancers stop sending traffic
     pub draining: Arc<std::sync::atomic::AtomicBool>,
@@ -74,7 +75,24 @@ fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>>
 
 async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let verifier = a.verifier.load_full();
+    let gw = a.gateway.load_full();
+    let verifier = gw.verifier.clone();
+    // probes stay open; everything else needs the admin token when one is configured
+    if !matches!(path, "/healthz" | "/readyz") {
+        if let Some(token) = &gw.config.server.admin_token {
+            if !bearer_matches(req.headers(), &token.0) {
+                let mut r = json_reply(
+                    StatusCode::UNAUTHORIZED,
+                    json!({"error": "unauthorized", "reason": "admin_token"}),
+                );
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"cc-gateway-admin\""),
+                );
+                return r;
+            }
+        }
+    }
     match (req.method(), path) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") if a.draining.load(std::sync::atomic::Ordering::Acquire) => {
@@ -125,6 +143,13 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         (&Method::POST, "/reload") => reload(a).await,
+        (&Method::GET, "/budgets") => match &gw.budgets {
+            Some(b) => json_reply(StatusCode::OK, b.describe()),
+            None => json_reply(StatusCode::OK, json!({"rules": []})),
+        },
+        (m @ (&Method::GET | &Method::DELETE), p) if p.starts_with("/budgets/") => {
+            budget_key(&gw, m, &p["/budgets/".len()..])
+        }
         (_, "/healthz" | "/readyz" | "/metrics" | "/issuers" | "/reload") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
@@ -159,6 +184,76 @@ async fn reload(a: &Admin) -> Response<Full<Bytes>> {
             json!({"result": "error", "error": "shutting down"}),
         ),
     }
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time.
+fn bearer_matches(h: &http::HeaderMap, token: &str) -> bool {
+    let Some(v) = h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()) else {
+        return false;
+    };
+    let Some(sent) = v
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
+        .map(|_| v[7..].trim_ascii())
+    else {
+        return false;
+    };
+    aws_lc_rs::constant_time::verify_slices_are_equal(sent, token.as_bytes()).is_ok()
+}
+
+/// `GET|DELETE /budgets/<rule>/<key>`; the key is percent-encoded in the path.
+fn budget_key(gw: &Gateway, m: &Method, rest: &str) -> Response<Full<Bytes>> {
+    let Some(b) = &gw.budgets else {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": "not_found", "reason": "unknown_rule"}),
+        );
+    };
+    let Some((rule, key)) = rest.split_once('/') else {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": "not_found", "reason": "no_route", "hint": "/budgets/<rule>/<key>"}),
+        );
+    };
+    let key = percent_decode(key);
+    let unknown = || {
+        json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": "not_found", "reason": "unknown_rule", "rule": rule}),
+        )
+    };
+    if m == Method::DELETE {
+        return match b.reset(rule, &key) {
+            Some(existed) => json_reply(
+                StatusCode::OK,
+                json!({"rule": rule, "key": key, "reset": true, "existed": existed}),
+            ),
+            None => unknown(),
+        };
+    }
+    match b.usage(rule, &key) {
+        Some(v) => json_reply(StatusCode::OK, v),
+        None => unknown(),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn issuers_status(v: &Verifier) -> serde_json::Value {

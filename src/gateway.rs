@@ -11,6 +11,7 @@ use prometheus::Histogram;
 
 use crate::accesslog::AccessLogger;
 use crate::auth::Verifier;
+use crate::budget::Budgets;
 use crate::config::Config;
 use crate::engine::upstream::UpstreamClient;
 use crate::engine::{Body, ConnInfo, Handler};
@@ -29,11 +30,31 @@ pub struct Gateway {
     pub upstream_durations: Vec<Histogram>,
     pub auth_failures: AuthFailureCounters,
     pub access_log: AccessLogger,
+    /// request budgets (None when none are configured)
+    pub budgets: Option<Budgets>,
 }
 
 impl Gateway {
     pub fn new(config: Arc<Config>, verifier: Arc<Verifier>, access_log: AccessLogger) -> Self {
+        Self::new_from(config, verifier, access_log, None)
+    }
+
+    /// For a reload: budget counters carry over from `previous`.
+    pub fn new_from(
+        config: Arc<Config>,
+        verifier: Arc<Verifier>,
+        access_log: AccessLogger,
+        previous: Option<&Gateway>,
+    ) -> Self {
+        let budgets = config.budgets.as_ref().map(|b| {
+            Budgets::new_from(
+                b,
+                config.routes.len(),
+                previous.and_then(|p| p.budgets.as_ref()),
+            )
+        });
         Gateway {
+            budgets,
             router: Router::new(&config.routes),
             identity: IdentityNames::new(&config.auth.identity_header_prefix),
             route_metrics: config

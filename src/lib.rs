@@ -5,6 +5,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod dev;
 pub mod engine;

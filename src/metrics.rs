@@ -24,6 +24,9 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     pub connections: IntGauge,
     pub config_reloads: IntCounterVec,
+    pub budget_decisions: IntCounterVec,
+    pub budget_store_duration: HistogramVec,
+    pub budget_store_errors: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs (a cached-token hop) to a minute (a long completion).
@@ -143,6 +146,30 @@ impl Metrics {
                     "config_reloads_total",
                     "Configuration reloads, by result (ok/error).",
                     &["result"],
+                ),
+            ),
+            budget_decisions: reg(
+                &r,
+                counter_vec(
+                    "budget_decisions_total",
+                    "Budget decisions, by rule and result (admitted/rejected).",
+                    &["rule", "result"],
+                ),
+            ),
+            budget_store_duration: reg(
+                &r,
+                hist_vec(
+                    "budget_store_duration_seconds",
+                    "Time the budget store took to decide.",
+                    &["store"],
+                ),
+            ),
+            budget_store_errors: reg(
+                &r,
+                counter_vec(
+                    "budget_store_errors_total",
+                    "Budget store failures (on_store_error applied).",
+                    &["store"],
                 ),
             ),
             registry: r,

@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::accesslog::Record;
 use crate::auth::{self, AuthError, Verified};
+use crate::budget::Decision;
 use crate::config::RouteAuth;
 use crate::engine::upstream::{ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo};
@@ -43,7 +44,10 @@ pub async fn handle(w: Arc<WorkerState>, req: Request<Incoming>, conn: ConnInfo)
         }
     }
 
-    // 3. budget: request budgets (issue #3) will decide here
+    // 3. budget (only verified requests get here: bad tokens never consume budget)
+    if let Err(r) = budget(gw, route, &req, &mut ex) {
+        return ex.refuse(*r);
+    }
 
     // 4. upstream
     let upstream = gw.config.routes[route].upstream;
@@ -82,6 +86,52 @@ async fn authenticate(
     auth::authorize(r, &verified, &gw.verifier, req.headers())?;
     Ok(Some(verified))
 }
+
+/// Step 3: every budget rule of the route must admit the request.
+fn budget(
+    gw: &Gateway,
+    route: usize,
+    req: &Request<Incoming>,
+    ex: &mut Exchange,
+) -> Result<(), Box<Refusal>> {
+    let Some(b) = &gw.budgets else { return Ok(()) };
+    let r = &gw.config.routes[route];
+    match b.decide(
+        route,
+        &r.name,
+        r.cost,
+        ex.identity.as_deref(),
+        req.headers(),
+        ex.peer,
+    ) {
+        Decision::Admit(headers) => {
+            ex.budget_headers = headers;
+            Ok(())
+        }
+        Decision::Reject {
+            rule,
+            retry_after,
+            headers,
+        } => {
+            let mut refusal = Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                rule,
+                "over budget: retry later",
+            );
+            refusal.retry_after = Some(retry_after);
+            refusal.headers = vec![(RATELIMIT_POLICY, headers.0), (RATELIMIT, headers.1)];
+            Err(Box::new(refusal))
+        }
+        Decision::StoreUnavailable => Err(Box::new(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "budget_store_unavailable",
+            "the budget store cannot answer",
+        ))),
+    }
+}
+
+const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
 /// Step 4a: the request as the upstream gets it.
 fn prepare_upstream(
@@ -162,6 +212,8 @@ struct Exchange {
     upstream: Option<usize>,
     identity: Option<Arc<Verified>>,
     bytes_in: Option<Arc<AtomicU64>>,
+    /// RateLimit-Policy / RateLimit for an admitted response
+    budget_headers: Option<(HeaderValue, HeaderValue)>,
 }
 
 impl Exchange {
@@ -183,6 +235,7 @@ impl Exchange {
             upstream: None,
             identity: None,
             bytes_in: None,
+            budget_headers: None,
         }
     }
 
@@ -192,7 +245,7 @@ impl Exchange {
     }
 
     fn respond(
-        self,
+        mut self,
         mut resp: Response<Incoming>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<Body> {
@@ -202,6 +255,10 @@ impl Exchange {
             tunnel(client, hyper::upgrade::on(&mut resp));
         }
         forward::strip_hop_by_hop(resp.headers_mut(), switching);
+        if let Some((policy, state)) = self.budget_headers.take() {
+            resp.headers_mut().insert(RATELIMIT_POLICY, policy);
+            resp.headers_mut().insert(RATELIMIT, state);
+        }
         self.finish(resp.map(Body::upstream), None, Some(upstream_status))
     }
 
@@ -210,7 +267,7 @@ impl Exchange {
     fn finish(
         mut self,
         mut resp: Response<Body>,
-        reason: Option<&'static str>,
+        reason: Option<std::borrow::Cow<'static, str>>,
         upstream_status: Option<u16>,
     ) -> Response<Body> {
         resp.headers_mut()
@@ -219,7 +276,13 @@ impl Exchange {
         self.answered = true;
         resp.body_mut()
             .on_done(Box::new(move |bytes_out, complete| {
-                self.record(status, reason, upstream_status, bytes_out, complete);
+                self.record(
+                    status,
+                    reason.as_deref(),
+                    upstream_status,
+                    bytes_out,
+                    complete,
+                );
             }));
         resp
     }

@@ -41,8 +41,8 @@ pub struct Reloaded {
 pub struct Live {
     pub path: PathBuf,
     pub gw: Arc<Gateway>,
-    /// what the admin API reads (issuer status, forced refresh)
-    pub verifier: Arc<ArcSwap<Verifier>>,
+    /// what the admin API reads (issuers, budgets, admin token)
+    pub current: Arc<ArcSwap<Gateway>>,
     pub workers: Vec<Arc<Worker>>,
     pub fetcher: Arc<Fetcher>,
     pub generation: u64,
@@ -56,11 +56,11 @@ impl Live {
         workers: Vec<Arc<Worker>>,
         fetcher: Arc<Fetcher>,
     ) -> Self {
-        let verifier = Arc::new(ArcSwap::new(gw.verifier.clone()));
+        let current = Arc::new(ArcSwap::new(gw.clone()));
         Live {
             path,
             gw,
-            verifier,
+            current,
             workers,
             fetcher,
             generation: 1,
@@ -129,11 +129,16 @@ impl Live {
             })?
         };
         let verifier = Arc::new(Verifier::new_from(&config, Some(&self.gw.verifier)));
-        let gw = Arc::new(Gateway::new(config, verifier.clone(), access_log));
+        let gw = Arc::new(Gateway::new_from(
+            config,
+            verifier.clone(),
+            access_log,
+            Some(&self.gw),
+        ));
         for w in &self.workers {
             w.install(gw.clone());
         }
-        self.verifier.store(verifier);
+        self.current.store(gw.clone());
         self.gw = gw;
         self.start_refreshers();
         self.generation += 1;

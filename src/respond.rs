@@ -2,6 +2,8 @@
 //! `{"error", "reason", "message", "request_id"}` with a stable `reason`; 401/403 carry an
 //! RFC 6750 `WWW-Authenticate` challenge.
 
+use std::borrow::Cow;
+
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
@@ -15,22 +17,29 @@ use crate::routing::RouteError;
 pub struct Refusal {
     pub status: StatusCode,
     /// the machine-readable reason (public interface)
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
     pub message: String,
     pub bearer_error: Option<&'static str>,
-    pub retry_after: Option<u32>,
+    pub retry_after: Option<u64>,
     pub allow: Option<String>,
+    /// more response headers (RateLimit-Policy / RateLimit on a 429)
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl Refusal {
-    pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        reason: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         Refusal {
             status,
-            reason,
+            reason: reason.into(),
             message: message.into(),
             bearer_error: None,
             retry_after: None,
             allow: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -106,7 +115,7 @@ fn category(r: &Refusal) -> &'static str {
         StatusCode::BAD_REQUEST => "bad_request",
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        StatusCode::TOO_MANY_REQUESTS => "budget_exceeded",
         StatusCode::BAD_GATEWAY => "bad_gateway",
         StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
         StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
@@ -118,7 +127,7 @@ fn category(r: &Refusal) -> &'static str {
 pub fn refusal(r: &Refusal, request_id: &HeaderValue) -> Response<Body> {
     let body = serde_json::json!({
         "error": category(r),
-        "reason": r.reason,
+        "reason": &r.reason,
         "message": r.message,
         "request_id": request_id.to_str().unwrap_or(""),
     });
@@ -139,6 +148,9 @@ pub fn refusal(r: &Refusal, request_id: &HeaderValue) -> Response<Body> {
     }
     if let Some(s) = r.retry_after {
         h.insert(RETRY_AFTER, HeaderValue::from(s));
+    }
+    for (n, v) in &r.headers {
+        h.insert(n.clone(), v.clone());
     }
     if let Some(a) = &r.allow {
         if let Ok(v) = HeaderValue::from_str(a) {

@@ -119,6 +119,7 @@ mod tests {
             auth: RouteAuth::Required,
             methods,
             issuers: None,
+            cost: None,
         }
     }
 

@@ -89,7 +89,7 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadReply>(4);
         if let Some(l) = admin_listener {
             let admin = Admin {
-                verifier: live.verifier.clone(),
+                gateway: live.current.clone(),
                 fetcher,
                 draining: draining.clone(),
                 reload: reload_tx,

@@ -37,6 +37,8 @@ pub struct Config {
     pub issuers: Vec<Issuer>,
     pub routes: Vec<Route>,
     pub upstreams: Vec<Upstream>,
+    /// request budgets; `None` when none are configured (the pipeline then skips the step)
+    pub budgets: Option<Budgets>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +49,17 @@ pub struct Server {
     pub max_header_bytes: usize,
     pub header_read_timeout: Option<Duration>,
     pub shutdown_timeout: Duration,
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin bearer token, read from the environment or a file at load time.
+#[derive(Clone, PartialEq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +143,80 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// indices into `Config::issuers` whose tokens this route accepts (None = all)
     pub issuers: Option<Vec<usize>>,
+    /// budget units a request on this route costs (overrides each rule's `cost`)
+    pub cost: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budgets {
+    pub store: BudgetStore,
+    pub on_store_error: OnStoreError,
+    pub store_timeout: Duration,
+    pub response_headers: bool,
+    pub rules: Vec<BudgetRule>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BudgetStore {
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// GCRA: a sustained rate with a burst
+    Rate,
+    /// fixed windows aligned to UTC (multiples of the period since the Unix epoch)
+    Quota,
+}
+
+/// `count` units per `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub count: u64,
+    pub period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyPart {
+    Claim(String),
+    Header(HeaderName),
+    Route,
+    ClientIp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tier {
+    pub low: f64,
+    pub high: f64,
+    pub limit: Limit,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tiers {
+    pub claim: String,
+    pub ranges: Vec<Tier>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRule {
+    pub name: String,
+    /// indices into `Config::routes` (None = every route)
+    pub routes: Option<Vec<usize>>,
+    pub key: Vec<KeyPart>,
+    pub kind: LimitKind,
+    /// the rule's own limit (None: tiers only)
+    pub limit: Option<Limit>,
+    /// GCRA: how many requests may arrive at once
+    pub burst: u64,
+    pub cost: u64,
+    pub tiers: Option<Tiers>,
+    pub overrides: HashMap<String, Limit>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -360,6 +447,7 @@ impl Validator {
         let upstreams = self.upstreams(raw.upstreams)?;
         let issuers = self.issuers(raw.issuers)?;
         let routes = self.routes(raw.routes, &upstreams, &issuers)?;
+        let budgets = raw.budgets.map(|b| self.budgets(b, &routes)).transpose()?;
         Ok(Config {
             source: source.to_path_buf(),
             server,
@@ -368,6 +456,243 @@ impl Validator {
             issuers,
             routes,
             upstreams,
+            budgets,
+        })
+    }
+
+    fn admin_token(
+        &self,
+        v: &Option<String>,
+        admin: Option<SocketAddr>,
+    ) -> VResult<Option<AdminToken>> {
+        let p = "server.admin_token";
+        let token = match v.as_deref() {
+            None => None,
+            Some(s) => {
+                let secret = if let Some(name) = s.strip_prefix("env:") {
+                    std::env::var(name).map_err(|_| {
+                        self.err(p, format!("environment variable {name:?} is not set"))
+                    })?
+                } else if let Some(f) = s.strip_prefix("file:") {
+                    let path = self.path(f);
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| self.err(p, format!("cannot read {}: {e}", path.display())))?
+                } else {
+                    return Err(self.err(p, "use \"env:NAME\" or \"file:PATH\" (a token written in the config would leak with it)"));
+                };
+                let secret = secret.trim().to_string();
+                if secret.len() < 16 {
+                    return Err(self.err(p, "the token must be at least 16 characters"));
+                }
+                Some(AdminToken(secret))
+            }
+        };
+        if token.is_none() && admin.is_some_and(|a| !a.ip().is_loopback()) {
+            return Err(self.err(p, "required when admin_listen is not a loopback address"));
+        }
+        Ok(token)
+    }
+
+    /// `N/period`, e.g. `600/1m`, `5000/1d`.
+    fn limit(&self, path: &str, s: &str) -> VResult<Limit> {
+        let bad = || {
+            self.err(
+                path,
+                format!("{s:?}: expected \"N/period\" such as \"600/1m\" or \"5000/1d\""),
+            )
+        };
+        let (n, per) = s.split_once('/').ok_or_else(bad)?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        let period = humantime::parse_duration(per.trim()).map_err(|_| bad())?;
+        if count == 0 || period < Duration::from_secs(1) || period.subsec_nanos() != 0 {
+            return Err(self.err(
+                path,
+                format!("{s:?}: needs at least 1 unit per a whole number of seconds"),
+            ));
+        }
+        Ok(Limit { count, period })
+    }
+
+    fn budgets(&self, r: RawBudgets, routes: &[Route]) -> VResult<Budgets> {
+        let store = match r.store.as_deref().unwrap_or("memory") {
+            "memory" => BudgetStore::Memory,
+            s if s.starts_with("sqlite://") || s.starts_with("redis://") => {
+                return Err(self.err(
+                    "budgets.store",
+                    format!("{s:?}: only \"memory\" is available in this version"),
+                ))
+            }
+            s => {
+                return Err(self.err(
+                    "budgets.store",
+                    format!(
+                        "{s:?}: expected \"memory\", \"sqlite://PATH\" or \"redis://HOST:PORT/DB\""
+                    ),
+                ))
+            }
+        };
+        let on_store_error = match r.on_store_error.as_deref().unwrap_or("allow") {
+            "allow" => OnStoreError::Allow,
+            "deny" => OnStoreError::Deny,
+            s => {
+                return Err(self.err(
+                    "budgets.on_store_error",
+                    format!("{s:?}: expected \"allow\" or \"deny\""),
+                ))
+            }
+        };
+        let mut names = HashSet::new();
+        let mut rules = Vec::new();
+        for (i, rr) in r.rules.into_iter().enumerate() {
+            let p = format!("budgets.rules[{i}]");
+            self.name(&format!("{p}.name"), &rr.name)?;
+            if !names.insert(rr.name.clone()) {
+                return Err(self.err(
+                    format!("{p}.name"),
+                    format!("duplicate rule name {:?}", rr.name),
+                ));
+            }
+            let route_idx = match &rr.routes {
+                None => None,
+                Some(v) if v.is_empty() => {
+                    return Err(self.err(
+                        format!("{p}.routes"),
+                        "empty: omit it to apply to every route",
+                    ))
+                }
+                Some(v) => Some(
+                    v.iter()
+                        .enumerate()
+                        .map(|(j, n)| {
+                            routes.iter().position(|r| &r.name == n).ok_or_else(|| {
+                                self.err(format!("{p}.routes[{j}]"), format!("unknown route {n:?}"))
+                            })
+                        })
+                        .collect::<VResult<Vec<_>>>()?,
+                ),
+            };
+            if rr.key.is_empty() {
+                return Err(self.err(
+                    format!("{p}.key"),
+                    "needs at least one part (claim:<name>, header:<name>, route, client_ip)",
+                ));
+            }
+            let mut key = Vec::new();
+            for (j, k) in rr.key.iter().enumerate() {
+                let kp = format!("{p}.key[{j}]");
+                key.push(match k.as_str() {
+                    "route" => KeyPart::Route,
+                    "client_ip" => KeyPart::ClientIp,
+                    _ => match k.split_once(':') {
+                        Some(("claim", c)) if !c.is_empty() => KeyPart::Claim(c.to_string()),
+                        Some(("header", h)) => {
+                            KeyPart::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                                self.err(&kp, format!("{h:?} is not a header name"))
+                            })?)
+                        }
+                        _ => {
+                            return Err(self.err(
+                                kp,
+                                format!(
+                                "{k:?}: expected claim:<name>, header:<name>, route or client_ip"
+                            ),
+                            ))
+                        }
+                    },
+                });
+            }
+            let (kind, limit) = match (&rr.rate, &rr.quota) {
+                (Some(_), Some(_)) => {
+                    return Err(self.err(&p, "has both rate and quota: one rule, one kind of limit"))
+                }
+                (Some(r), None) => (LimitKind::Rate, Some(self.limit(&format!("{p}.rate"), r)?)),
+                (None, Some(q)) => (
+                    LimitKind::Quota,
+                    Some(self.limit(&format!("{p}.quota"), q)?),
+                ),
+                (None, None) if rr.tiers.is_some() => (LimitKind::Rate, None),
+                (None, None) => {
+                    return Err(self.err(&p, "needs rate = \"N/period\" or quota = \"N/period\""))
+                }
+            };
+            if rr.burst.is_some() && kind == LimitKind::Quota {
+                return Err(self.err(format!("{p}.burst"), "applies to rate rules only"));
+            }
+            let burst = self.count(&format!("{p}.burst"), rr.burst, 1, 1, 1_000_000_000)? as u64;
+            let cost = self.count(&format!("{p}.cost"), rr.cost, 1, 1, 1_000_000_000)? as u64;
+            let tiers = match rr.tiers {
+                None => None,
+                Some(t) => {
+                    let tp = format!("{p}.tiers");
+                    if t.claim.is_empty() {
+                        return Err(self.err(format!("{tp}.claim"), "must name a numeric claim"));
+                    }
+                    if t.ranges.is_empty() {
+                        return Err(self.err(
+                            format!("{tp}.ranges"),
+                            "needs at least one [low, high, \"N/period\"]",
+                        ));
+                    }
+                    let mut ranges = Vec::new();
+                    for (j, r) in t.ranges.iter().enumerate() {
+                        let rp = format!("{tp}.ranges[{j}]");
+                        let num = |v: &toml::Value| match v {
+                            toml::Value::Integer(i) => Some(*i as f64),
+                            toml::Value::Float(f) => Some(*f),
+                            toml::Value::String(s) if s == "inf" => Some(f64::INFINITY),
+                            _ => None,
+                        };
+                        let (Some(low), Some(high), Some(toml::Value::String(l))) =
+                            (r.first().and_then(num), r.get(1).and_then(num), r.get(2))
+                        else {
+                            return Err(self.err(
+                                rp,
+                                "expected [low, high, \"N/period\"] (high may be \"inf\")",
+                            ));
+                        };
+                        if r.len() != 3 || low > high {
+                            return Err(
+                                self.err(rp, "expected [low, high, \"N/period\"] with low <= high")
+                            );
+                        }
+                        ranges.push(Tier {
+                            low,
+                            high,
+                            limit: self.limit(&rp, l)?,
+                        });
+                    }
+                    Some(Tiers {
+                        claim: t.claim,
+                        ranges,
+                    })
+                }
+            };
+            let mut overrides = HashMap::new();
+            for (k, v) in &rr.overrides {
+                overrides.insert(k.clone(), self.limit(&format!("{p}.overrides.{k}"), v)?);
+            }
+            rules.push(BudgetRule {
+                name: rr.name,
+                routes: route_idx,
+                key,
+                kind,
+                limit,
+                burst,
+                cost,
+                tiers,
+                overrides,
+            });
+        }
+        Ok(Budgets {
+            store,
+            on_store_error,
+            store_timeout: self.positive_duration(
+                "budgets.store_timeout",
+                &r.store_timeout,
+                Duration::from_millis(20),
+            )?,
+            response_headers: r.response_headers.unwrap_or(true),
+            rules,
         })
     }
 
@@ -415,6 +740,7 @@ impl Validator {
                 &r.shutdown_timeout,
                 Duration::from_secs(10),
             )?,
+            admin_token: self.admin_token(&r.admin_token, admin_listen)?,
         })
     }
 
@@ -855,6 +1181,13 @@ impl Validator {
                 auth,
                 methods,
                 issuers: route_issuers,
+                cost: r
+                    .cost
+                    .map(|c| {
+                        self.count(&format!("{p}.cost"), Some(c), 1, 1, 1_000_000_000)
+                            .map(|c| c as u64)
+                    })
+                    .transpose()?,
             });
         }
         Ok(out)

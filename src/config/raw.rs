@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
+    pub budgets: Option<RawBudgets>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +32,7 @@ pub struct RawServer {
     pub max_header_bytes: Option<i64>,
     pub header_read_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +82,7 @@ pub struct RawRoute {
     pub auth: Option<String>,
     pub methods: Option<Vec<String>>,
     pub issuers: Option<Vec<String>>,
+    pub cost: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,4 +94,38 @@ pub struct RawUpstream {
     pub read_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudgets {
+    pub store: Option<String>,
+    pub on_store_error: Option<String>,
+    pub store_timeout: Option<String>,
+    pub response_headers: Option<bool>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub routes: Option<Vec<String>>,
+    pub key: Vec<String>,
+    pub rate: Option<String>,
+    pub quota: Option<String>,
+    pub burst: Option<i64>,
+    pub cost: Option<i64>,
+    pub tiers: Option<RawTiers>,
+    #[serde(default)]
+    pub overrides: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTiers {
+    pub claim: String,
+    /// `[low, high, "N/period"]`; `high` may be "inf"
+    pub ranges: Vec<Vec<toml::Value>>,
 }

@@ -1,0 +1,250 @@
+//! The in-memory budget store: sharded maps behind short mutexes (never held across an
+//! await). A decision over several rules locks their shards in index order, evaluates every
+//! rule, and commits only if all admit — a rejected request consumes nothing.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use super::{Eval, Outcome, Probe};
+
+const SHARDS: usize = 64;
+/// Per shard: above this many keys, idle ones (fully recovered rates, past windows) are swept.
+const SWEEP_ABOVE: usize = 16 * 1024;
+
+#[derive(Clone, Copy, Debug)]
+enum Cell {
+    /// GCRA theoretical arrival time, ns since the Unix epoch
+    Tat(i64),
+    /// fixed window: its start (ns) and the units used in it
+    Window { start: i64, used: u64 },
+}
+
+pub struct MemoryStore {
+    shards: Vec<Mutex<HashMap<String, Cell>>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+fn shard_of(key: &str) -> usize {
+    // FNV-1a: cheap and stable; keys are escaped/hashed already
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in key.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % SHARDS as u64) as usize
+}
+
+impl MemoryStore {
+    fn lock(&self, i: usize) -> Option<MutexGuard<'_, HashMap<String, Cell>>> {
+        self.shards[i].lock().ok()
+    }
+
+    /// Decides `probes` at `now` (ns); commits only when every probe admits.
+    pub fn decide(&self, probes: &[Probe], now: i64) -> Option<Outcome> {
+        let mut idx: Vec<usize> = probes.iter().map(|p| shard_of(&p.key)).collect();
+        let mut order = idx.clone();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards = Vec::with_capacity(order.len());
+        for &i in &order {
+            guards.push((i, self.lock(i)?)); // a poisoned shard is a store error
+        }
+        let slot = |shard: usize| order.binary_search(&shard).unwrap_or(0);
+        let mut evals = Vec::with_capacity(probes.len());
+        for (p, &s) in probes.iter().zip(&idx) {
+            let cell = guards[slot(s)].1.get(&p.key).copied();
+            evals.push(evaluate(p, cell, now));
+        }
+        let admitted = evals.iter().all(|(e, _)| e.admitted);
+        if admitted {
+            for ((p, s), (_, cell)) in probes.iter().zip(idx.iter_mut()).zip(&evals) {
+                let map = &mut guards[slot(*s)].1;
+                if map.len() > SWEEP_ABOVE {
+                    sweep(map, now);
+                }
+                map.insert(p.key.clone(), *cell);
+            }
+        }
+        Some(Outcome {
+            admitted,
+            evals: evals.into_iter().map(|(e, _)| e).collect(),
+        })
+    }
+
+    /// The state of one key without consuming anything (admin API).
+    pub fn peek(&self, probe: &Probe, now: i64) -> Option<Eval> {
+        let map = self.lock(shard_of(&probe.key))?;
+        let cell = map.get(&probe.key).copied();
+        Some(
+            evaluate(
+                &Probe {
+                    cost: 0,
+                    ..probe.clone()
+                },
+                cell,
+                now,
+            )
+            .0,
+        )
+    }
+
+    pub fn reset(&self, key: &str) -> bool {
+        self.lock(shard_of(key))
+            .is_some_and(|mut m| m.remove(key).is_some())
+    }
+}
+
+fn sweep(map: &mut HashMap<String, Cell>, now: i64) {
+    map.retain(|_, c| match *c {
+        Cell::Tat(t) => t > now,
+        // windows are at least a second; a cell from a past window holds nothing
+        Cell::Window { start, .. } => start + 86_400 * 30 * 1_000_000_000 > now,
+    });
+}
+
+/// The decision for one probe and the cell to store if the request is admitted.
+fn evaluate(p: &Probe, cell: Option<Cell>, now: i64) -> (Eval, Cell) {
+    let period = p.limit.period.as_nanos() as i64;
+    let count = p.limit.count as i64;
+    let cost = p.cost as i64;
+    if p.rate {
+        // GCRA: one unit every `t` ns; up to `burst` units at once
+        let t = (period / count).max(1);
+        let window = t.saturating_mul(p.burst as i64);
+        let tat = match cell {
+            Some(Cell::Tat(x)) => x.max(now),
+            _ => now,
+        };
+        let new_tat = tat.saturating_add(t.saturating_mul(cost));
+        let ahead = new_tat - now;
+        if ahead > window {
+            let used = (tat - now + t - 1) / t;
+            let eval = Eval {
+                admitted: false,
+                remaining: (p.burst as i64 - used).max(0) as u64,
+                reset_ns: tat - now,
+                retry_after_ns: ahead - window,
+            };
+            return (eval, Cell::Tat(tat));
+        }
+        let eval = Eval {
+            admitted: true,
+            remaining: ((window - ahead) / t) as u64,
+            reset_ns: ahead,
+            retry_after_ns: 0,
+        };
+        (eval, Cell::Tat(new_tat))
+    } else {
+        // fixed window aligned to multiples of the period since the epoch (UTC days for 1d)
+        let start = now - now.rem_euclid(period);
+        let used = match cell {
+            Some(Cell::Window { start: s, used }) if s == start => used as i64,
+            _ => 0,
+        };
+        let end = start + period;
+        if used + cost > count {
+            let eval = Eval {
+                admitted: false,
+                remaining: (count - used).max(0) as u64,
+                reset_ns: end - now,
+                retry_after_ns: end - now,
+            };
+            return (
+                eval,
+                Cell::Window {
+                    start,
+                    used: used as u64,
+                },
+            );
+        }
+        let eval = Eval {
+            admitted: true,
+            remaining: (count - used - cost) as u64,
+            reset_ns: end - now,
+            retry_after_ns: 0,
+        };
+        (
+            eval,
+            Cell::Window {
+                start,
+                used: (used + cost) as u64,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limit;
+    use std::time::Duration;
+
+    fn probe(key: &str, rate: bool, count: u64, secs: u64, burst: u64) -> Probe {
+        Probe {
+            key: key.into(),
+            rate,
+            limit: Limit {
+                count,
+                period: Duration::from_secs(secs),
+            },
+            burst,
+            cost: 1,
+        }
+    }
+
+    #[test]
+    fn gcra_burst_then_rate() {
+        let s = MemoryStore::default();
+        let p = probe("k", true, 60, 60, 5); // 1/s, burst 5
+        let now = 1_000_000_000_000;
+        let admitted = (0..10)
+            .filter(|_| s.decide(std::slice::from_ref(&p), now).unwrap().admitted)
+            .count();
+        assert_eq!(admitted, 5);
+        let o = s.decide(std::slice::from_ref(&p), now).unwrap();
+        assert_eq!(
+            o.evals[0].retry_after_ns, 1_000_000_000,
+            "exactly one emission interval"
+        );
+        assert!(
+            s.decide(std::slice::from_ref(&p), now + 1_000_000_000)
+                .unwrap()
+                .admitted
+        );
+        assert!(
+            !s.decide(std::slice::from_ref(&p), now + 1_000_000_000)
+                .unwrap()
+                .admitted
+        );
+    }
+
+    #[test]
+    fn quota_window_and_all_or_nothing() {
+        let s = MemoryStore::default();
+        let tight = probe("tight", false, 2, 3600, 1);
+        let loose = probe("loose", false, 100, 3600, 1);
+        let now = 7_200_000_000_000; // a window start
+        let both = [tight.clone(), loose.clone()];
+        assert!(s.decide(&both, now).unwrap().admitted);
+        assert!(s.decide(&both, now).unwrap().admitted);
+        let o = s.decide(&both, now).unwrap();
+        assert!(!o.admitted);
+        assert_eq!(o.evals[0].retry_after_ns, 3_600_000_000_000);
+        assert_eq!(
+            s.peek(&loose, now).unwrap().remaining,
+            98,
+            "the rejected request consumed nothing"
+        );
+        assert!(
+            s.decide(&both, now + 3_600_000_000_000).unwrap().admitted,
+            "next window"
+        );
+    }
+}

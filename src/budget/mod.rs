@@ -1,0 +1,347 @@
+//! Request budgets: rate limits (GCRA) and quotas (fixed UTC windows) per key — an instance,
+//! a user, a route, a client — decided after authentication, before the upstream.
+
+pub mod memory;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue};
+use prometheus::{Histogram, IntCounter};
+
+use crate::auth::Verified;
+use crate::config::{BudgetRule, Budgets as BudgetConfig, KeyPart, Limit, LimitKind, OnStoreError};
+use crate::metrics::METRICS;
+use memory::MemoryStore;
+
+/// What the store decides for one rule and key.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub key: String,
+    pub rate: bool,
+    pub limit: Limit,
+    pub burst: u64,
+    pub cost: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Eval {
+    pub admitted: bool,
+    pub remaining: u64,
+    /// until the window ends (quota) or the bucket is full again (rate)
+    pub reset_ns: i64,
+    /// when rejected: until this request would be admitted
+    pub retry_after_ns: i64,
+}
+
+pub struct Outcome {
+    pub admitted: bool,
+    pub evals: Vec<Eval>,
+}
+
+/// The pipeline's answer.
+pub enum Decision {
+    /// admitted; RateLimit headers for the response (when configured)
+    Admit(Option<(HeaderValue, HeaderValue)>),
+    /// over budget: the rule that refused, Retry-After seconds, RateLimit headers
+    Reject {
+        rule: String,
+        retry_after: u64,
+        headers: (HeaderValue, HeaderValue),
+    },
+    /// the store could not answer and `on_store_error = "deny"`
+    StoreUnavailable,
+}
+
+struct RuleMetrics {
+    admitted: IntCounter,
+    rejected: IntCounter,
+}
+
+pub struct Budgets {
+    pub cfg: BudgetConfig,
+    /// survives config reloads (see `new_from`)
+    store: Arc<MemoryStore>,
+    /// rule indices per route index
+    by_route: Vec<Vec<usize>>,
+    metrics: Vec<RuleMetrics>,
+    store_duration: Histogram,
+    store_errors: IntCounter,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn secs_ceil(ns: i64) -> u64 {
+    (ns.max(0) as u64).div_ceil(1_000_000_000)
+}
+
+const MISSING: &str = "_missing_";
+
+/// One key part as stored: `%` and `|` escaped (parts are joined with `|`), long values hashed.
+fn escape_part(v: &[u8], out: &mut String) {
+    let s = String::from_utf8_lossy(v);
+    let escaped = s.replace('%', "%25").replace('|', "%7C");
+    if escaped.len() > 128 {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, v);
+        out.push_str("sha256:");
+        for b in d.as_ref() {
+            out.push_str(&format!("{b:02x}"));
+        }
+    } else {
+        out.push_str(&escaped);
+    }
+}
+
+impl Budgets {
+    /// Builds the budgets for a config; keeps `previous`'s counters (a reload must not reset
+    /// everyone's budget).
+    pub fn new_from(cfg: &BudgetConfig, routes: usize, previous: Option<&Budgets>) -> Self {
+        let by_route = (0..routes)
+            .map(|r| {
+                cfg.rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, rule)| rule.routes.as_ref().is_none_or(|rs| rs.contains(&r)))
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .collect();
+        let metrics = cfg
+            .rules
+            .iter()
+            .map(|r| RuleMetrics {
+                admitted: METRICS
+                    .budget_decisions
+                    .with_label_values(&[&r.name, "admitted"]),
+                rejected: METRICS
+                    .budget_decisions
+                    .with_label_values(&[&r.name, "rejected"]),
+            })
+            .collect();
+        Budgets {
+            cfg: cfg.clone(),
+            store: previous.map(|p| p.store.clone()).unwrap_or_default(),
+            by_route,
+            metrics,
+            store_duration: METRICS.budget_store_duration.with_label_values(&["memory"]),
+            store_errors: METRICS.budget_store_errors.with_label_values(&["memory"]),
+        }
+    }
+
+    pub fn applies_to(&self, route: usize) -> bool {
+        self.by_route.get(route).is_some_and(|r| !r.is_empty())
+    }
+
+    /// The key of `rule` for this request.
+    pub fn key(
+        rule: &BudgetRule,
+        route_name: &str,
+        id: Option<&Verified>,
+        headers: &HeaderMap,
+        ip: IpAddr,
+    ) -> String {
+        let mut key = String::with_capacity(64);
+        for (i, part) in rule.key.iter().enumerate() {
+            if i > 0 {
+                key.push('|');
+            }
+            match part {
+                KeyPart::Claim(c) => match id.and_then(|v| v.claim_str(c)) {
+                    Some(v) => escape_part(v.as_bytes(), &mut key),
+                    None => key.push_str(MISSING),
+                },
+                KeyPart::Header(h) => match headers.get(h) {
+                    Some(v) => escape_part(v.as_bytes(), &mut key),
+                    None => key.push_str(MISSING),
+                },
+                KeyPart::Route => escape_part(route_name.as_bytes(), &mut key),
+                KeyPart::ClientIp => key.push_str(&ip.to_string()),
+            }
+        }
+        key
+    }
+
+    /// The limit for a key: an override, else the tier of the token's claim, else the rule's
+    /// own limit, else its first tier.
+    fn limit_for(rule: &BudgetRule, key: &str, id: Option<&Verified>) -> Limit {
+        if let Some(l) = rule.overrides.get(key) {
+            return *l;
+        }
+        if let Some(t) = &rule.tiers {
+            let value = id
+                .and_then(|v| v.claims.get(&t.claim))
+                .and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()));
+            if let Some(x) = value {
+                if let Some(tier) = t.ranges.iter().find(|r| r.low <= x && x <= r.high) {
+                    return tier.limit;
+                }
+            }
+        }
+        rule.limit
+            .or_else(|| rule.tiers.as_ref().map(|t| t.ranges[0].limit))
+            .unwrap_or(Limit {
+                count: 1,
+                period: std::time::Duration::from_secs(1),
+            })
+    }
+
+    fn probe(rule: &BudgetRule, key: String, limit: Limit, cost: u64) -> Probe {
+        Probe {
+            key: format!("{}|{key}", rule.name),
+            rate: rule.kind == LimitKind::Rate,
+            limit,
+            burst: rule.burst,
+            cost,
+        }
+    }
+
+    /// Decides a request on `route`. Synchronous: the memory store never waits.
+    pub fn decide(
+        &self,
+        route: usize,
+        route_name: &str,
+        route_cost: Option<u64>,
+        id: Option<&Verified>,
+        headers: &HeaderMap,
+        ip: IpAddr,
+    ) -> Decision {
+        let Some(rules) = self.by_route.get(route).filter(|r| !r.is_empty()) else {
+            return Decision::Admit(None);
+        };
+        let mut probes = Vec::with_capacity(rules.len());
+        for &i in rules {
+            let rule = &self.cfg.rules[i];
+            let key = Self::key(rule, route_name, id, headers, ip);
+            let limit = Self::limit_for(rule, &key, id);
+            probes.push(Self::probe(
+                rule,
+                key,
+                limit,
+                route_cost.unwrap_or(rule.cost),
+            ));
+        }
+        let started = Instant::now();
+        let outcome = self.store.decide(&probes, now_ns());
+        self.store_duration.observe(started.elapsed().as_secs_f64());
+        let Some(outcome) = outcome else {
+            self.store_errors.inc();
+            return match self.cfg.on_store_error {
+                OnStoreError::Allow => Decision::Admit(None),
+                OnStoreError::Deny => Decision::StoreUnavailable,
+            };
+        };
+        let headers = || self.headers(rules, &probes, &outcome.evals);
+        if outcome.admitted {
+            for &i in rules {
+                self.metrics[i].admitted.inc();
+            }
+            return Decision::Admit(self.cfg.response_headers.then(headers));
+        }
+        // the first refusing rule names the refusal; Retry-After waits for every refusing rule
+        let mut refused = rules
+            .iter()
+            .zip(&outcome.evals)
+            .filter(|(_, e)| !e.admitted);
+        let (&first, _) = refused
+            .clone()
+            .next()
+            .unwrap_or((&rules[0], &outcome.evals[0]));
+        let wait = refused
+            .by_ref()
+            .map(|(_, e)| e.retry_after_ns)
+            .max()
+            .unwrap_or(0);
+        self.metrics[first].rejected.inc();
+        Decision::Reject {
+            rule: self.cfg.rules[first].name.clone(),
+            retry_after: secs_ceil(wait).max(1),
+            headers: headers(),
+        }
+    }
+
+    /// IETF RateLimit-Policy / RateLimit (structured fields): one item per rule.
+    fn headers(
+        &self,
+        rules: &[usize],
+        probes: &[Probe],
+        evals: &[Eval],
+    ) -> (HeaderValue, HeaderValue) {
+        let mut policy = String::new();
+        let mut state = String::new();
+        for ((&i, p), e) in rules.iter().zip(probes).zip(evals) {
+            let name = &self.cfg.rules[i].name;
+            if !policy.is_empty() {
+                policy.push_str(", ");
+                state.push_str(", ");
+            }
+            let q = if p.rate { p.burst } else { p.limit.count };
+            policy.push_str(&format!("\"{name}\";q={q};w={}", p.limit.period.as_secs()));
+            state.push_str(&format!(
+                "\"{name}\";r={};t={}",
+                e.remaining,
+                secs_ceil(e.reset_ns)
+            ));
+        }
+        // names are [A-Za-z0-9._-]: always valid header values
+        (
+            HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("")),
+            HeaderValue::from_str(&state).unwrap_or(HeaderValue::from_static("")),
+        )
+    }
+
+    /// Admin API: usage of `key` under `rule` without consuming anything.
+    pub fn usage(&self, rule: &str, key: &str) -> Option<serde_json::Value> {
+        let r = self.cfg.rules.iter().find(|r| r.name == rule)?;
+        let limit = Self::limit_for(r, key, None);
+        let p = Self::probe(r, key.to_string(), limit, 0);
+        let e = self.store.peek(&p, now_ns())?;
+        let capacity = if p.rate { r.burst } else { limit.count };
+        Some(serde_json::json!({
+            "rule": rule, "key": key,
+            "kind": if p.rate { "rate" } else { "quota" },
+            "limit": format!("{}/{}", limit.count, humantime::format_duration(limit.period)),
+            "capacity": capacity,
+            "used": capacity.saturating_sub(e.remaining),
+            "remaining": e.remaining,
+            "reset_seconds": secs_ceil(e.reset_ns),
+        }))
+    }
+
+    /// Admin API: forget `key`'s usage under `rule`. None when the rule does not exist.
+    pub fn reset(&self, rule: &str, key: &str) -> Option<bool> {
+        let r = self.cfg.rules.iter().find(|r| r.name == rule)?;
+        Some(self.store.reset(&format!("{}|{key}", r.name)))
+    }
+
+    pub fn describe(&self) -> serde_json::Value {
+        let rules: Vec<_> = self
+            .cfg
+            .rules
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "kind": if r.kind == LimitKind::Rate { "rate" } else { "quota" },
+                    "limit": r.limit.map(|l| format!("{}/{}", l.count, humantime::format_duration(l.period))),
+                    "burst": (r.kind == LimitKind::Rate).then_some(r.burst),
+                    "cost": r.cost,
+                    "key": r.key.iter().map(|k| match k {
+                        KeyPart::Claim(c) => format!("claim:{c}"),
+                        KeyPart::Header(h) => format!("header:{h}"),
+                        KeyPart::Route => "route".into(),
+                        KeyPart::ClientIp => "client_ip".into(),
+                    }).collect::<Vec<_>>(),
+                    "tiers": r.tiers.as_ref().map(|t| t.claim.clone()),
+                    "overrides": r.overrides.len(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "store": "memory", "rules": rules })
+    }
+}
