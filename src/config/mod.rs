@@ -322,6 +322,26 @@ impl Config {
         for u in &self.upstreams {
             let _ = writeln!(s, "  {:<16} {}", u.name, u.endpoints.join(", "));
         }
+        if let Some(b) = &self.budgets {
+            let _ = writeln!(
+                s,
+                "budgets ({} rules, store memory, on_store_error {:?}):",
+                b.rules.len(),
+                b.on_store_error
+            );
+            for r in &b.rules {
+                let limit = r
+                    .limit
+                    .map(|l| format!("{}/{}", l.count, humantime::format_duration(l.period)))
+                    .unwrap_or_else(|| "tiers".into());
+                let kind = if r.kind == LimitKind::Rate {
+                    format!("rate {limit} burst {}", r.burst)
+                } else {
+                    format!("quota {limit}")
+                };
+                let _ = writeln!(s, "  {:<16} {kind}", r.name);
+            }
+        }
         s
     }
 }
