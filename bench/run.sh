@@ -4,6 +4,7 @@
 #   (a) warm   — one token repeated (verified-token cache hits)
 #   (b) cold   — 10,000 distinct tokens round-robin (cache on)
 #   (c) nocache — (b) with auth.token_cache_size = 0: raw verification on every request
+#   (d) budget  — (a) plus one memory-store GCRA rule keyed by claim:sub (never rejecting)
 # Reports req/s, ratio to direct, p50/p99, the gateway's CPU µs per request (user+sys from
 # /proc) and RSS. Absolute numbers on a shared 2-core VM are noisy: compare ratios in one run.
 #
@@ -58,7 +59,11 @@ http {
 CONF
 nginx -c "$RUN/upstream.conf" -p "$RUN" & PIDS+=($!)
 
-gateway_config() { # $1 = token cache size
+gateway_config() { # $1 = token cache size, $2 = "budget" to add one memory rule
+  local extra=""
+  if [ "${2:-}" = budget ]; then
+    extra=$'[budgets]\nstore = "memory"\n[[budgets.rules]]\nname = "instance-rate"\nkey = ["claim:sub"]\nrate = "100000000/1s"\nburst = 1000000'
+  fi
   cat > "$RUN/gw-$1.toml" <<CONF
 [server]
 listen = ["127.0.0.1:$GW_PORT"]
@@ -83,6 +88,7 @@ scopes = ["code_suggestions"]
 [[upstreams]]
 name = "ai"
 endpoints = ["127.0.0.1:$UP_PORT"]
+$extra
 CONF
 }
 
@@ -113,8 +119,8 @@ measure() { # name port tokens-file pid-or-empty
 wait_port $UP_PORT
 measure "direct" $UP_PORT "$RUN/warm.txt"
 
-run_gateway() { # cache-size
-  gateway_config "$1"
+run_gateway() { # cache-size [budget]
+  gateway_config "$1" "${2:-}"
   "$BIN" run --config "$RUN/gw-$1.toml" 2>"$RUN/gw-$1.log" & GW=$!; PIDS+=($GW)
   wait_port $GW_PORT
   IDLE_RSS=$(rss_mib $GW)
@@ -134,6 +140,9 @@ echo "RSS after the runs: $(rss_mib $GW) MiB" >> "$RUN/rss.txt"
 stop_gateway
 run_gateway 0
 measure "(c) cc-gateway cold, cache off" $GW_PORT "$RUN/cold.txt" $GW
+stop_gateway
+run_gateway 100000 budget
+measure "(d) = (a) + one memory budget rule" $GW_PORT "$RUN/warm.txt" $GW
 stop_gateway
 
 direct=${RPS[direct]}

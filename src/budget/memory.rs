@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{Eval, Outcome, Probe};
+use crate::config::Limit;
 
 const SHARDS: usize = 64;
 /// Per shard: above this many keys, idle ones (fully recovered rates, past windows) are swept.
@@ -19,8 +20,16 @@ enum Cell {
     Window { start: i64, used: u64 },
 }
 
+/// A key's state and the limit last applied to it (tiers and overrides depend on the token,
+/// which the admin API does not have).
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    cell: Cell,
+    limit: Limit,
+}
+
 pub struct MemoryStore {
-    shards: Vec<Mutex<HashMap<String, Cell>>>,
+    shards: Vec<Mutex<HashMap<String, Entry>>>,
 }
 
 impl Default for MemoryStore {
@@ -42,7 +51,7 @@ fn shard_of(key: &str) -> usize {
 }
 
 impl MemoryStore {
-    fn lock(&self, i: usize) -> Option<MutexGuard<'_, HashMap<String, Cell>>> {
+    fn lock(&self, i: usize) -> Option<MutexGuard<'_, HashMap<String, Entry>>> {
         self.shards[i].lock().ok()
     }
 
@@ -59,7 +68,7 @@ impl MemoryStore {
         let slot = |shard: usize| order.binary_search(&shard).unwrap_or(0);
         let mut evals = Vec::with_capacity(probes.len());
         for (p, &s) in probes.iter().zip(&idx) {
-            let cell = guards[slot(s)].1.get(&p.key).copied();
+            let cell = guards[slot(s)].1.get(&p.key).map(|e| e.cell);
             evals.push(evaluate(p, cell, now));
         }
         let admitted = evals.iter().all(|(e, _)| e.admitted);
@@ -69,7 +78,13 @@ impl MemoryStore {
                 if map.len() > SWEEP_ABOVE {
                     sweep(map, now);
                 }
-                map.insert(p.key.clone(), *cell);
+                map.insert(
+                    p.key.clone(),
+                    Entry {
+                        cell: *cell,
+                        limit: p.limit,
+                    },
+                );
             }
         }
         Some(Outcome {
@@ -78,21 +93,18 @@ impl MemoryStore {
         })
     }
 
-    /// The state of one key without consuming anything (admin API).
-    pub fn peek(&self, probe: &Probe, now: i64) -> Option<Eval> {
+    /// The state of one key without consuming anything (admin API), judged by the limit last
+    /// applied to it (else `probe`'s); returns that limit too.
+    pub fn peek(&self, probe: &Probe, now: i64) -> Option<(Eval, Limit)> {
         let map = self.lock(shard_of(&probe.key))?;
-        let cell = map.get(&probe.key).copied();
-        Some(
-            evaluate(
-                &Probe {
-                    cost: 0,
-                    ..probe.clone()
-                },
-                cell,
-                now,
-            )
-            .0,
-        )
+        let entry = map.get(&probe.key).copied();
+        let limit = entry.map(|e| e.limit).unwrap_or(probe.limit);
+        let p = Probe {
+            cost: 0,
+            limit,
+            ..probe.clone()
+        };
+        Some((evaluate(&p, entry.map(|e| e.cell), now).0, limit))
     }
 
     pub fn reset(&self, key: &str) -> bool {
@@ -101,8 +113,8 @@ impl MemoryStore {
     }
 }
 
-fn sweep(map: &mut HashMap<String, Cell>, now: i64) {
-    map.retain(|_, c| match *c {
+fn sweep(map: &mut HashMap<String, Entry>, now: i64) {
+    map.retain(|_, e| match e.cell {
         Cell::Tat(t) => t > now,
         // windows are at least a second; a cell from a past window holds nothing
         Cell::Window { start, .. } => start + 86_400 * 30 * 1_000_000_000 > now,
@@ -183,7 +195,6 @@ fn evaluate(p: &Probe, cell: Option<Cell>, now: i64) -> (Eval, Cell) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limit;
     use std::time::Duration;
 
     fn probe(key: &str, rate: bool, count: u64, secs: u64, burst: u64) -> Probe {
@@ -238,7 +249,7 @@ mod tests {
         assert!(!o.admitted);
         assert_eq!(o.evals[0].retry_after_ns, 3_600_000_000_000);
         assert_eq!(
-            s.peek(&loose, now).unwrap().remaining,
+            s.peek(&loose, now).unwrap().0.remaining,
             98,
             "the rejected request consumed nothing"
         );

@@ -280,8 +280,11 @@ impl Budgets {
                 policy.push_str(", ");
                 state.push_str(", ");
             }
-            let q = if p.rate { p.burst } else { p.limit.count };
-            policy.push_str(&format!("\"{name}\";q={q};w={}", p.limit.period.as_secs()));
+            policy.push_str(&format!(
+                "\"{name}\";q={};w={}",
+                p.limit.count,
+                p.limit.period.as_secs()
+            ));
             state.push_str(&format!(
                 "\"{name}\";r={};t={}",
                 e.remaining,
@@ -298,9 +301,8 @@ impl Budgets {
     /// Admin API: usage of `key` under `rule` without consuming anything.
     pub fn usage(&self, rule: &str, key: &str) -> Option<serde_json::Value> {
         let r = self.cfg.rules.iter().find(|r| r.name == rule)?;
-        let limit = Self::limit_for(r, key, None);
-        let p = Self::probe(r, key.to_string(), limit, 0);
-        let e = self.store.peek(&p, now_ns())?;
+        let p = Self::probe(r, key.to_string(), Self::limit_for(r, key, None), 0);
+        let (e, limit) = self.store.peek(&p, now_ns())?;
         let capacity = if p.rate { r.burst } else { limit.count };
         Some(serde_json::json!({
             "rule": rule, "key": key,

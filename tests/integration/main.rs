@@ -10,6 +10,7 @@ mod common;
 
 mod admin;
 mod auth;
+mod budgets;
 mod cli;
 mod fuzz;
 mod jwks;

@@ -38,6 +38,10 @@ pub struct Opts {
     pub key_source: Option<String>,
     /// More keys for the `[auth]` table (e.g. `forward_token = false`).
     pub auth_extra: String,
+    /// More keys for the `[server]` table (e.g. `admin_token = "file:..."`).
+    pub server_extra: String,
+    /// TOML appended after the standard sections and before `extra` (`[budgets]`, `[[budgets.rules]]`).
+    pub budgets: String,
 }
 
 impl Default for Opts {
@@ -52,6 +56,8 @@ impl Default for Opts {
             wait_ready: true,
             key_source: None,
             auth_extra: String::new(),
+            server_extra: String::new(),
+            budgets: String::new(),
         }
     }
 }
@@ -99,6 +105,7 @@ pub fn standard_config(
 listen = ["127.0.0.1:0"]
 admin_listen = "127.0.0.1:0"
 threads = 2
+{server_extra}
 
 [auth]
 token_headers = ["X-Gitlab-Token", "Authorization"]
@@ -139,6 +146,7 @@ name = "echo"
 endpoints = [{echo_addr}]
 connect_timeout = "2s"
 read_timeout = {read_timeout}
+{budgets}
 {extra}
 "#,
         cache = opts.token_cache_size,
@@ -150,6 +158,8 @@ read_timeout = {read_timeout}
         read_timeout = toml_str(&opts.read_timeout),
         extra = opts.extra,
         auth_extra = opts.auth_extra,
+        server_extra = opts.server_extra,
+        budgets = opts.budgets,
     )
 }
 

@@ -95,8 +95,31 @@ impl Gateway {
     /// Spawns `cc-gateway ARGS...` (any subcommand that prints the ready line, e.g. `dev`);
     /// `config` is only shown in failure messages.
     pub async fn spawn_with(args: Vec<std::ffi::OsString>, config: &Path) -> Gateway {
+        Gateway::spawn_with_env(args, config, &[]).await
+    }
+
+    /// Spawns `cc-gateway run --config FILE` with extra environment variables, waits for the
+    /// ready line and for `/readyz` == 200.
+    pub async fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Gateway {
+        let args = vec![
+            std::ffi::OsString::from("run"),
+            "--config".into(),
+            config.as_os_str().to_owned(),
+        ];
+        let gw = Gateway::spawn_with_env(args, config, env).await;
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Like [`Gateway::spawn_with`], with extra environment variables for the process.
+    pub async fn spawn_with_env(
+        args: Vec<std::ffi::OsString>,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let mut child = command()
             .args(&args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
