@@ -57,7 +57,7 @@ impl MemoryStore {
 
     /// Decides `probes` at `now` (ns); commits only when every probe admits.
     pub fn decide(&self, probes: &[Probe], now: i64) -> Option<Outcome> {
-        let mut idx: Vec<usize> = probes.iter().map(|p| shard_of(&p.key)).collect();
+        let idx: Vec<usize> = probes.iter().map(|p| shard_of(&p.key)).collect();
         let mut order = idx.clone();
         order.sort_unstable();
         order.dedup();
@@ -73,18 +73,21 @@ impl MemoryStore {
         }
         let admitted = evals.iter().all(|(e, _)| e.admitted);
         if admitted {
-            for ((p, s), (_, cell)) in probes.iter().zip(idx.iter_mut()).zip(&evals) {
-                let map = &mut guards[slot(*s)].1;
+            for (p, (_, cell)) in probes.iter().zip(&evals) {
+                let map = &mut guards[slot(shard_of(&p.key))].1;
+                let entry = Entry {
+                    cell: *cell,
+                    limit: p.limit,
+                };
+                // the common case (a known key) updates in place: no allocation under the lock
+                if let Some(e) = map.get_mut(&p.key) {
+                    *e = entry;
+                    continue;
+                }
                 if map.len() > SWEEP_ABOVE {
                     sweep(map, now);
                 }
-                map.insert(
-                    p.key.clone(),
-                    Entry {
-                        cell: *cell,
-                        limit: p.limit,
-                    },
-                );
+                map.insert(p.key.clone(), entry);
             }
         }
         Some(Outcome {

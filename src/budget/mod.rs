@@ -86,6 +86,10 @@ const MISSING: &str = "_missing_";
 /// One key part as stored: `%` and `|` escaped (parts are joined with `|`), long values hashed.
 fn escape_part(v: &[u8], out: &mut String) {
     let s = String::from_utf8_lossy(v);
+    if s.len() <= 128 && !s.contains(['%', '|']) {
+        out.push_str(&s); // the common case: nothing to escape, no allocation
+        return;
+    }
     let escaped = s.replace('%', "%25").replace('|', "%7C");
     if escaped.len() > 128 {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, v);
@@ -146,25 +150,39 @@ impl Budgets {
         headers: &HeaderMap,
         ip: IpAddr,
     ) -> String {
-        let mut key = String::with_capacity(64);
+        let mut key = String::with_capacity(rule.name.len() + 64);
+        Self::key_into(rule, route_name, id, headers, ip, &mut key);
+        key
+    }
+
+    fn key_into(
+        rule: &BudgetRule,
+        route_name: &str,
+        id: Option<&Verified>,
+        headers: &HeaderMap,
+        ip: IpAddr,
+        key: &mut String,
+    ) {
         for (i, part) in rule.key.iter().enumerate() {
             if i > 0 {
                 key.push('|');
             }
             match part {
                 KeyPart::Claim(c) => match id.and_then(|v| v.claim_str(c)) {
-                    Some(v) => escape_part(v.as_bytes(), &mut key),
+                    Some(v) => escape_part(v.as_bytes(), key),
                     None => key.push_str(MISSING),
                 },
                 KeyPart::Header(h) => match headers.get(h) {
-                    Some(v) => escape_part(v.as_bytes(), &mut key),
+                    Some(v) => escape_part(v.as_bytes(), key),
                     None => key.push_str(MISSING),
                 },
-                KeyPart::Route => escape_part(route_name.as_bytes(), &mut key),
-                KeyPart::ClientIp => key.push_str(&ip.to_string()),
+                KeyPart::Route => escape_part(route_name.as_bytes(), key),
+                KeyPart::ClientIp => {
+                    use std::fmt::Write;
+                    let _ = write!(key, "{ip}");
+                }
             }
         }
-        key
     }
 
     /// The limit for a key: an override, else the tier of the token's claim, else the rule's
