@@ -11,6 +11,7 @@ use prometheus::Histogram;
 
 use crate::accesslog::AccessLogger;
 use crate::auth::Verifier;
+use crate::budget::sqlite::SqliteError;
 use crate::budget::Budgets;
 use crate::config::Config;
 use crate::engine::upstream::UpstreamClient;
@@ -35,7 +36,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Arc<Config>, verifier: Arc<Verifier>, access_log: AccessLogger) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        verifier: Arc<Verifier>,
+        access_log: AccessLogger,
+    ) -> Result<Self, SqliteError> {
         Self::new_from(config, verifier, access_log, None)
     }
 
@@ -45,15 +50,19 @@ impl Gateway {
         verifier: Arc<Verifier>,
         access_log: AccessLogger,
         previous: Option<&Gateway>,
-    ) -> Self {
-        let budgets = config.budgets.as_ref().map(|b| {
-            Budgets::new_from(
-                b,
-                config.routes.len(),
-                previous.and_then(|p| p.budgets.as_ref()),
-            )
-        });
-        Gateway {
+    ) -> Result<Self, SqliteError> {
+        let budgets = config
+            .budgets
+            .as_ref()
+            .map(|b| {
+                Budgets::new_from(
+                    b,
+                    config.routes.len(),
+                    previous.and_then(|p| p.budgets.as_ref()),
+                )
+            })
+            .transpose()?;
+        Ok(Gateway {
             budgets,
             router: Router::new(&config.routes),
             identity: IdentityNames::new(&config.auth.identity_header_prefix),
@@ -72,7 +81,7 @@ impl Gateway {
             verifier,
             access_log,
             config,
-        }
+        })
     }
 }
 

@@ -22,6 +22,8 @@ use crate::metrics::METRICS;
 pub enum ReloadError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Budgets(#[from] crate::budget::sqlite::SqliteError),
     #[error("access log {path}: {source}")]
     AccessLog {
         path: String,
@@ -134,7 +136,7 @@ impl Live {
             verifier.clone(),
             access_log,
             Some(&self.gw),
-        ));
+        )?);
         for w in &self.workers {
             w.install(gw.clone());
         }

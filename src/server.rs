@@ -22,6 +22,8 @@ pub enum ServerError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Budgets(#[from] crate::budget::sqlite::SqliteError),
     #[error("cannot start runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -46,7 +48,7 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
             path: format!("{:?}", config.log.access),
             source,
         })?;
-    let gw = Arc::new(Gateway::new(config.clone(), verifier.clone(), access_log));
+    let gw = Arc::new(Gateway::new(config.clone(), verifier.clone(), access_log)?);
 
     let (per_worker, bound) = listener::bind_all(&config.server.listen, config.server.threads)?;
     let admin_listener = config
@@ -115,6 +117,10 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         draining.store(true, std::sync::atomic::Ordering::Release);
         // the admin listener keeps answering (/readyz 503) while the workers drain
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
+        // the last counters reach the budget store before the process ends
+        if let Some(b) = &live.gw.budgets {
+            b.flush();
+        }
     });
     Ok(())
 }

@@ -26,16 +26,25 @@ enum Cell {
 struct Entry {
     cell: Cell,
     limit: Limit,
+    /// changed since the last flush to a persistent store
+    dirty: bool,
 }
+
+/// One key's state as persisted: (key, kind 0 = rate / 1 = quota, tat or window start (ns),
+/// units used, limit count, limit period in seconds).
+pub type Row = (String, i64, i64, i64, i64, i64);
 
 pub struct MemoryStore {
     shards: Vec<Mutex<HashMap<String, Entry>>>,
+    /// keys reset through the admin API since the last flush
+    removed: Mutex<Vec<String>>,
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            removed: Mutex::new(Vec::new()),
         }
     }
 }
@@ -78,6 +87,7 @@ impl MemoryStore {
                 let entry = Entry {
                     cell: *cell,
                     limit: p.limit,
+                    dirty: true,
                 };
                 // the common case (a known key) updates in place: no allocation under the lock
                 if let Some(e) = map.get_mut(&p.key) {
@@ -111,8 +121,88 @@ impl MemoryStore {
     }
 
     pub fn reset(&self, key: &str) -> bool {
-        self.lock(shard_of(key))
-            .is_some_and(|mut m| m.remove(key).is_some())
+        let existed = self
+            .lock(shard_of(key))
+            .is_some_and(|mut m| m.remove(key).is_some());
+        if let Ok(mut r) = self.removed.lock() {
+            r.push(key.to_string());
+        }
+        existed
+    }
+
+    /// Restores persisted state (at startup), dropping what has expired by `now`.
+    pub fn load(&self, rows: Vec<Row>, now: i64) {
+        for (key, kind, a, used, count, period) in rows {
+            let cell = if kind == 0 {
+                Cell::Tat(a)
+            } else {
+                Cell::Window {
+                    start: a,
+                    used: used.max(0) as u64,
+                }
+            };
+            let live = match cell {
+                Cell::Tat(t) => t > now,
+                Cell::Window { start, .. } => start + period.saturating_mul(1_000_000_000) > now,
+            };
+            if !live || count <= 0 || period <= 0 {
+                continue;
+            }
+            let limit = Limit {
+                count: count as u64,
+                period: std::time::Duration::from_secs(period as u64),
+            };
+            if let Some(mut m) = self.lock(shard_of(&key)) {
+                m.insert(
+                    key,
+                    Entry {
+                        cell,
+                        limit,
+                        dirty: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Takes what changed since the last call: rows to write and keys to delete.
+    pub fn drain_changes(&self) -> (Vec<Row>, Vec<String>) {
+        let mut rows = Vec::new();
+        for i in 0..SHARDS {
+            let Some(mut m) = self.lock(i) else { continue };
+            for (k, e) in m.iter_mut().filter(|(_, e)| e.dirty) {
+                e.dirty = false;
+                let (kind, a, used) = match e.cell {
+                    Cell::Tat(t) => (0, t, 0),
+                    Cell::Window { start, used } => (1, start, used as i64),
+                };
+                rows.push((
+                    k.clone(),
+                    kind,
+                    a,
+                    used,
+                    e.limit.count as i64,
+                    e.limit.period.as_secs() as i64,
+                ));
+            }
+        }
+        let removed = self
+            .removed
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        (rows, removed)
+    }
+
+    /// Marks keys changed again (their write failed).
+    pub fn mark_dirty(&self, keys: impl Iterator<Item = String>) {
+        for k in keys {
+            if let Some(mut m) = self.lock(shard_of(&k)) {
+                if let Some(e) = m.get_mut(&k) {
+                    e.dirty = true;
+                }
+            }
+        }
     }
 }
 

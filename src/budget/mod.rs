@@ -2,6 +2,7 @@
 //! a user, a route, a client — decided after authentication, before the upstream.
 
 pub mod memory;
+pub mod sqlite;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,7 +12,9 @@ use http::{HeaderMap, HeaderValue};
 use prometheus::{Histogram, IntCounter};
 
 use crate::auth::Verified;
-use crate::config::{BudgetRule, Budgets as BudgetConfig, KeyPart, Limit, LimitKind, OnStoreError};
+use crate::config::{
+    BudgetRule, BudgetStore, Budgets as BudgetConfig, KeyPart, Limit, LimitKind, OnStoreError,
+};
 use crate::metrics::METRICS;
 use memory::MemoryStore;
 
@@ -63,6 +66,8 @@ pub struct Budgets {
     pub cfg: BudgetConfig,
     /// survives config reloads (see `new_from`)
     store: Arc<MemoryStore>,
+    /// the SQLite flusher, for `store = "sqlite://…"`
+    persist: Option<Arc<sqlite::Persist>>,
     /// rule indices per route index
     by_route: Vec<Vec<usize>>,
     metrics: Vec<RuleMetrics>,
@@ -105,7 +110,11 @@ fn escape_part(v: &[u8], out: &mut String) {
 impl Budgets {
     /// Builds the budgets for a config; keeps `previous`'s counters (a reload must not reset
     /// everyone's budget).
-    pub fn new_from(cfg: &BudgetConfig, routes: usize, previous: Option<&Budgets>) -> Self {
+    pub fn new_from(
+        cfg: &BudgetConfig,
+        routes: usize,
+        previous: Option<&Budgets>,
+    ) -> Result<Self, sqlite::SqliteError> {
         let by_route = (0..routes)
             .map(|r| {
                 cfg.rules
@@ -128,13 +137,38 @@ impl Budgets {
                     .with_label_values(&[&r.name, "rejected"]),
             })
             .collect();
-        Budgets {
+        // counters carry over a reload while the store setting stays the same
+        let (store, persist) = match previous.filter(|p| p.cfg.store == cfg.store) {
+            Some(p) => (p.store.clone(), p.persist.clone()),
+            None => {
+                let store: Arc<MemoryStore> = Arc::default();
+                let persist = match &cfg.store {
+                    BudgetStore::Memory => None,
+                    BudgetStore::Sqlite(path) => Some(Arc::new(sqlite::Persist::start(
+                        path,
+                        store.clone(),
+                        cfg.flush_interval,
+                        now_ns(),
+                    )?)),
+                };
+                (store, persist)
+            }
+        };
+        Ok(Budgets {
             cfg: cfg.clone(),
-            store: previous.map(|p| p.store.clone()).unwrap_or_default(),
+            store,
+            persist,
             by_route,
             metrics,
             store_duration: METRICS.budget_store_duration.with_label_values(&["memory"]),
             store_errors: METRICS.budget_store_errors.with_label_values(&["memory"]),
+        })
+    }
+
+    /// Writes pending counters now (shutdown).
+    pub fn flush(&self) {
+        if let Some(p) = &self.persist {
+            p.shutdown();
         }
     }
 
@@ -362,6 +396,10 @@ impl Budgets {
                 })
             })
             .collect();
-        serde_json::json!({ "store": "memory", "rules": rules })
+        let store = match &self.cfg.store {
+            BudgetStore::Memory => "memory".to_string(),
+            BudgetStore::Sqlite(p) => format!("sqlite://{}", p.display()),
+        };
+        serde_json::json!({ "store": store, "rules": rules })
     }
 }

@@ -152,6 +152,7 @@ pub struct Budgets {
     pub store: BudgetStore,
     pub on_store_error: OnStoreError,
     pub store_timeout: Duration,
+    pub flush_interval: Duration,
     pub response_headers: bool,
     pub rules: Vec<BudgetRule>,
 }
@@ -159,6 +160,8 @@ pub struct Budgets {
 #[derive(Debug, Clone, PartialEq)]
 pub enum BudgetStore {
     Memory,
+    /// counters in memory, persisted to this SQLite file every `flush_interval`
+    Sqlite(PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,8 +328,12 @@ impl Config {
         if let Some(b) = &self.budgets {
             let _ = writeln!(
                 s,
-                "budgets ({} rules, store memory, on_store_error {:?}):",
+                "budgets ({} rules, store {}, on_store_error {:?}):",
                 b.rules.len(),
+                match &b.store {
+                    BudgetStore::Memory => "memory".to_string(),
+                    BudgetStore::Sqlite(p) => format!("sqlite {}", p.display()),
+                },
                 b.on_store_error
             );
             for r in &b.rules {
@@ -536,10 +543,17 @@ impl Validator {
     fn budgets(&self, r: RawBudgets, routes: &[Route]) -> VResult<Budgets> {
         let store = match r.store.as_deref().unwrap_or("memory") {
             "memory" => BudgetStore::Memory,
-            s if s.starts_with("sqlite://") || s.starts_with("redis://") => {
+            s if s.starts_with("sqlite://") => {
+                let p = &s["sqlite://".len()..];
+                if p.is_empty() {
+                    return Err(self.err("budgets.store", "sqlite:// needs a file path, e.g. \"sqlite:///var/lib/cc-gateway/budgets.db\""));
+                }
+                BudgetStore::Sqlite(self.path(p))
+            }
+            s if s.starts_with("redis://") => {
                 return Err(self.err(
                     "budgets.store",
-                    format!("{s:?}: only \"memory\" is available in this version"),
+                    format!("{s:?}: the redis store is not available in this version (use \"memory\" or \"sqlite://PATH\")"),
                 ))
             }
             s => {
@@ -710,6 +724,11 @@ impl Validator {
                 "budgets.store_timeout",
                 &r.store_timeout,
                 Duration::from_millis(20),
+            )?,
+            flush_interval: self.positive_duration(
+                "budgets.flush_interval",
+                &r.flush_interval,
+                Duration::from_secs(1),
             )?,
             response_headers: r.response_headers.unwrap_or(true),
             rules,

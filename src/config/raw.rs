@@ -102,6 +102,7 @@ pub struct RawBudgets {
     pub store: Option<String>,
     pub on_store_error: Option<String>,
     pub store_timeout: Option<String>,
+    pub flush_interval: Option<String>,
     pub response_headers: Option<bool>,
     #[serde(default)]
     pub rules: Vec<RawRule>,

@@ -1,0 +1,157 @@
+//! SQLite persistence for budget counters. Decisions stay in memory (fast, atomic across
+//! rules); this writes what changed to the database every `flush_interval`, in one
+//! transaction, on its own thread — never on the request path — and once more at shutdown.
+//! A crash loses at most the last flush interval. The file holds one gateway's counters (many
+//! nodes sharing one budget is Redis's job).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+
+use super::memory::{MemoryStore, Row};
+use crate::metrics::METRICS;
+
+#[derive(Debug, thiserror::Error)]
+#[error("budget store {path}: {source}")]
+pub struct SqliteError {
+    pub path: String,
+    #[source]
+    pub source: rusqlite::Error,
+}
+
+pub struct Persist {
+    path: PathBuf,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let c = Connection::open(path)?;
+    // WAL: the flush does not block readers; NORMAL sync is durable at checkpoints, enough for
+    // counters that are flushed every second anyway
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "NORMAL")?;
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS budget_counters (
+             key TEXT PRIMARY KEY, kind INTEGER NOT NULL, a INTEGER NOT NULL, used INTEGER NOT NULL,
+             limit_count INTEGER NOT NULL, limit_period INTEGER NOT NULL)",
+    )?;
+    Ok(c)
+}
+
+fn load(c: &Connection) -> Result<Vec<Row>, rusqlite::Error> {
+    let mut st =
+        c.prepare("SELECT key, kind, a, used, limit_count, limit_period FROM budget_counters")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
+    })?;
+    rows.collect()
+}
+
+fn flush(c: &mut Connection, store: &MemoryStore) {
+    let (rows, removed) = store.drain_changes();
+    if rows.is_empty() && removed.is_empty() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let result = (|| -> Result<(), rusqlite::Error> {
+        let tx = c.transaction()?;
+        {
+            let mut up = tx.prepare_cached(
+                "INSERT OR REPLACE INTO budget_counters (key, kind, a, used, limit_count, limit_period) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (k, kind, a, used, n, p) in &rows {
+                up.execute(params![k, kind, a, used, n, p])?;
+            }
+            let mut del = tx.prepare_cached("DELETE FROM budget_counters WHERE key = ?1")?;
+            for k in &removed {
+                del.execute(params![k])?;
+            }
+        }
+        tx.commit()
+    })();
+    METRICS
+        .budget_store_duration
+        .with_label_values(&["sqlite"])
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(e) = result {
+        METRICS
+            .budget_store_errors
+            .with_label_values(&["sqlite"])
+            .inc();
+        tracing::error!(error = %e, rows = rows.len(), "budget store flush failed; will retry");
+        store.mark_dirty(rows.into_iter().map(|r| r.0));
+    }
+}
+
+impl Persist {
+    /// Opens (creating) the database, loads its counters into `store`, starts the flusher.
+    pub fn start(
+        path: &Path,
+        store: Arc<MemoryStore>,
+        every: Duration,
+        now_ns: i64,
+    ) -> Result<Persist, SqliteError> {
+        let err = |source| SqliteError {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = open(path).map_err(err)?;
+        store.load(load(&conn).map_err(err)?, now_ns);
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cc-budget-flush".into())
+            .spawn(move || loop {
+                let (lock, cv) = &*s;
+                let stopping = match lock.lock() {
+                    Ok(g) => cv.wait_timeout(g, every).map(|(g, _)| *g).unwrap_or(true),
+                    Err(_) => true,
+                };
+                flush(&mut conn, &store);
+                if stopping {
+                    return;
+                }
+            })
+            .map_err(|e| SqliteError {
+                path: path.display().to_string(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        Ok(Persist {
+            path: path.to_path_buf(),
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Final flush and stop (idempotent).
+    pub fn shutdown(&self) {
+        let (lock, cv) = &*self.stop;
+        if let Ok(mut g) = lock.lock() {
+            *g = true;
+        }
+        cv.notify_all();
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Persist {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
