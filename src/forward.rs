@@ -4,7 +4,10 @@
 use http::header::{HeaderName, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Version};
 
+use std::net::IpAddr;
+
 use crate::auth::Verified;
+use crate::config::IpNet;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -141,13 +144,60 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// `X-Forwarded-For/-Proto/-Host`. The gateway is the edge: client-sent values are replaced,
-/// not trusted.
-pub fn set_forwarded(h: &mut HeaderMap, peer: std::net::IpAddr, host: Option<HeaderValue>) {
-    if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+/// The client's address: the TCP peer, unless the peer is a trusted proxy — then the rightmost
+/// `X-Forwarded-For` entry that is not itself a trusted proxy (entries left of it are whatever
+/// the client claimed, so they are never believed).
+pub fn client_ip(h: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    if !trusted.iter().any(|n| n.contains(peer)) {
+        return peer;
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for v in h.get_all(X_FORWARDED_FOR) {
+        let Ok(s) = v.to_str() else { return peer };
+        for item in s.split(',') {
+            match item.trim().parse::<IpAddr>() {
+                Ok(ip) => hops.push(ip),
+                Err(_) => return peer, // a garbled chain: trust none of it
+            }
+        }
+    }
+    hops.into_iter()
+        .rev()
+        .find(|ip| !trusted.iter().any(|n| n.contains(*ip)))
+        .unwrap_or(peer)
+}
+
+/// `X-Forwarded-For/-Proto/-Host`. From an untrusted peer (the gateway is the edge) client
+/// values are replaced; from a trusted proxy the chain is extended and its proto/host kept.
+pub fn set_forwarded(
+    h: &mut HeaderMap,
+    peer: IpAddr,
+    host: Option<HeaderValue>,
+    trusted_peer: bool,
+) {
+    let chain = if trusted_peer {
+        let prior: Vec<&str> = h
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer.to_string()
+        } else {
+            format!("{}, {peer}", prior.join(", "))
+        }
+    } else {
+        peer.to_string()
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
         h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if !(trusted_peer && h.contains_key(X_FORWARDED_PROTO)) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if trusted_peer && h.contains_key(X_FORWARDED_HOST) {
+        return;
+    }
     match host {
         Some(v) => {
             h.insert(X_FORWARDED_HOST, v);
@@ -199,6 +249,36 @@ mod tests {
         let id = request_id(&h);
         assert_eq!(id.len(), 32);
         assert_ne!(id, new_request_id());
+    }
+
+    #[test]
+    fn client_ip_from_trusted_proxies() {
+        let trusted = [IpNet::parse("10.0.0.0/8").unwrap()];
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("1.1.1.1, 203.0.113.7"),
+        );
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.9"));
+        assert_eq!(
+            client_ip(&h, peer, &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        // an untrusted peer's claims are ignored
+        assert_eq!(
+            client_ip(&h, "8.8.8.8".parse().unwrap(), &trusted),
+            "8.8.8.8".parse::<IpAddr>().unwrap()
+        );
+        // garbage in the chain: the peer
+        h.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("1.1.1.1, nonsense"),
+        );
+        assert_eq!(client_ip(&h, peer, &trusted), peer);
+        // nothing but proxies: the peer
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.1.1.1"));
+        assert_eq!(client_ip(&h, peer, &trusted), peer);
     }
 
     #[test]

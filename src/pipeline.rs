@@ -102,7 +102,7 @@ fn budget(
         r.cost,
         ex.identity.as_deref(),
         req.headers(),
-        ex.peer,
+        ex.client,
     ) {
         Decision::Admit(headers) => {
             ex.budget_headers = headers;
@@ -176,7 +176,7 @@ fn prepare_upstream(
         head.headers.insert(HOST, h.clone());
     }
     gw.identity.apply(&mut head.headers, ex.identity.as_deref());
-    forward::set_forwarded(&mut head.headers, ex.peer, host);
+    forward::set_forwarded(&mut head.headers, ex.peer, host, ex.trusted_peer);
     head.headers.insert(X_REQUEST_ID, ex.request_id.clone());
     head.version = Version::HTTP_11;
     let (body, counter) = ReqBody::from_client(body);
@@ -203,7 +203,11 @@ struct Exchange {
     answered: bool,
     start: Instant,
     request_id: HeaderValue,
+    /// the TCP peer
     peer: IpAddr,
+    /// the client (the peer, or behind trusted proxies the address they report)
+    client: IpAddr,
+    trusted_peer: bool,
     method: Method,
     version: Version,
     /// only kept when the access log is on
@@ -225,6 +229,17 @@ impl Exchange {
             start: Instant::now(),
             request_id: forward::request_id(req.headers()),
             peer: conn.peer.ip(),
+            client: forward::client_ip(
+                req.headers(),
+                conn.peer.ip(),
+                &gw.config.server.trusted_proxies,
+            ),
+            trusted_peer: gw
+                .config
+                .server
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(conn.peer.ip())),
             method: req.method().clone(),
             version: req.version(),
             path: gw
@@ -331,7 +346,7 @@ impl Exchange {
         gw.access_log.log(&Record {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             request_id: self.request_id.to_str().unwrap_or(""),
-            client_ip: self.peer.to_string(),
+            client_ip: self.client.to_string(),
             method: self.method.as_str(),
             path: self.path.as_deref().unwrap_or(""),
             protocol: version_str(self.version),

@@ -33,6 +33,7 @@ pub struct RawServer {
     pub header_read_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub admin_token: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

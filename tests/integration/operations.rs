@@ -247,3 +247,61 @@ async fn reload_reopens_the_access_log_for_logrotate() {
         "{old}"
     );
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_believed() {
+    let fx = Fixture::with(Opts {
+        server_extra: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
+        ..Opts::default()
+    })
+    .await;
+    let v = fx
+        .expect_ok(
+            Req::get("/public/x")
+                .header("X-Forwarded-For", "198.51.100.1, 203.0.113.7")
+                .header("X-Forwarded-Proto", "https")
+                .header("X-Request-Id", "via-proxy"),
+        )
+        .await;
+    assert_eq!(
+        echoed_header(&v, "x-forwarded-for"),
+        vec!["198.51.100.1, 203.0.113.7, 127.0.0.1"]
+    );
+    assert_eq!(echoed_header(&v, "x-forwarded-proto"), vec!["https"]);
+    let log = fx.access_log.clone();
+    wait_until("the access log line", DEADLINE, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move {
+            let line = text
+                .lines()
+                .find(|l| l.contains("via-proxy"))
+                .ok_or("no line yet".to_string())?;
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+            // the rightmost address not itself a trusted proxy; the left one is only a claim
+            if v["client_ip"] == "203.0.113.7" {
+                Ok(())
+            } else {
+                Err(line.to_string())
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_cannot_spoof_forwarded_headers() {
+    let fx = Fixture::with(Opts {
+        server_extra: "trusted_proxies = [\"10.0.0.0/8\"]".into(),
+        ..Opts::default()
+    })
+    .await;
+    let v = fx
+        .expect_ok(
+            Req::get("/public/x")
+                .header("X-Forwarded-For", "203.0.113.7")
+                .header("X-Forwarded-Proto", "https"),
+        )
+        .await;
+    assert_eq!(echoed_header(&v, "x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(echoed_header(&v, "x-forwarded-proto"), vec!["http"]);
+}
