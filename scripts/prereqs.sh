@@ -11,6 +11,8 @@ have cc || need_pkgs+=(gcc)
 have make || need_pkgs+=(make)
 # https key sources (OIDC discovery against real issuers) read the system CA store
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_pkgs+=(ca-certificates)
+# the budget tests run a real Redis (spawned on an ephemeral port, stopped by PID)
+have redis-server || need_pkgs+=(redis-server)
 # extra tools for a target, e.g. PREREQS_EXTRA="wrk" for benchmarks
 for p in ${PREREQS_EXTRA:-}; do have "$p" || need_pkgs+=("$p"); done
 
@@ -18,8 +20,16 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && have apt-get; then
     echo "prereqs: installing ${need_pkgs[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
+    # do not let the packages start their system services (redis-server, nginx): tests and
+    # benchmarks start their own on loopback
+    policy=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
+    fi
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+    [ "$created_policy" = 1 ] && rm -f "$policy"
   else
     echo "prereqs: missing: ${need_pkgs[*]}" >&2
     echo "prereqs: install them with: sudo apt-get install -y ${need_pkgs[*]}" >&2

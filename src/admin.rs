@@ -148,7 +148,7 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             None => json_reply(StatusCode::OK, json!({"rules": []})),
         },
         (m @ (&Method::GET | &Method::DELETE), p) if p.starts_with("/budgets/") => {
-            budget_key(&gw, m, &p["/budgets/".len()..])
+            budget_key(&gw, m, &p["/budgets/".len()..]).await
         }
         (_, "/healthz" | "/readyz" | "/metrics" | "/issuers" | "/reload") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -202,7 +202,7 @@ fn bearer_matches(h: &http::HeaderMap, token: &str) -> bool {
 }
 
 /// `GET|DELETE /budgets/<rule>/<key>`; the key is percent-encoded in the path.
-fn budget_key(gw: &Gateway, m: &Method, rest: &str) -> Response<Full<Bytes>> {
+async fn budget_key(gw: &Gateway, m: &Method, rest: &str) -> Response<Full<Bytes>> {
     let Some(b) = &gw.budgets else {
         return json_reply(
             StatusCode::NOT_FOUND,
@@ -223,7 +223,7 @@ fn budget_key(gw: &Gateway, m: &Method, rest: &str) -> Response<Full<Bytes>> {
         )
     };
     if m == Method::DELETE {
-        return match b.reset(rule, &key) {
+        return match b.reset(rule, &key).await {
             Some(existed) => json_reply(
                 StatusCode::OK,
                 json!({"rule": rule, "key": key, "reset": true, "existed": existed}),
@@ -231,7 +231,7 @@ fn budget_key(gw: &Gateway, m: &Method, rest: &str) -> Response<Full<Bytes>> {
             None => unknown(),
         };
     }
-    match b.usage(rule, &key) {
+    match b.usage(rule, &key).await {
         Some(v) => json_reply(StatusCode::OK, v),
         None => unknown(),
     }

@@ -11,7 +11,6 @@ use prometheus::Histogram;
 
 use crate::accesslog::AccessLogger;
 use crate::auth::Verifier;
-use crate::budget::sqlite::SqliteError;
 use crate::budget::Budgets;
 use crate::config::Config;
 use crate::engine::upstream::UpstreamClient;
@@ -40,7 +39,7 @@ impl Gateway {
         config: Arc<Config>,
         verifier: Arc<Verifier>,
         access_log: AccessLogger,
-    ) -> Result<Self, SqliteError> {
+    ) -> Result<Self, crate::budget::StoreError> {
         Self::new_from(config, verifier, access_log, None)
     }
 
@@ -50,7 +49,7 @@ impl Gateway {
         verifier: Arc<Verifier>,
         access_log: AccessLogger,
         previous: Option<&Gateway>,
-    ) -> Result<Self, SqliteError> {
+    ) -> Result<Self, crate::budget::StoreError> {
         let budgets = config
             .budgets
             .as_ref()

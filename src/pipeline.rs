@@ -45,7 +45,7 @@ pub async fn handle(w: Arc<WorkerState>, req: Request<Incoming>, conn: ConnInfo)
     }
 
     // 3. budget (only verified requests get here: bad tokens never consume budget)
-    if let Err(r) = budget(gw, route, &req, &mut ex) {
+    if let Err(r) = budget(gw, route, req.headers(), &mut ex).await {
         return ex.refuse(*r);
     }
 
@@ -88,22 +88,26 @@ async fn authenticate(
 }
 
 /// Step 3: every budget rule of the route must admit the request.
-fn budget(
+async fn budget(
     gw: &Gateway,
     route: usize,
-    req: &Request<Incoming>,
+    headers: &http::HeaderMap,
     ex: &mut Exchange,
 ) -> Result<(), Box<Refusal>> {
     let Some(b) = &gw.budgets else { return Ok(()) };
     let r = &gw.config.routes[route];
-    match b.decide(
+    // keys and limits first (synchronously), then the store (which may be across the network)
+    let Some(plan) = b.plan(
         route,
         &r.name,
         r.cost,
         ex.identity.as_deref(),
-        req.headers(),
+        headers,
         ex.client,
-    ) {
+    ) else {
+        return Ok(());
+    };
+    match b.decide(plan).await {
         Decision::Admit(headers) => {
             ex.budget_headers = headers;
             Ok(())

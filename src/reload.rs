@@ -23,7 +23,7 @@ pub enum ReloadError {
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Budgets(#[from] crate::budget::sqlite::SqliteError),
+    Budgets(#[from] crate::budget::StoreError),
     #[error("access log {path}: {source}")]
     AccessLog {
         path: String,

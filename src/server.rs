@@ -23,7 +23,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Budgets(#[from] crate::budget::sqlite::SqliteError),
+    Budgets(#[from] crate::budget::StoreError),
     #[error("cannot start runtime: {0}")]
     Runtime(std::io::Error),
 }

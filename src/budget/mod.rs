@@ -2,6 +2,7 @@
 //! a user, a route, a client — decided after authentication, before the upstream.
 
 pub mod memory;
+pub mod redis;
 pub mod sqlite;
 
 use std::net::IpAddr;
@@ -38,6 +39,21 @@ pub struct Eval {
     pub retry_after_ns: i64,
 }
 
+/// A budget store that cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Sqlite(#[from] sqlite::SqliteError),
+    #[error("budget store {url}: {detail}")]
+    Redis { url: String, detail: String },
+}
+
+/// The keys and limits of one request's rules, ready for the store.
+pub struct Plan {
+    rules: Vec<usize>,
+    probes: Vec<Probe>,
+}
+
 pub struct Outcome {
     pub admitted: bool,
     pub evals: Vec<Eval>,
@@ -68,6 +84,8 @@ pub struct Budgets {
     store: Arc<MemoryStore>,
     /// the SQLite flusher, for `store = "sqlite://…"`
     persist: Option<Arc<sqlite::Persist>>,
+    /// the shared store, for `store = "redis://…"` (then `store` is unused)
+    redis: Option<Arc<redis::RedisStore>>,
     /// rule indices per route index
     by_route: Vec<Vec<usize>>,
     metrics: Vec<RuleMetrics>,
@@ -114,7 +132,7 @@ impl Budgets {
         cfg: &BudgetConfig,
         routes: usize,
         previous: Option<&Budgets>,
-    ) -> Result<Self, sqlite::SqliteError> {
+    ) -> Result<Self, StoreError> {
         let by_route = (0..routes)
             .map(|r| {
                 cfg.rules
@@ -138,30 +156,50 @@ impl Budgets {
             })
             .collect();
         // counters carry over a reload while the store setting stays the same
-        let (store, persist) = match previous.filter(|p| p.cfg.store == cfg.store) {
-            Some(p) => (p.store.clone(), p.persist.clone()),
+        let (store, persist, redis) = match previous
+            .filter(|p| p.cfg.store == cfg.store && p.cfg.store_timeout == cfg.store_timeout)
+        {
+            Some(p) => (p.store.clone(), p.persist.clone(), p.redis.clone()),
             None => {
                 let store: Arc<MemoryStore> = Arc::default();
-                let persist = match &cfg.store {
-                    BudgetStore::Memory => None,
-                    BudgetStore::Sqlite(path) => Some(Arc::new(sqlite::Persist::start(
-                        path,
-                        store.clone(),
-                        cfg.flush_interval,
-                        now_ns(),
-                    )?)),
+                let (persist, redis) = match &cfg.store {
+                    BudgetStore::Memory => (None, None),
+                    BudgetStore::Sqlite(path) => (
+                        Some(Arc::new(sqlite::Persist::start(
+                            path,
+                            store.clone(),
+                            cfg.flush_interval,
+                            now_ns(),
+                        )?)),
+                        None,
+                    ),
+                    BudgetStore::Redis(url) => {
+                        let r = redis::RedisStore::new(url, cfg.store_timeout).map_err(|e| {
+                            StoreError::Redis {
+                                url: url.clone(),
+                                detail: e.to_string(),
+                            }
+                        })?;
+                        (None, Some(Arc::new(r)))
+                    }
                 };
-                (store, persist)
+                (store, persist, redis)
             }
+        };
+        let label = match cfg.store {
+            BudgetStore::Memory => "memory",
+            BudgetStore::Sqlite(_) => "sqlite",
+            BudgetStore::Redis(_) => "redis",
         };
         Ok(Budgets {
             cfg: cfg.clone(),
             store,
             persist,
+            redis,
             by_route,
             metrics,
-            store_duration: METRICS.budget_store_duration.with_label_values(&["memory"]),
-            store_errors: METRICS.budget_store_errors.with_label_values(&["memory"]),
+            store_duration: METRICS.budget_store_duration.with_label_values(&[label]),
+            store_errors: METRICS.budget_store_errors.with_label_values(&[label]),
         })
     }
 
@@ -253,8 +291,9 @@ impl Budgets {
         }
     }
 
-    /// Decides a request on `route`. Synchronous: the memory store never waits.
-    pub fn decide(
+    /// Step one of a decision, synchronous: the keys and limits of the route's rules for this
+    /// request (nothing borrowed from the request is needed after this).
+    pub fn plan(
         &self,
         route: usize,
         route_name: &str,
@@ -262,24 +301,28 @@ impl Budgets {
         id: Option<&Verified>,
         headers: &HeaderMap,
         ip: IpAddr,
-    ) -> Decision {
-        let Some(rules) = self.by_route.get(route).filter(|r| !r.is_empty()) else {
-            return Decision::Admit(None);
-        };
-        let mut probes = Vec::with_capacity(rules.len());
-        for &i in rules {
-            let rule = &self.cfg.rules[i];
-            let key = Self::key(rule, route_name, id, headers, ip);
-            let limit = Self::limit_for(rule, &key, id);
-            probes.push(Self::probe(
-                rule,
-                key,
-                limit,
-                route_cost.unwrap_or(rule.cost),
-            ));
-        }
+    ) -> Option<Plan> {
+        let rules = self.by_route.get(route).filter(|r| !r.is_empty())?.clone();
+        let probes = rules
+            .iter()
+            .map(|&i| {
+                let rule = &self.cfg.rules[i];
+                let key = Self::key(rule, route_name, id, headers, ip);
+                let limit = Self::limit_for(rule, &key, id);
+                Self::probe(rule, key, limit, route_cost.unwrap_or(rule.cost))
+            })
+            .collect();
+        Some(Plan { rules, probes })
+    }
+
+    /// Step two: the store decides every rule at once.
+    pub async fn decide(&self, plan: Plan) -> Decision {
+        let Plan { rules, probes } = plan;
         let started = Instant::now();
-        let outcome = self.store.decide(&probes, now_ns());
+        let outcome = match &self.redis {
+            Some(r) => r.decide(&probes).await,
+            None => self.store.decide(&probes, now_ns()),
+        };
         self.store_duration.observe(started.elapsed().as_secs_f64());
         let Some(outcome) = outcome else {
             self.store_errors.inc();
@@ -288,24 +331,23 @@ impl Budgets {
                 OnStoreError::Deny => Decision::StoreUnavailable,
             };
         };
-        let headers = || self.headers(rules, &probes, &outcome.evals);
+        let headers = || self.headers(&rules, &probes, &outcome.evals);
         if outcome.admitted {
-            for &i in rules {
+            for &i in &rules {
                 self.metrics[i].admitted.inc();
             }
             return Decision::Admit(self.cfg.response_headers.then(headers));
         }
         // the first refusing rule names the refusal; Retry-After waits for every refusing rule
-        let mut refused = rules
+        let refused: Vec<(usize, &Eval)> = rules
             .iter()
+            .copied()
             .zip(&outcome.evals)
-            .filter(|(_, e)| !e.admitted);
-        let (&first, _) = refused
-            .clone()
-            .next()
-            .unwrap_or((&rules[0], &outcome.evals[0]));
+            .filter(|(_, e)| !e.admitted)
+            .collect();
+        let first = refused.first().map(|r| r.0).unwrap_or(rules[0]);
         let wait = refused
-            .by_ref()
+            .iter()
             .map(|(_, e)| e.retry_after_ns)
             .max()
             .unwrap_or(0);
@@ -351,10 +393,13 @@ impl Budgets {
     }
 
     /// Admin API: usage of `key` under `rule` without consuming anything.
-    pub fn usage(&self, rule: &str, key: &str) -> Option<serde_json::Value> {
+    pub async fn usage(&self, rule: &str, key: &str) -> Option<serde_json::Value> {
         let r = self.cfg.rules.iter().find(|r| r.name == rule)?;
         let p = Self::probe(r, key.to_string(), Self::limit_for(r, key, None), 0);
-        let (e, limit) = self.store.peek(&p, now_ns())?;
+        let (e, limit) = match &self.redis {
+            Some(r) => (r.peek(&p).await?, p.limit),
+            None => self.store.peek(&p, now_ns())?,
+        };
         let capacity = if p.rate { r.burst } else { limit.count };
         Some(serde_json::json!({
             "rule": rule, "key": key,
@@ -368,9 +413,14 @@ impl Budgets {
     }
 
     /// Admin API: forget `key`'s usage under `rule`. None when the rule does not exist.
-    pub fn reset(&self, rule: &str, key: &str) -> Option<bool> {
+    pub async fn reset(&self, rule: &str, key: &str) -> Option<bool> {
         let r = self.cfg.rules.iter().find(|r| r.name == rule)?;
-        Some(self.store.reset(&format!("{}|{key}", r.name)))
+        let stored = format!("{}|{key}", r.name);
+        Some(match &self.redis {
+            // an unreachable store resets nothing: say so rather than pretend
+            Some(redis) => redis.reset(&stored).await.unwrap_or(false),
+            None => self.store.reset(&stored),
+        })
     }
 
     pub fn describe(&self) -> serde_json::Value {
@@ -399,6 +449,7 @@ impl Budgets {
         let store = match &self.cfg.store {
             BudgetStore::Memory => "memory".to_string(),
             BudgetStore::Sqlite(p) => format!("sqlite://{}", p.display()),
+            BudgetStore::Redis(u) => u.clone(),
         };
         serde_json::json!({ "store": store, "rules": rules })
     }

@@ -214,6 +214,8 @@ pub enum BudgetStore {
     Memory,
     /// counters in memory, persisted to this SQLite file every `flush_interval`
     Sqlite(PathBuf),
+    /// counters in Redis, shared by every node pointing at it
+    Redis(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,6 +387,7 @@ impl Config {
                 match &b.store {
                     BudgetStore::Memory => "memory".to_string(),
                     BudgetStore::Sqlite(p) => format!("sqlite {}", p.display()),
+                    BudgetStore::Redis(u) => format!("redis {u}"),
                 },
                 b.on_store_error
             );
@@ -602,11 +605,14 @@ impl Validator {
                 }
                 BudgetStore::Sqlite(self.path(p))
             }
-            s if s.starts_with("redis://") => {
-                return Err(self.err(
-                    "budgets.store",
-                    format!("{s:?}: the redis store is not available in this version (use \"memory\" or \"sqlite://PATH\")"),
-                ))
+            s if s.starts_with("redis://") || s.starts_with("rediss://") => {
+                if redis::Client::open(s).is_err() {
+                    return Err(self.err(
+                        "budgets.store",
+                        format!("{s:?} is not a Redis URL (redis://HOST:PORT/DB)"),
+                    ));
+                }
+                BudgetStore::Redis(s.to_string())
             }
             s => {
                 return Err(self.err(

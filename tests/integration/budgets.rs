@@ -1541,8 +1541,8 @@ fn check_refuses_bad_budget_configs_with_the_key_path() {
             "budgets.rules[1].overrides",
         ),
         (
-            "redis store (not yet)",
-            check_config(d, &budgets_with("", "").replace("store = \"memory\"", "store = \"redis://127.0.0.1:6379/0\""), ""),
+            "malformed redis URL",
+            check_config(d, &budgets_with("", "").replace("store = \"memory\"", "store = \"redis://127.0.0.1:notaport/0\""), ""),
             "budgets.store",
         ),
         (

@@ -15,4 +15,5 @@ mod cli;
 mod fuzz;
 mod jwks;
 mod operations;
+mod redis_budgets;
 mod routing;

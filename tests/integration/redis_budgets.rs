@@ -1,0 +1,202 @@
+//! Budgets on a real Redis (`redis-server` spawned on an ephemeral loopback port, stopped by
+//! PID): several gateway processes share one budget; an outage applies `on_store_error`; the
+//! gateway recovers by itself when Redis is back.
+
+use std::process::{Child, Command, Stdio};
+
+use crate::common::wait::DEADLINE;
+use crate::common::*;
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    async fn start() -> RedisServer {
+        let port = dead_addr().port();
+        Self::start_on(port).await
+    }
+
+    async fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (make test installs it)");
+        wait_until(
+            "redis-server to accept connections",
+            DEADLINE,
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
+        RedisServer { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A rate rule whose burst is the whole budget and whose refill (1/h) cannot matter in a test.
+fn budgets(url: &str, burst: u32, on_error: &str) -> String {
+    format!(
+        "\n[budgets]\nstore = \"{url}\"\non_store_error = \"{on_error}\"\nstore_timeout = \"200ms\"\n\n[[budgets.rules]]\nname = \"shared\"\nkey = [\"claim:sub\"]\nrate = \"1/1h\"\nburst = {burst}\n"
+    )
+}
+
+async fn fixture(url: &str, burst: u32, on_error: &str) -> Fixture {
+    Fixture::with(Opts {
+        budgets: budgets(url, burst, on_error),
+        ..Opts::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn redis_admits_exactly_the_budget() {
+    let redis = RedisServer::start().await;
+    let fx = fixture(&redis.url(), 100, "deny").await;
+    let t = fx.token();
+    let mut conn = H1Conn::connect(fx.gw.addr).await;
+    let mut admitted = 0;
+    for _ in 0..150 {
+        let r = conn.send(Fixture::ai_req(&t)).await;
+        match r.status {
+            200 => admitted += 1,
+            429 => {
+                assert_eq!(r.reason(), "shared", "{}", r.describe());
+                assert!(r
+                    .header("retry-after")
+                    .is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s >= 1)));
+            }
+            _ => panic!("unexpected {}", r.describe()),
+        }
+    }
+    assert_eq!(admitted, 100);
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_redis_enforce_one_budget() {
+    let redis = RedisServer::start().await;
+    let fx = fixture(&redis.url(), 50, "deny").await;
+    let other = Gateway::start(&fx.config_path).await;
+    let t = fx.token();
+    let (mut a, mut b) = (
+        H1Conn::connect(fx.gw.addr).await,
+        H1Conn::connect(other.addr).await,
+    );
+    let mut admitted = 0;
+    for i in 0..80 {
+        let conn = if i % 2 == 0 { &mut a } else { &mut b };
+        let r = conn.send(Fixture::ai_req(&t)).await;
+        match r.status {
+            200 => admitted += 1,
+            429 => assert_eq!(r.reason(), "shared"),
+            _ => panic!("unexpected {}", r.describe()),
+        }
+    }
+    assert_eq!(admitted, 50, "two nodes, one budget");
+}
+
+#[tokio::test]
+async fn redis_outage_allow_keeps_serving_and_enforcement_resumes() {
+    let mut redis = RedisServer::start().await;
+    let port = redis.port;
+    let fx = fixture(&redis.url(), 3, "allow").await;
+    let t = fx.token();
+    let statuses: Vec<u16> = {
+        let mut c = H1Conn::connect(fx.gw.addr).await;
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(c.send(Fixture::ai_req(&t)).await.status);
+        }
+        v
+    };
+    assert_eq!(
+        statuses,
+        vec![200, 200, 200, 429, 429],
+        "enforced before the outage"
+    );
+
+    redis.stop();
+    let before = metric(
+        &fx.metrics().await,
+        "cc_gateway_budget_store_errors_total",
+        &[("store", "redis")],
+    );
+    for _ in 0..5 {
+        let r = fx.send(Fixture::ai_req(&t)).await;
+        assert_eq!(
+            r.status,
+            200,
+            "on_store_error = allow must keep serving: {}",
+            r.describe()
+        );
+    }
+    let after = metric(
+        &fx.metrics().await,
+        "cc_gateway_budget_store_errors_total",
+        &[("store", "redis")],
+    );
+    assert!(
+        after >= before + 5.0,
+        "store errors not counted: {before} -> {after}"
+    );
+
+    // Redis back (empty): without restarting the gateway, the budget is enforced again
+    let _redis = RedisServer::start_on(port).await;
+    wait_until(
+        "enforcement to resume after Redis restarted",
+        DEADLINE,
+        || {
+            let (fx, t) = (&fx, &t);
+            async move {
+                let r = fx.send(Fixture::ai_req(t)).await;
+                if r.status == 429 {
+                    Ok(())
+                } else {
+                    Err(format!("status {}", r.status))
+                }
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn redis_outage_deny_answers_503() {
+    let mut redis = RedisServer::start().await;
+    let fx = fixture(&redis.url(), 10, "deny").await;
+    let t = fx.token();
+    fx.expect_ok(Fixture::ai_req(&t)).await;
+    redis.stop();
+    let r = fx.send(Fixture::ai_req(&t)).await;
+    assert_error(&r, 503, "budget_store_unavailable");
+}
