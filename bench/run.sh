@@ -5,6 +5,7 @@
 #   (b) cold   — 10,000 distinct tokens round-robin (cache on)
 #   (c) nocache — (b) with auth.token_cache_size = 0: raw verification on every request
 #   (d) budget  — (a) plus one memory-store GCRA rule keyed by claim:sub (never rejecting)
+#   (e) redis   — (a) plus the same rule on a local redis-server (started and stopped here)
 # Reports req/s, ratio to direct, p50/p99, the gateway's CPU µs per request (user+sys from
 # /proc) and RSS. Absolute numbers on a shared 2-core VM are noisy: compare ratios in one run.
 #
@@ -18,6 +19,7 @@ CONNS=${BENCH_CONNS:-32}
 WRK_THREADS=${BENCH_THREADS:-2}
 UP_PORT=${BENCH_UPSTREAM_PORT:-18180}
 GW_PORT=${BENCH_GATEWAY_PORT:-18184}
+REDIS_PORT=${BENCH_REDIS_PORT:-18186}
 RUN=$ROOT/bench/run
 mkdir -p "$RUN"
 PIDS=()
@@ -61,8 +63,10 @@ nginx -c "$RUN/upstream.conf" -p "$RUN" & PIDS+=($!)
 
 gateway_config() { # $1 = token cache size, $2 = "budget" to add one memory rule
   local extra=""
-  if [ "${2:-}" = budget ]; then
-    extra=$'[budgets]\nstore = "memory"\n[[budgets.rules]]\nname = "instance-rate"\nkey = ["claim:sub"]\nrate = "100000000/1s"\nburst = 1000000'
+  if [ -n "${2:-}" ]; then
+    local store="memory"
+    [ "$2" = redis ] && store="redis://127.0.0.1:$REDIS_PORT/0"
+    extra=$'[budgets]\nstore = "'"$store"$'"\n[[budgets.rules]]\nname = "instance-rate"\nkey = ["claim:sub"]\nrate = "100000000/1s"\nburst = 1000000'
   fi
   cat > "$RUN/gw-$1.toml" <<CONF
 [server]
@@ -144,6 +148,13 @@ stop_gateway
 run_gateway 100000 budget
 measure "(d) = (a) + one memory budget rule" $GW_PORT "$RUN/warm.txt" $GW
 stop_gateway
+if command -v redis-server >/dev/null; then
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
+  wait_port "$REDIS_PORT"
+  run_gateway 100000 redis
+  measure "(e) = (a) + one Redis budget rule" $GW_PORT "$RUN/warm.txt" $GW
+  stop_gateway
+fi
 
 direct=${RPS[direct]}
 echo

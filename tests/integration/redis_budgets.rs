@@ -200,3 +200,37 @@ async fn redis_outage_deny_answers_503() {
     let r = fx.send(Fixture::ai_req(&t)).await;
     assert_error(&r, 503, "budget_store_unavailable");
 }
+
+#[tokio::test]
+async fn redis_never_over_admits_64_concurrent_clients() {
+    let redis = RedisServer::start().await;
+    let fx = fixture(&redis.url(), 50, "deny").await;
+    let t = fx.token();
+    let addr = fx.gw.addr;
+    // connect everyone first, then fire together
+    let mut conns = Vec::new();
+    for _ in 0..64 {
+        conns.push(H1Conn::connect(addr).await);
+    }
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let t = t.clone();
+            tokio::spawn(async move { c.send(Fixture::ai_req(&t)).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.expect("client task"));
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        50,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        14,
+        "{statuses:?}"
+    );
+}
