@@ -16,6 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::auth::jwk::{parse_jwks, KeySet};
 use crate::auth::Verifier;
 use crate::config::{Issuer, KeySource};
+use crate::engine::upstream::error_chain;
 use crate::metrics::METRICS;
 
 /// JWKS and discovery documents larger than this are refused.
@@ -101,7 +102,7 @@ impl Fetcher {
                 .await
                 .map_err(|e| FetchError::Http {
                     uri: u.clone(),
-                    detail: chain(&e),
+                    detail: error_chain(&e),
                 })?;
             if !resp.status().is_success() {
                 return Err(FetchError::Status {
@@ -191,17 +192,6 @@ impl Fetcher {
         }
         Ok(u)
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// `max-age=N` from a Cache-Control value.
