@@ -19,6 +19,7 @@ impl RedisServer {
     }
 
     async fn start_on(port: u16) -> RedisServer {
+        crate::common::servers::release(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
         let child = Command::new("redis-server")
             .args([
                 "--port",

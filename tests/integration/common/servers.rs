@@ -85,10 +85,35 @@ fn serve(listener: TcpListener, handler: Handler) -> Tasks {
     tasks
 }
 
-/// An address where nothing listens (bound once to get a free port, then released).
+/// Ports handed out by `dead_addr`, held by a bound but not listening socket: connecting is
+/// refused, and no other socket (another test's server on port 0) can take the port meanwhile.
+static RESERVED: std::sync::Mutex<Vec<(SocketAddr, socket2::Socket)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// An address where nothing listens, reserved for the rest of the test run (see `release`).
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a probe port");
-    l.local_addr().expect("probe port address")
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("binding a probe port");
+    let addr = s
+        .local_addr()
+        .expect("probe port address")
+        .as_socket()
+        .expect("inet address");
+    RESERVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((addr, s));
+    addr
+}
+
+/// Frees a `dead_addr` reservation right before a server binds that address.
+pub fn release(addr: SocketAddr) {
+    RESERVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(a, _)| *a != addr);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -206,6 +231,7 @@ impl Jwks {
 
     /// Starts on `addr` answering `status` (see [`Jwks::set_status`]) from the first request on.
     pub async fn start_on_with_status(addr: SocketAddr, keys: Vec<Value>, status: u16) -> Jwks {
+        release(addr);
         let listener = bind(addr).await;
         let addr = listener.local_addr().expect("jwks addr");
         let state = Arc::new(Mutex::new(JwksState {
