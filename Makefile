@@ -33,4 +33,5 @@ bench: prereqs
 
 ## fuzz the token parser for FUZZ_SECONDS (default 60); needs nightly + cargo-fuzz
 fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && cargo +nightly fuzz run jwt_decode -- -max_total_time=$${FUZZ_SECONDS:-60}

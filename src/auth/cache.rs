@@ -52,12 +52,4 @@ impl TokenCache {
     pub fn clear(&self) {
         self.inner.clear();
     }
-
-    pub fn len(&self) -> usize {
-        self.inner.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
-    }
 }

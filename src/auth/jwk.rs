@@ -46,10 +46,6 @@ impl Key {
             .find(|(a, _)| *a == alg)
             .map(|(_, k)| k)
     }
-
-    pub fn algorithms(&self) -> impl Iterator<Item = Alg> + '_ {
-        self.verifiers.iter().map(|(a, _)| *a)
-    }
 }
 
 /// A parsed JWKS. `skipped` explains keys that were present but not usable.

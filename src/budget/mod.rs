@@ -210,10 +210,6 @@ impl Budgets {
         }
     }
 
-    pub fn applies_to(&self, route: usize) -> bool {
-        self.by_route.get(route).is_some_and(|r| !r.is_empty())
-    }
-
     /// The key of `rule` for this request.
     pub fn key(
         rule: &BudgetRule,

@@ -4,7 +4,7 @@
 //! A crash loses at most the last flush interval. The file holds one gateway's counters (many
 //! nodes sharing one budget is Redis's job).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -22,7 +22,6 @@ pub struct SqliteError {
 }
 
 pub struct Persist {
-    path: PathBuf,
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -127,14 +126,9 @@ impl Persist {
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
         Ok(Persist {
-            path: path.to_path_buf(),
             stop,
             thread: Mutex::new(Some(thread)),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Final flush and stop (idempotent).

@@ -324,10 +324,6 @@ impl Config {
         Validator { file, base }.config(raw, path)
     }
 
-    pub fn upstream_of(&self, route: &Route) -> &Upstream {
-        &self.upstreams[route.upstream]
-    }
-
     /// A short human summary (for `cc-gateway check`).
     pub fn summary(&self) -> String {
         use std::fmt::Write;
