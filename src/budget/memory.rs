@@ -66,6 +66,9 @@ impl MemoryStore {
 
     /// Decides `probes` at `now` (ns); commits only when every probe admits.
     pub fn decide(&self, probes: &[Probe], now: i64) -> Option<Outcome> {
+        if let [p] = probes {
+            return self.decide_one(p, now);
+        }
         let idx: Vec<usize> = probes.iter().map(|p| shard_of(&p.key)).collect();
         let mut order = idx.clone();
         order.sort_unstable();
@@ -103,6 +106,33 @@ impl MemoryStore {
         Some(Outcome {
             admitted,
             evals: evals.into_iter().map(|(e, _)| e).collect(),
+        })
+    }
+
+    /// The common case, one rule: one lock, one lookup for a known key, no scratch vectors.
+    fn decide_one(&self, p: &Probe, now: i64) -> Option<Outcome> {
+        let mut map = self.lock(shard_of(&p.key))?;
+        let entry = map.get_mut(p.key.as_str());
+        let (eval, cell) = evaluate(p, entry.as_ref().map(|e| e.cell), now);
+        if eval.admitted {
+            let new = Entry {
+                cell,
+                limit: p.limit,
+                dirty: true,
+            };
+            match entry {
+                Some(e) => *e = new,
+                None => {
+                    if map.len() > SWEEP_ABOVE {
+                        sweep(&mut map, now);
+                    }
+                    map.insert(p.key.clone(), new);
+                }
+            }
+        }
+        Some(Outcome {
+            admitted: eval.admitted,
+            evals: vec![eval],
         })
     }
 

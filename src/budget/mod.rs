@@ -50,7 +50,7 @@ pub enum StoreError {
 
 /// The keys and limits of one request's rules, ready for the store.
 pub struct Plan {
-    rules: Vec<usize>,
+    route: usize,
     probes: Vec<Probe>,
 }
 
@@ -88,6 +88,9 @@ pub struct Budgets {
     redis: Option<Arc<redis::RedisStore>>,
     /// rule indices per route index
     by_route: Vec<Vec<usize>>,
+    /// per route: its RateLimit-Policy when every rule applies its own limit (the common
+    /// case, formatted once here rather than per response)
+    policy_by_route: Vec<HeaderValue>,
     metrics: Vec<RuleMetrics>,
     store_duration: Histogram,
     store_errors: IntCounter,
@@ -105,6 +108,26 @@ fn secs_ceil(ns: i64) -> u64 {
 }
 
 const MISSING: &str = "_missing_";
+
+/// One RateLimit-Policy item, appended.
+fn policy_item(policy: &mut String, name: &str, limit: Limit) {
+    let mut n = itoa::Buffer::new();
+    if !policy.is_empty() {
+        policy.push_str(", ");
+    }
+    policy.push('"');
+    policy.push_str(name);
+    policy.push_str("\";q=");
+    policy.push_str(n.format(limit.count));
+    policy.push_str(";w=");
+    policy.push_str(n.format(limit.period.as_secs()));
+}
+
+/// A header value from text the gateway wrote (rule names are `[A-Za-z0-9._-]`, numbers):
+/// no copy, always valid.
+fn header_value(s: String) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).unwrap_or(HeaderValue::from_static(""))
+}
 
 /// One key part as stored: `%` and `|` escaped (parts are joined with `|`), long values hashed.
 fn escape_part(v: &[u8], out: &mut String) {
@@ -133,7 +156,7 @@ impl Budgets {
         routes: usize,
         previous: Option<&Budgets>,
     ) -> Result<Self, StoreError> {
-        let by_route = (0..routes)
+        let by_route: Vec<Vec<usize>> = (0..routes)
             .map(|r| {
                 cfg.rules
                     .iter()
@@ -141,6 +164,19 @@ impl Budgets {
                     .filter(|(_, rule)| rule.routes.as_ref().is_none_or(|rs| rs.contains(&r)))
                     .map(|(i, _)| i)
                     .collect()
+            })
+            .collect();
+        let policy_by_route = by_route
+            .iter()
+            .map(|rules| {
+                let mut policy = String::new();
+                for &i in rules {
+                    let rule = &cfg.rules[i];
+                    if let Some(l) = rule.limit {
+                        policy_item(&mut policy, &rule.name, l);
+                    }
+                }
+                header_value(policy)
             })
             .collect();
         let metrics = cfg
@@ -197,6 +233,7 @@ impl Budgets {
             persist,
             redis,
             by_route,
+            policy_by_route,
             metrics,
             store_duration: METRICS.budget_store_duration.with_label_values(&[label]),
             store_errors: METRICS.budget_store_errors.with_label_values(&[label]),
@@ -210,19 +247,7 @@ impl Budgets {
         }
     }
 
-    /// The key of `rule` for this request.
-    pub fn key(
-        rule: &BudgetRule,
-        route_name: &str,
-        id: Option<&Verified>,
-        headers: &HeaderMap,
-        ip: IpAddr,
-    ) -> String {
-        let mut key = String::with_capacity(rule.name.len() + 64);
-        Self::key_into(rule, route_name, id, headers, ip, &mut key);
-        key
-    }
-
+    /// Appends the key of `rule` for this request to `key`.
     fn key_into(
         rule: &BudgetRule,
         route_name: &str,
@@ -277,7 +302,8 @@ impl Budgets {
             })
     }
 
-    fn probe(rule: &BudgetRule, key: String, limit: Limit, cost: u64) -> Probe {
+    /// A probe for `key` (the rule's own part, without the rule name) — admin API.
+    fn probe(rule: &BudgetRule, key: &str, limit: Limit, cost: u64) -> Probe {
         Probe {
             key: format!("{}|{key}", rule.name),
             rate: rule.kind == LimitKind::Rate,
@@ -298,22 +324,33 @@ impl Budgets {
         headers: &HeaderMap,
         ip: IpAddr,
     ) -> Option<Plan> {
-        let rules = self.by_route.get(route).filter(|r| !r.is_empty())?.clone();
+        let rules = self.by_route.get(route).filter(|r| !r.is_empty())?;
         let probes = rules
             .iter()
             .map(|&i| {
                 let rule = &self.cfg.rules[i];
-                let key = Self::key(rule, route_name, id, headers, ip);
-                let limit = Self::limit_for(rule, &key, id);
-                Self::probe(rule, key, limit, route_cost.unwrap_or(rule.cost))
+                // stored as "<rule>|<key>": one allocation, the rule's name first
+                let mut key = String::with_capacity(rule.name.len() + 65);
+                key.push_str(&rule.name);
+                key.push('|');
+                Self::key_into(rule, route_name, id, headers, ip, &mut key);
+                let limit = Self::limit_for(rule, &key[rule.name.len() + 1..], id);
+                Probe {
+                    key,
+                    rate: rule.kind == LimitKind::Rate,
+                    limit,
+                    burst: rule.burst,
+                    cost: route_cost.unwrap_or(rule.cost),
+                }
             })
             .collect();
-        Some(Plan { rules, probes })
+        Some(Plan { route, probes })
     }
 
     /// Step two: the store decides every rule at once.
     pub async fn decide(&self, plan: Plan) -> Decision {
-        let Plan { rules, probes } = plan;
+        let Plan { route, probes } = plan;
+        let rules = &self.by_route[route];
         let started = Instant::now();
         let outcome = match &self.redis {
             Some(r) => r.decide(&probes).await,
@@ -327,9 +364,9 @@ impl Budgets {
                 OnStoreError::Deny => Decision::StoreUnavailable,
             };
         };
-        let headers = || self.headers(&rules, &probes, &outcome.evals);
+        let headers = || self.headers(route, &probes, &outcome.evals);
         if outcome.admitted {
-            for &i in &rules {
+            for &i in rules {
                 self.metrics[i].admitted.inc();
             }
             return Decision::Admit(self.cfg.response_headers.then(headers));
@@ -358,40 +395,44 @@ impl Budgets {
     /// IETF RateLimit-Policy / RateLimit (structured fields): one item per rule.
     fn headers(
         &self,
-        rules: &[usize],
+        route: usize,
         probes: &[Probe],
         evals: &[Eval],
     ) -> (HeaderValue, HeaderValue) {
-        let mut policy = String::new();
-        let mut state = String::new();
-        for ((&i, p), e) in rules.iter().zip(probes).zip(evals) {
-            let name = &self.cfg.rules[i].name;
-            if !policy.is_empty() {
-                policy.push_str(", ");
+        let rules = &self.by_route[route];
+        let own_limits = rules
+            .iter()
+            .zip(probes)
+            .all(|(&i, p)| self.cfg.rules[i].limit == Some(p.limit));
+        let policy = if own_limits {
+            self.policy_by_route[route].clone()
+        } else {
+            let mut policy = String::new();
+            for (&i, p) in rules.iter().zip(probes) {
+                policy_item(&mut policy, &self.cfg.rules[i].name, p.limit);
+            }
+            header_value(policy)
+        };
+        let mut state = String::with_capacity(rules.len() * 48);
+        let mut n = itoa::Buffer::new();
+        for (&i, e) in rules.iter().zip(evals) {
+            if !state.is_empty() {
                 state.push_str(", ");
             }
-            policy.push_str(&format!(
-                "\"{name}\";q={};w={}",
-                p.limit.count,
-                p.limit.period.as_secs()
-            ));
-            state.push_str(&format!(
-                "\"{name}\";r={};t={}",
-                e.remaining,
-                secs_ceil(e.reset_ns)
-            ));
+            state.push('"');
+            state.push_str(&self.cfg.rules[i].name);
+            state.push_str("\";r=");
+            state.push_str(n.format(e.remaining));
+            state.push_str(";t=");
+            state.push_str(n.format(secs_ceil(e.reset_ns)));
         }
-        // names are [A-Za-z0-9._-]: always valid header values
-        (
-            HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("")),
-            HeaderValue::from_str(&state).unwrap_or(HeaderValue::from_static("")),
-        )
+        (policy, header_value(state))
     }
 
     /// Admin API: usage of `key` under `rule` without consuming anything.
     pub async fn usage(&self, rule: &str, key: &str) -> Option<serde_json::Value> {
         let r = self.cfg.rules.iter().find(|r| r.name == rule)?;
-        let p = Self::probe(r, key.to_string(), Self::limit_for(r, key, None), 0);
+        let p = Self::probe(r, key, Self::limit_for(r, key, None), 0);
         let (e, limit) = match &self.redis {
             Some(r) => (r.peek(&p).await?, p.limit),
             None => self.store.peek(&p, now_ns())?,
