@@ -28,8 +28,9 @@ lint: prereqs
 
 ## benchmarks (not tests): see bench/README.md
 bench: prereqs
-	PREREQS_EXTRA=wrk ./scripts/prereqs.sh
+	PREREQS_EXTRA="wrk nginx" ./scripts/prereqs.sh
 	./bench/run.sh
+	./bench/budgets.sh
 
 ## fuzz the token parser for FUZZ_SECONDS (default 60); needs nightly + cargo-fuzz
 fuzz:

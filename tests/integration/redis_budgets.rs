@@ -2,6 +2,7 @@
 //! PID): several gateway processes share one budget; an outage applies `on_store_error`; the
 //! gateway recovers by itself when Redis is back.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use crate::common::wait::DEADLINE;
@@ -19,18 +20,33 @@ impl RedisServer {
     }
 
     async fn start_on(port: u16) -> RedisServer {
+        Self::start_with(port, &["--port", &port.to_string()]).await
+    }
+
+    /// A Redis that speaks only TLS on its port, with `cert`/`key` (PEM files).
+    async fn start_tls(cert: &Path, key: &Path) -> RedisServer {
+        let port = dead_addr().port();
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-auth-clients",
+            "no",
+        ];
+        Self::start_with(port, &args).await
+    }
+
+    async fn start_with(port: u16, listen: &[&str]) -> RedisServer {
         crate::common::servers::release(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -374,4 +390,57 @@ async fn redis_admin_usage_and_reset() {
         .send(fx.gw.admin)
         .await;
     assert_eq!(r.status, 404, "{}", r.describe());
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
+/// (ca.pem, server.pem, server-key.pem).
+fn tls_files(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "cc-gateway test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("server params");
+    let cert = params.signed_by(&key, &issuer).expect("server cert");
+    let files = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+    );
+    std::fs::write(&files.0, ca_cert.pem()).expect("write CA");
+    std::fs::write(&files.1, cert.pem()).expect("write cert");
+    std::fs::write(&files.2, key.serialize_pem()).expect("write key");
+    files
+}
+
+/// `rediss://`: the gateway verifies Redis's certificate (here against a CA given by
+/// SSL_CERT_FILE, as an operator would for a private CA) and enforces the budget over TLS; a
+/// Redis whose certificate it cannot verify is a store error, never a silent plaintext fallback.
+#[tokio::test]
+async fn redis_over_tls_verifies_the_server_and_enforces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = tls_files(dir.path());
+    let redis = RedisServer::start_tls(&cert, &key).await;
+    let url = format!("rediss://127.0.0.1:{}/0", redis.port);
+    let fx = fixture(&url, 5, "deny").await;
+    let t = fx.token();
+
+    // without the CA the server cannot be verified: deny applies
+    let r = fx.send(Fixture::ai_req(&t)).await;
+    assert_error(&r, 503, "budget_store_unavailable");
+
+    let ca = ca.display().to_string();
+    let trusting = Gateway::start_with_env(&fx.config_path, &[("SSL_CERT_FILE", &ca)]).await;
+    let mut conn = H1Conn::connect(trusting.addr).await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(conn.send(Fixture::ai_req(&t)).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
 }
