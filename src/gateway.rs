@@ -138,6 +138,13 @@ impl Worker {
 }
 
 impl Handler for Worker {
+    fn started(&self) {
+        // a shared budget store gets this worker's connection now, not on its first request
+        if let Some(b) = &self.state.load().gw.budgets {
+            b.warm();
+        }
+    }
+
     fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,

@@ -240,6 +240,13 @@ impl Budgets {
         })
     }
 
+    /// Starts this worker thread's connection to a shared store (call on the worker's runtime).
+    pub fn warm(&self) {
+        if let Some(r) = &self.redis {
+            r.warm();
+        }
+    }
+
     /// Writes pending counters now (shutdown).
     pub fn flush(&self) {
         if let Some(p) = &self.persist {

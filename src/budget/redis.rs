@@ -281,6 +281,8 @@ fn split(reply: &[i64], jobs: &[Job]) -> Option<Vec<Outcome>> {
 /// batch. Ends when the store is dropped or replaced (its queue's sender goes away).
 async fn drive(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Job>) {
     let mut slot = Conn::default();
+    // connect before the first decision needs it
+    shared.connect(&mut slot).await;
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
         batch.push(first);
@@ -326,25 +328,33 @@ impl RedisStore {
         })
     }
 
-    /// Queues a decision on this worker's driver (started on first use, on this thread's
-    /// runtime) and waits for it, at most `store_timeout` in all.
-    async fn submit(&self, probes: Vec<Probe>) -> Option<Outcome> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job { probes, reply };
+    /// This worker's batch queue, its driver started (on this thread's runtime) if there is
+    /// none for this store yet or it has ended.
+    fn queue(&self) -> mpsc::UnboundedSender<Job> {
         QUEUE.with(|q| {
             let mut q = q.borrow_mut();
-            let job = match q.as_ref() {
-                Some((id, tx)) if *id == self.id => match tx.send(job) {
-                    Ok(()) => return,
-                    Err(mpsc::error::SendError(job)) => job, // driver gone: start another
-                },
-                _ => job,
-            };
+            if let Some((id, tx)) = q.as_ref() {
+                if *id == self.id && !tx.is_closed() {
+                    return tx.clone();
+                }
+            }
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(drive(self.shared.clone(), rx));
-            let _ = tx.send(job);
-            *q = Some((self.id, tx));
-        });
+            *q = Some((self.id, tx.clone()));
+            tx
+        })
+    }
+
+    /// Starts this worker's driver, which connects at once.
+    pub fn warm(&self) {
+        self.queue();
+    }
+
+    /// Queues a decision on this worker's driver and waits for it, at most `store_timeout` in
+    /// all.
+    async fn submit(&self, probes: Vec<Probe>) -> Option<Outcome> {
+        let (reply, answer) = oneshot::channel();
+        self.queue().send(Job { probes, reply }).ok()?;
         tokio::time::timeout(self.shared.timeout, answer)
             .await
             .ok()?

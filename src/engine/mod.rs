@@ -25,6 +25,10 @@ pub struct ConnInfo {
 
 /// What the engine calls for each request. One instance per worker thread.
 pub trait Handler: Send + Sync + 'static {
+    /// Called once on each worker thread, inside its runtime, before it accepts connections:
+    /// the place to start per-worker background work (connections to warm, say).
+    fn started(&self) {}
+
     fn handle(
         self: std::sync::Arc<Self>,
         req: Request<Incoming>,

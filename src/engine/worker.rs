@@ -79,6 +79,7 @@ async fn run_worker<H: Handler>(
     opts: ServeOptions,
     mut stop: watch::Receiver<bool>,
 ) {
+    handler.started();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     {
         let mut h1 = builder.http1();

@@ -444,3 +444,54 @@ async fn redis_over_tls_verifies_the_server_and_enforces() {
     }
     assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
 }
+
+/// `connected_clients` of the Redis on `port`, not counting the connection asking.
+async fn redis_clients(port: u16) -> Result<usize, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$7\r\nclients\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4096];
+    let mut got = 0;
+    loop {
+        let n = s.read(&mut buf[got..]).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("Redis closed the connection".into());
+        }
+        got += n;
+        let text = String::from_utf8_lossy(&buf[..got]);
+        if let Some(line) = text.lines().find(|l| l.starts_with("connected_clients:")) {
+            if text.ends_with("\r\n") {
+                let n: usize = line["connected_clients:".len()..]
+                    .trim()
+                    .parse()
+                    .map_err(|e| format!("{line}: {e}"))?;
+                return Ok(n - 1);
+            }
+        }
+    }
+}
+
+/// Each worker connects to Redis when it starts, so the first requests do not pay for
+/// connecting (and are not refused by a tight `store_timeout` while they would).
+#[tokio::test]
+async fn redis_connections_are_made_at_startup() {
+    let redis = RedisServer::start().await;
+    let port = redis.port;
+    let _fx = fixture(&redis.url(), 5, "deny").await;
+    // no request has been sent: one connection per worker thread (2 in the fixture)
+    wait_until(
+        "a Redis connection from each worker",
+        DEADLINE,
+        || async move {
+            match redis_clients(port).await? {
+                2 => Ok(()),
+                n => Err(format!("{n} clients")),
+            }
+        },
+    )
+    .await;
+}
