@@ -27,6 +27,7 @@ pub struct Metrics {
     pub budget_decisions: IntCounterVec,
     pub budget_store_duration: HistogramVec,
     pub budget_store_errors: IntCounterVec,
+    pub budget_keys_evicted: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs (a cached-token hop) to a minute (a long completion).
@@ -169,6 +170,14 @@ impl Metrics {
                 counter_vec(
                     "budget_store_errors_total",
                     "Budget store failures (on_store_error applied).",
+                    &["store"],
+                ),
+            ),
+            budget_keys_evicted: reg(
+                &r,
+                counter_vec(
+                    "budget_keys_evicted_total",
+                    "Budget keys dropped while still counting because budgets.max_keys was reached (their budget starts afresh).",
                     &["store"],
                 ),
             ),

@@ -3,14 +3,20 @@
 //! rule, and commits only if all admit — a rejected request consumes nothing.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
+
+use prometheus::IntCounter;
 
 use super::{Eval, Outcome, Probe};
 use crate::config::Limit;
 
 const SHARDS: usize = 64;
-/// Per shard: above this many keys, idle ones (fully recovered rates, past windows) are swept.
-const SWEEP_ABOVE: usize = 16 * 1024;
+/// A full shard sweeps its idle keys at most this often (ns): a shard full of live keys must not
+/// cost a scan per new key.
+const SWEEP_EVERY: i64 = 1_000_000_000;
+/// Entries looked at to choose one to evict when a shard is full of live keys.
+const EVICTION_SAMPLE: usize = 8;
 
 #[derive(Clone, Copy, Debug)]
 enum Cell {
@@ -36,16 +42,21 @@ pub type Row = (String, i64, i64, i64, i64, i64);
 
 pub struct MemoryStore {
     shards: Vec<Mutex<HashMap<String, Entry>>>,
-    /// keys reset through the admin API since the last flush
+    /// keys reset or evicted since the last flush (only kept when persisted)
     removed: Mutex<Vec<String>>,
+    persisted: AtomicBool,
+    /// keys per shard at most (`budgets.max_keys` / shards); changes with a reload
+    cap: AtomicUsize,
+    /// per shard: when it last swept its idle keys (ns)
+    swept: Vec<AtomicI64>,
+    evicted: IntCounter,
 }
 
+#[cfg(test)]
 impl Default for MemoryStore {
     fn default() -> Self {
-        MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            removed: Mutex::new(Vec::new()),
-        }
+        let detached = IntCounter::new("evicted", "evicted").unwrap_or_else(|_| unreachable!());
+        MemoryStore::new(1_000_000, detached)
     }
 }
 
@@ -60,6 +71,73 @@ fn shard_of(key: &str) -> usize {
 }
 
 impl MemoryStore {
+    /// A store holding at most about `max_keys` keys; `evicted` counts live keys dropped.
+    pub fn new(max_keys: usize, evicted: IntCounter) -> Self {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            removed: Mutex::new(Vec::new()),
+            persisted: AtomicBool::new(false),
+            cap: AtomicUsize::new(Self::per_shard(max_keys)),
+            swept: (0..SHARDS).map(|_| AtomicI64::new(0)).collect(),
+            evicted,
+        }
+    }
+
+    fn per_shard(max_keys: usize) -> usize {
+        max_keys.div_ceil(SHARDS).max(1)
+    }
+
+    /// A reloaded `budgets.max_keys` (counters stay).
+    pub fn set_max_keys(&self, max_keys: usize) {
+        self.cap.store(Self::per_shard(max_keys), Relaxed);
+    }
+
+    /// Removed keys are remembered for the persistent store to delete.
+    pub fn persist_removals(&self) {
+        self.persisted.store(true, Relaxed);
+    }
+
+    fn note_removed(&self, key: String) {
+        if self.persisted.load(Relaxed) {
+            if let Ok(mut r) = self.removed.lock() {
+                r.push(key);
+            }
+        }
+    }
+
+    /// Makes room for one more key in shard `i` (whose lock the caller holds): idle keys are
+    /// swept (at most once a second), and if the shard is still full, the sampled key that
+    /// would expire first is evicted — its budget starts afresh, which is counted.
+    fn make_room(&self, i: usize, map: &mut HashMap<String, Entry>, now: i64) {
+        let cap = self.cap.load(Relaxed);
+        if map.len() < cap {
+            return;
+        }
+        if now - self.swept[i].load(Relaxed) >= SWEEP_EVERY {
+            self.swept[i].store(now, Relaxed);
+            let mut idle = Vec::new();
+            map.retain(|k, e| {
+                let live = expiry(e) > now;
+                if !live {
+                    idle.push(k.clone());
+                }
+                live
+            });
+            idle.into_iter().for_each(|k| self.note_removed(k));
+        }
+        while map.len() >= cap {
+            let victim = map
+                .iter()
+                .take(EVICTION_SAMPLE)
+                .min_by_key(|(_, e)| expiry(e))
+                .map(|(k, _)| k.clone());
+            let Some(k) = victim else { break };
+            map.remove(&k);
+            self.evicted.inc();
+            self.note_removed(k);
+        }
+    }
+
     fn lock(&self, i: usize) -> Option<MutexGuard<'_, HashMap<String, Entry>>> {
         self.shards[i].lock().ok()
     }
@@ -97,9 +175,7 @@ impl MemoryStore {
                     *e = entry;
                     continue;
                 }
-                if map.len() > SWEEP_ABOVE {
-                    sweep(map, now);
-                }
+                self.make_room(shard_of(&p.key), map, now);
                 map.insert(p.key.clone(), entry);
             }
         }
@@ -111,7 +187,8 @@ impl MemoryStore {
 
     /// The common case, one rule: one lock, one lookup for a known key, no scratch vectors.
     fn decide_one(&self, p: &Probe, now: i64) -> Option<Outcome> {
-        let mut map = self.lock(shard_of(&p.key))?;
+        let shard = shard_of(&p.key);
+        let mut map = self.lock(shard)?;
         let entry = map.get_mut(p.key.as_str());
         let (eval, cell) = evaluate(p, entry.as_ref().map(|e| e.cell), now);
         if eval.admitted {
@@ -123,9 +200,7 @@ impl MemoryStore {
             match entry {
                 Some(e) => *e = new,
                 None => {
-                    if map.len() > SWEEP_ABOVE {
-                        sweep(&mut map, now);
-                    }
+                    self.make_room(shard, &mut map, now);
                     map.insert(p.key.clone(), new);
                 }
             }
@@ -154,9 +229,7 @@ impl MemoryStore {
         let existed = self
             .lock(shard_of(key))
             .is_some_and(|mut m| m.remove(key).is_some());
-        if let Ok(mut r) = self.removed.lock() {
-            r.push(key.to_string());
-        }
+        self.note_removed(key.to_string());
         existed
     }
 
@@ -182,7 +255,9 @@ impl MemoryStore {
                 count: count as u64,
                 period: std::time::Duration::from_secs(period as u64),
             };
-            if let Some(mut m) = self.lock(shard_of(&key)) {
+            let shard = shard_of(&key);
+            if let Some(mut m) = self.lock(shard) {
+                self.make_room(shard, &mut m, now);
                 m.insert(
                     key,
                     Entry {
@@ -236,12 +311,14 @@ impl MemoryStore {
     }
 }
 
-fn sweep(map: &mut HashMap<String, Entry>, now: i64) {
-    map.retain(|_, e| match e.cell {
-        Cell::Tat(t) => t > now,
-        // windows are at least a second; a cell from a past window holds nothing
-        Cell::Window { start, .. } => start + 86_400 * 30 * 1_000_000_000 > now,
-    });
+/// When a key holds nothing any more (ns): a rate fully recovered, a quota window over.
+fn expiry(e: &Entry) -> i64 {
+    match e.cell {
+        Cell::Tat(t) => t,
+        Cell::Window { start, .. } => {
+            start.saturating_add(e.limit.period.as_nanos().min(i64::MAX as u128) as i64)
+        }
+    }
 }
 
 /// The decision for one probe and the cell to store if the request is admitted.
@@ -331,6 +408,49 @@ mod tests {
             burst,
             cost: 1,
         }
+    }
+
+    fn keys(s: &MemoryStore) -> usize {
+        (0..SHARDS).filter_map(|i| s.lock(i)).map(|m| m.len()).sum()
+    }
+
+    /// Live keys beyond max_keys: the store stays bounded and counts what it evicted.
+    #[test]
+    fn live_keys_are_bounded_and_evictions_counted() {
+        let evicted = IntCounter::new("e", "e").unwrap();
+        let s = MemoryStore::new(1024, evicted.clone());
+        let now = 1_000_000_000_000;
+        for i in 0..5000 {
+            let p = probe(&format!("q|user-{i}"), false, 100, 86_400, 1);
+            assert!(s.decide(std::slice::from_ref(&p), now).unwrap().admitted);
+        }
+        let held = keys(&s);
+        assert!(held <= 1024, "{held} keys held");
+        assert_eq!(evicted.get() as usize, 5000 - held);
+    }
+
+    /// Idle keys (recovered rates, past windows) make room before any live key is evicted.
+    #[test]
+    fn idle_keys_are_swept_before_live_ones_are_evicted() {
+        let evicted = IntCounter::new("e", "e").unwrap();
+        let s = MemoryStore::new(1024, evicted.clone());
+        let now = 1_000_000_000_000;
+        // fill every shard (some overflow: those evictions are not this test's business)
+        for i in 0..2000 {
+            let p = probe(&format!("r|a-{i}"), true, 1, 1, 1); // recovers within 1 s
+            assert!(s.decide(std::slice::from_ref(&p), now).unwrap().admitted);
+        }
+        let before = evicted.get();
+        let full = keys(&s);
+        // later every old key is idle: a few hundred new keys (fewer than a shard holds, per
+        // shard) land in full shards, which sweep instead of evicting
+        let later = now + 2_000_000_000;
+        for i in 0..300 {
+            let p = probe(&format!("r|b-{i}"), true, 1, 1, 1);
+            assert!(s.decide(std::slice::from_ref(&p), later).unwrap().admitted);
+        }
+        assert_eq!(evicted.get(), before, "only idle keys made room");
+        assert!(keys(&s) < full, "idle keys were swept");
     }
 
     #[test]

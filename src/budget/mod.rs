@@ -109,6 +109,14 @@ fn secs_ceil(ns: i64) -> u64 {
 
 const MISSING: &str = "_missing_";
 
+fn store_label(store: &BudgetStore) -> &'static str {
+    match store {
+        BudgetStore::Memory => "memory",
+        BudgetStore::Sqlite(_) => "sqlite",
+        BudgetStore::Redis(_) => "redis",
+    }
+}
+
 /// One RateLimit-Policy item, appended.
 fn policy_item(policy: &mut String, name: &str, limit: Limit) {
     let mut n = itoa::Buffer::new();
@@ -195,9 +203,17 @@ impl Budgets {
         let (store, persist, redis) = match previous
             .filter(|p| p.cfg.store == cfg.store && p.cfg.store_timeout == cfg.store_timeout)
         {
-            Some(p) => (p.store.clone(), p.persist.clone(), p.redis.clone()),
+            Some(p) => {
+                p.store.set_max_keys(cfg.max_keys);
+                (p.store.clone(), p.persist.clone(), p.redis.clone())
+            }
             None => {
-                let store: Arc<MemoryStore> = Arc::default();
+                let store = Arc::new(MemoryStore::new(
+                    cfg.max_keys,
+                    METRICS
+                        .budget_keys_evicted
+                        .with_label_values(&[store_label(&cfg.store)]),
+                ));
                 let (persist, redis) = match &cfg.store {
                     BudgetStore::Memory => (None, None),
                     BudgetStore::Sqlite(path) => (
@@ -222,11 +238,7 @@ impl Budgets {
                 (store, persist, redis)
             }
         };
-        let label = match cfg.store {
-            BudgetStore::Memory => "memory",
-            BudgetStore::Sqlite(_) => "sqlite",
-            BudgetStore::Redis(_) => "redis",
-        };
+        let label = store_label(&cfg.store);
         Ok(Budgets {
             cfg: cfg.clone(),
             store,

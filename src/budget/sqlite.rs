@@ -105,6 +105,7 @@ impl Persist {
             source,
         };
         let mut conn = open(path).map_err(err)?;
+        store.persist_removals();
         store.load(load(&conn).map_err(err)?, now_ns);
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let s = stop.clone();

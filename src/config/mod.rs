@@ -206,6 +206,8 @@ pub struct Budgets {
     pub store_timeout: Duration,
     pub flush_interval: Duration,
     pub response_headers: bool,
+    /// memory and SQLite stores: most keys held at once (idle ones go first)
+    pub max_keys: usize,
     pub rules: Vec<BudgetRule>,
 }
 
@@ -785,6 +787,16 @@ impl Validator {
                 Duration::from_secs(1),
             )?,
             response_headers: r.response_headers.unwrap_or(true),
+            max_keys: match r.max_keys {
+                None => 1_000_000,
+                Some(n) if (1024..=1_000_000_000).contains(&n) => n as usize,
+                Some(n) => {
+                    return Err(self.err(
+                        "budgets.max_keys",
+                        format!("{n}: expected a number of keys from 1024 to 1000000000"),
+                    ))
+                }
+            },
             rules,
         })
     }

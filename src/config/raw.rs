@@ -105,6 +105,7 @@ pub struct RawBudgets {
     pub store_timeout: Option<String>,
     pub flush_interval: Option<String>,
     pub response_headers: Option<bool>,
+    pub max_keys: Option<i64>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
 }

@@ -1566,6 +1566,16 @@ fn check_refuses_bad_budget_configs_with_the_key_path() {
             "budgets.store_timeout",
         ),
         (
+            "max_keys below 1024",
+            check_config(d, &budgets_with("max_keys = 10", ""), ""),
+            "budgets.max_keys",
+        ),
+        (
+            "max_keys not a number",
+            check_config(d, &budgets_with("max_keys = \"many\"", ""), ""),
+            "budgets.max_keys",
+        ),
+        (
             "non-loopback admin without admin_token",
             check_config(d, &budgets_with("", ""), "")
                 .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"0.0.0.0:9091\""),
@@ -1672,4 +1682,33 @@ async fn sqlite_counters_survive_a_restart() {
         }
     }
     assert_eq!(admitted, 40, "the count did not survive the restart");
+}
+
+/// An authenticated client inventing keys (a fresh user id per request) cannot grow the memory
+/// store past `max_keys`: live keys are evicted (their budget starts afresh) and counted, and
+/// the gateway keeps deciding.
+#[tokio::test]
+async fn invented_keys_are_bounded_by_max_keys() {
+    let fx = budget_fx(
+        "\n[budgets]\nstore = \"memory\"\nmax_keys = 1024\n\n[[budgets.rules]]\nname = \"per-user\"\nkey = [\"header:X-User\"]\nquota = \"5/1d\"\n",
+        "",
+    )
+    .await;
+    let t = fx.token();
+    let mut conn = H1Conn::connect(fx.gw.addr).await;
+    for i in 0..1500 {
+        let r = conn
+            .send(Fixture::ai_req(&t).header("X-User", &format!("invented-{i}")))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.describe());
+    }
+    let evicted = metric(
+        &fx.metrics().await,
+        "cc_gateway_budget_keys_evicted_total",
+        &[("store", "memory")],
+    );
+    assert!(evicted >= 1500.0 - 1024.0, "evicted {evicted}");
+    // a key that is used keeps being enforced
+    let rs = burst(&fx, || Fixture::ai_req(&t).header("X-User", "steady"), 6).await;
+    assert_split(&rs, 5, "per-user", "steady user after the flood");
 }
