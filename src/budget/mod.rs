@@ -228,7 +228,7 @@ impl Budgets {
                     BudgetStore::Redis(url) => {
                         let r = redis::RedisStore::new(url, cfg.store_timeout).map_err(|e| {
                             StoreError::Redis {
-                                url: url.clone(),
+                                url: crate::config::redact_url(url),
                                 detail: e.to_string(),
                             }
                         })?;
@@ -505,7 +505,7 @@ impl Budgets {
         let store = match &self.cfg.store {
             BudgetStore::Memory => "memory".to_string(),
             BudgetStore::Sqlite(p) => format!("sqlite://{}", p.display()),
-            BudgetStore::Redis(u) => u.clone(),
+            BudgetStore::Redis(u) => crate::config::redact_url(u),
         };
         serde_json::json!({ "store": store, "rules": rules })
     }

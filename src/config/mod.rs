@@ -211,6 +211,22 @@ pub struct Budgets {
     pub rules: Vec<BudgetRule>,
 }
 
+/// A store URL fit to show: a password in it (`redis://:secret@host`) becomes `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum BudgetStore {
     Memory,
@@ -385,7 +401,7 @@ impl Config {
                 match &b.store {
                     BudgetStore::Memory => "memory".to_string(),
                     BudgetStore::Sqlite(p) => format!("sqlite {}", p.display()),
-                    BudgetStore::Redis(u) => format!("redis {u}"),
+                    BudgetStore::Redis(u) => format!("redis {}", redact_url(u)),
                 },
                 b.on_store_error
             );
@@ -1442,5 +1458,28 @@ endpoints = ["127.0.0.1:5052"]
         );
         let e = parse(&dup).unwrap_err();
         assert_eq!(e.path, "routes[1].name");
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn store_urls_are_shown_without_passwords() {
+        assert_eq!(
+            redact_url("redis://:s3cret@10.0.0.1:6379/0"),
+            "redis://:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://app:s3cret@r.example/1"),
+            "rediss://app:***@r.example/1"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(redact_url("redis://app@h/0"), "redis://app@h/0");
+        assert_eq!(redact_url("redis://:p@ss@h/0"), "redis://:***@h/0");
     }
 }

@@ -495,3 +495,42 @@ async fn redis_connections_are_made_at_startup() {
     )
     .await;
 }
+
+/// A Redis with a password: the gateway authenticates with the URL's password and never shows
+/// it (admin API, logs, `check`).
+#[tokio::test]
+async fn redis_password_is_used_and_never_shown() {
+    const PASSWORD: &str = "s3cret-pass-4711";
+    let port = dead_addr().port();
+    let redis = RedisServer::start_with(
+        port,
+        &["--port", &port.to_string(), "--requirepass", PASSWORD],
+    )
+    .await;
+    let url = format!("redis://:{PASSWORD}@127.0.0.1:{}/0", redis.port);
+    let fx = fixture(&url, 3, "deny").await;
+    let t = fx.token();
+    let mut conn = H1Conn::connect(fx.gw.addr).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(conn.send(Fixture::ai_req(&t)).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let described = Req::get("/budgets").send(fx.gw.admin).await;
+    assert_eq!(described.status, 200);
+    assert!(!described.text().contains(PASSWORD), "{}", described.text());
+    assert!(described.text().contains("***"), "{}", described.text());
+    let check = Command::new(crate::common::gateway::BIN)
+        .args(["check", "--config"])
+        .arg(&fx.config_path)
+        .output()
+        .expect("run check");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "{out}");
+    assert!(!out.contains(PASSWORD), "{out}");
+    assert!(!fx.gw.stderr().contains(PASSWORD));
+}
