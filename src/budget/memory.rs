@@ -163,8 +163,8 @@ impl MemoryStore {
         }
         let admitted = evals.iter().all(|(e, _)| e.admitted);
         if admitted {
-            for (p, (_, cell)) in probes.iter().zip(&evals) {
-                let map = &mut guards[slot(shard_of(&p.key))].1;
+            for ((p, (_, cell)), &shard) in probes.iter().zip(&evals).zip(&idx) {
+                let map = &mut guards[slot(shard)].1;
                 let entry = Entry {
                     cell: *cell,
                     limit: p.limit,
@@ -175,7 +175,7 @@ impl MemoryStore {
                     *e = entry;
                     continue;
                 }
-                self.make_room(shard_of(&p.key), map, now);
+                self.make_room(shard, map, now);
                 map.insert(p.key.clone(), entry);
             }
         }
@@ -244,28 +244,24 @@ impl MemoryStore {
                     used: used.max(0) as u64,
                 }
             };
-            let live = match cell {
-                Cell::Tat(t) => t > now,
-                Cell::Window { start, .. } => start + period.saturating_mul(1_000_000_000) > now,
-            };
-            if !live || count <= 0 || period <= 0 {
+            if count <= 0 || period <= 0 {
                 continue;
             }
-            let limit = Limit {
-                count: count as u64,
-                period: std::time::Duration::from_secs(period as u64),
+            let entry = Entry {
+                cell,
+                limit: Limit {
+                    count: count as u64,
+                    period: std::time::Duration::from_secs(period as u64),
+                },
+                dirty: false,
             };
+            if expiry(&entry) <= now {
+                continue;
+            }
             let shard = shard_of(&key);
             if let Some(mut m) = self.lock(shard) {
                 self.make_room(shard, &mut m, now);
-                m.insert(
-                    key,
-                    Entry {
-                        cell,
-                        limit,
-                        dirty: false,
-                    },
-                );
+                m.insert(key, entry);
             }
         }
     }

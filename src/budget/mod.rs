@@ -109,6 +109,11 @@ fn secs_ceil(ns: i64) -> u64 {
 
 const MISSING: &str = "_missing_";
 
+/// How a store names `key` of `rule` (the pipeline builds the same in one buffer, see `plan`).
+fn stored_key(rule: &BudgetRule, key: &str) -> String {
+    format!("{}|{key}", rule.name)
+}
+
 fn store_label(store: &BudgetStore) -> &'static str {
     match store {
         BudgetStore::Memory => "memory",
@@ -321,10 +326,10 @@ impl Budgets {
             })
     }
 
-    /// A probe for `key` (the rule's own part, without the rule name) — admin API.
-    fn probe(rule: &BudgetRule, key: &str, limit: Limit, cost: u64) -> Probe {
+    /// A probe of `rule` for its stored key (`<rule>|<key>`).
+    fn probe(rule: &BudgetRule, key: String, limit: Limit, cost: u64) -> Probe {
         Probe {
-            key: format!("{}|{key}", rule.name),
+            key,
             rate: rule.kind == LimitKind::Rate,
             limit,
             burst: rule.burst,
@@ -354,13 +359,7 @@ impl Budgets {
                 key.push('|');
                 Self::key_into(rule, route_name, id, headers, ip, &mut key);
                 let limit = Self::limit_for(rule, &key[rule.name.len() + 1..], id);
-                Probe {
-                    key,
-                    rate: rule.kind == LimitKind::Rate,
-                    limit,
-                    burst: rule.burst,
-                    cost: route_cost.unwrap_or(rule.cost),
-                }
+                Self::probe(rule, key, limit, route_cost.unwrap_or(rule.cost))
             })
             .collect();
         Some(Plan { route, probes })
@@ -451,7 +450,8 @@ impl Budgets {
     /// Admin API: usage of `key` under `rule` without consuming anything.
     pub async fn usage(&self, rule: &str, key: &str) -> Option<serde_json::Value> {
         let r = self.cfg.rules.iter().find(|r| r.name == rule)?;
-        let p = Self::probe(r, key, Self::limit_for(r, key, None), 0);
+        let limit = Self::limit_for(r, key, None);
+        let p = Self::probe(r, stored_key(r, key), limit, 0);
         let (e, limit) = match &self.redis {
             Some(r) => (r.peek(&p).await?, p.limit),
             None => self.store.peek(&p, now_ns())?,
@@ -471,7 +471,7 @@ impl Budgets {
     /// Admin API: forget `key`'s usage under `rule`. None when the rule does not exist.
     pub async fn reset(&self, rule: &str, key: &str) -> Option<bool> {
         let r = self.cfg.rules.iter().find(|r| r.name == rule)?;
-        let stored = format!("{}|{key}", r.name);
+        let stored = stored_key(r, key);
         Some(match &self.redis {
             // an unreachable store resets nothing: say so rather than pretend
             Some(redis) => redis.reset(&stored).await.unwrap_or(false),

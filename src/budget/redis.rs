@@ -185,18 +185,19 @@ impl Shared {
         slot.conn.clone()
     }
 
-    /// One script call deciding `jobs` (or, without `commit`, only looking); None when Redis
+    /// One script call deciding `decisions` — each a request's probes — (or, without `commit`,
+    /// only looking); None when Redis
     /// does not answer (in time, or sensibly).
     async fn call(
         &self,
         conn: &mut ConnectionManager,
-        jobs: &[Job],
+        decisions: &[&[Probe]],
         commit: bool,
     ) -> Option<Vec<Outcome>> {
         // the distinct limit specs of the batch (usually one per rule), then references to them
         let mut specs: Vec<Spec> = Vec::new();
         let mut refs: Vec<usize> = Vec::new();
-        for p in jobs.iter().flat_map(|j| &j.probes) {
+        for p in decisions.iter().flat_map(|d| d.iter()) {
             let spec = Spec::of(p);
             refs.push(match specs.iter().position(|s| *s == spec) {
                 Some(i) => i + 1,
@@ -207,14 +208,14 @@ impl Shared {
             });
         }
         let mut inv = self.script.prepare_invoke();
-        inv.arg(commit as u8).arg(jobs.len()).arg(specs.len());
+        inv.arg(commit as u8).arg(decisions.len()).arg(specs.len());
         for s in &specs {
             inv.arg(s.0).arg(s.1).arg(s.2).arg(s.3).arg(s.4);
         }
         let mut refs = refs.into_iter();
-        for job in jobs {
-            inv.arg(job.probes.len());
-            for p in &job.probes {
+        for probes in decisions {
+            inv.arg(probes.len());
+            for p in probes.iter() {
                 inv.key(p.key.as_str());
                 inv.arg(refs.next().unwrap_or(1));
             }
@@ -228,7 +229,7 @@ impl Shared {
             }
             Err(_) => return None,
         };
-        split(&reply, jobs)
+        split(&reply, decisions)
     }
 }
 
@@ -249,11 +250,11 @@ impl Spec {
 }
 
 /// Cuts a batch's reply into each decision's outcome; None if it does not fit the batch.
-fn split(reply: &[i64], jobs: &[Job]) -> Option<Vec<Outcome>> {
+fn split(reply: &[i64], decisions: &[&[Probe]]) -> Option<Vec<Outcome>> {
     let mut rest = reply;
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let n = 3 * job.probes.len();
+    let mut outcomes = Vec::with_capacity(decisions.len());
+    for probes in decisions {
+        let n = 3 * probes.len();
         if rest.len() < n {
             return None;
         }
@@ -298,7 +299,10 @@ async fn drive(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Job>) {
             continue;
         }
         let outcomes = match shared.connect(&mut slot).await {
-            Some(mut conn) => shared.call(&mut conn, &batch, true).await,
+            Some(mut conn) => {
+                let decisions: Vec<&[Probe]> = batch.iter().map(|j| j.probes.as_slice()).collect();
+                shared.call(&mut conn, &decisions, true).await
+            }
             None => None,
         };
         match outcomes {
@@ -395,15 +399,8 @@ impl RedisStore {
 
     pub async fn peek(&self, probe: &Probe) -> Option<Eval> {
         let mut conn = self.admin_conn().await?;
-        let (reply, _) = oneshot::channel();
-        let job = Job {
-            probes: Self::stored(std::slice::from_ref(probe), Some(0)),
-            reply,
-        };
-        let outcome = self
-            .shared
-            .call(&mut conn, std::slice::from_ref(&job), false)
-            .await?;
+        let probes = Self::stored(std::slice::from_ref(probe), Some(0));
+        let outcome = self.shared.call(&mut conn, &[&probes], false).await?;
         outcome.into_iter().next()?.evals.into_iter().next()
     }
 

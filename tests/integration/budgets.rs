@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,7 +12,6 @@ use http::Method;
 use serde_json::{json, Value};
 
 use crate::common::fixture::{q, standard_config};
-use crate::common::gateway::command;
 use crate::common::metrics::has_series;
 use crate::common::wait::DEADLINE;
 use crate::common::*;
@@ -1363,23 +1361,6 @@ async fn check_admin_token(gw: &Gateway, secret: &str) {
 // ---------------------------------------------------------------------------------------------
 // check
 
-fn run_check(path: &Path, env: &[(&str, &str)]) -> Output {
-    command()
-        .args(["check", "--config", path.to_str().expect("utf-8 path")])
-        .envs(env.iter().copied())
-        .output()
-        .expect("running cc-gateway check")
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// A config that `check` validates without any server, with `budgets`, `server_extra` and a
 /// `costly` route.
 fn check_config(dir: &Path, budgets: &str, server_extra: &str) -> String {
@@ -1481,7 +1462,10 @@ tiers = { claim = "duo_seat_count", ranges = [[0, 100, "600/1m"], [101, "inf", "
         std::fs::write(&path, text).expect("writing config");
         let o = run_check(&path, env);
         if o.status.code() != Some(0) {
-            failures.push(format!("[{what}] expected exit 0; got {}", describe(&o)));
+            failures.push(format!(
+                "[{what}] expected exit 0; got {}",
+                describe_output(&o)
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -1619,7 +1603,7 @@ fn check_refuses_bad_budget_configs_with_the_key_path() {
         if !(o.status.code() == Some(1) && err.contains(p) && err.contains(key_path)) {
             failures.push(format!(
                 "[{what}] expected exit 1 and stderr naming {p:?} and {key_path:?}; got {}",
-                describe(&o)
+                describe_output(&o)
             ));
         }
     }

@@ -27,15 +27,6 @@ async fn run_async(args: Vec<String>) -> Output {
     .expect("CLI task")
 }
 
-fn describe(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// A valid config that `check` can validate without any server running.
 fn good_config(dir: &Path) -> String {
     standard_config(
@@ -57,13 +48,13 @@ fn check_accepts_a_good_config_and_summarises_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = write_config(dir.path(), &good_config(dir.path()));
     let o = run(&["check", "--config", path.to_str().expect("utf-8 path")]);
-    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     for name in ["test", "ai", "public", "echo"] {
         assert!(
             out.contains(name),
             "summary does not mention {name:?}: {}",
-            describe(&o)
+            describe_output(&o)
         );
     }
 }
@@ -161,7 +152,7 @@ fn check_refuses_broken_configs_with_file_and_key_path() {
         if !ok {
             failures.push(format!(
                 "[{what}] expected exit 1 and stderr naming {p:?} and {key_path:?}; got {}",
-                describe(&o)
+                describe_output(&o)
             ));
         }
     }
@@ -174,11 +165,11 @@ fn check_on_a_missing_file_fails() {
     let path = dir.path().join("absent.toml");
     let p = path.to_str().expect("utf-8 path");
     let o = run(&["check", "--config", p]);
-    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe_output(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains(p),
         "{}",
-        describe(&o)
+        describe_output(&o)
     );
 }
 
@@ -214,7 +205,7 @@ async fn token_mint_then_inspect_round_trip() {
         .collect(),
     )
     .await;
-    assert_eq!(o.status.code(), Some(0), "mint: {}", describe(&o));
+    assert_eq!(o.status.code(), Some(0), "mint: {}", describe_output(&o));
     let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let (h, p, _) = segments(&token);
     let header = decode_segment(&h);
@@ -257,17 +248,22 @@ async fn token_mint_then_inspect_round_trip() {
         token.clone(),
     ])
     .await;
-    assert_eq!(o.status.code(), Some(0), "inspect valid: {}", describe(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "inspect valid: {}",
+        describe_output(&o)
+    );
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
         out.contains("valid") && !out.contains("invalid"),
         "{}",
-        describe(&o)
+        describe_output(&o)
     );
     assert!(
         out.contains(SUB) && out.contains("RS256") && out.contains(KID),
         "header/claims not printed: {}",
-        describe(&o)
+        describe_output(&o)
     );
 
     // inspect: expired.
@@ -288,14 +284,14 @@ async fn token_mint_then_inspect_round_trip() {
         o.status.code(),
         Some(1),
         "inspect expired: {}",
-        describe(&o)
+        describe_output(&o)
     );
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(all.contains("expired"), "{}", describe(&o));
+    assert!(all.contains("expired"), "{}", describe_output(&o));
 
     // inspect: genuine, but no route takes its audience -> refused like the gateway would.
     let other_aud = fx.token_with(|c| c["aud"] = json!("some-other-service"));
@@ -311,12 +307,12 @@ async fn token_mint_then_inspect_round_trip() {
         o.status.code(),
         Some(1),
         "inspect other audience: {}",
-        describe(&o)
+        describe_output(&o)
     );
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("audience_mismatch"),
         "{}",
-        describe(&o)
+        describe_output(&o)
     );
     let r = fx.send(Fixture::ai_req(&other_aud)).await;
     assert_error(&r, 401, "audience_mismatch");
@@ -338,14 +334,14 @@ async fn token_mint_then_inspect_round_trip() {
         o.status.code(),
         Some(1),
         "inspect tampered: {}",
-        describe(&o)
+        describe_output(&o)
     );
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(all.contains("bad_signature"), "{}", describe(&o));
+    assert!(all.contains("bad_signature"), "{}", describe_output(&o));
     let r = fx.send(Fixture::ai_req(&tampered)).await;
     assert_error(&r, 401, "bad_signature");
 
@@ -362,14 +358,14 @@ async fn token_mint_then_inspect_round_trip() {
         o.status.code(),
         Some(1),
         "inspect garbage: {}",
-        describe(&o)
+        describe_output(&o)
     );
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(all.contains("malformed_token"), "{}", describe(&o));
+    assert!(all.contains("malformed_token"), "{}", describe_output(&o));
 }
 
 #[test]
@@ -394,11 +390,11 @@ fn token_mint_with_a_missing_key_file_fails() {
         "--ttl",
         "1h",
     ]);
-    assert_ne!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_ne!(o.status.code(), Some(0), "{}", describe_output(&o));
     assert!(
         o.stdout.is_empty() || !String::from_utf8_lossy(&o.stdout).contains('.'),
         "printed a token: {}",
-        describe(&o)
+        describe_output(&o)
     );
 }
 
@@ -479,7 +475,7 @@ async fn dev_mode_token_works_against_the_demo_backend() {
         token,
     ])
     .await;
-    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
 }
 
 #[tokio::test]

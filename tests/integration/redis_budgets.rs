@@ -88,6 +88,17 @@ fn budgets(url: &str, burst: u32, on_error: &str) -> String {
     )
 }
 
+/// A gateway whose budgets are `rules` on the Redis at `url`, denying when Redis cannot answer.
+async fn fixture_with_rules(url: &str, rules: &str) -> Fixture {
+    Fixture::with(Opts {
+        budgets: format!(
+            "\n[budgets]\nstore = \"{url}\"\non_store_error = \"deny\"\nstore_timeout = \"500ms\"\n\n{rules}"
+        ),
+        ..Opts::default()
+    })
+    .await
+}
+
 async fn fixture(url: &str, burst: u32, on_error: &str) -> Fixture {
     Fixture::with(Opts {
         budgets: budgets(url, burst, on_error),
@@ -292,16 +303,11 @@ async fn used_on(gw: &Gateway, rule: &str, key: &str) -> i64 {
 #[tokio::test]
 async fn redis_rules_are_all_or_nothing_within_batches() {
     let redis = RedisServer::start().await;
-    let budgets = format!(
-        "\n[budgets]\nstore = \"{}\"\non_store_error = \"deny\"\nstore_timeout = \"500ms\"\n\n\
-         [[budgets.rules]]\nname = \"instance\"\nkey = [\"claim:sub\"]\nquota = \"30/1h\"\n\n\
+    let fx = fixture_with_rules(
+        &redis.url(),
+        "[[budgets.rules]]\nname = \"instance\"\nkey = [\"claim:sub\"]\nquota = \"30/1h\"\n\n\
          [[budgets.rules]]\nname = \"user\"\nkey = [\"header:X-User\"]\nquota = \"20/1h\"\n",
-        redis.url()
-    );
-    let fx = Fixture::with(Opts {
-        budgets,
-        ..Opts::default()
-    })
+    )
     .await;
     let t = fx.token();
     let users: Vec<&str> = (0..64)
@@ -323,15 +329,10 @@ async fn redis_rules_are_all_or_nothing_within_batches() {
 #[tokio::test]
 async fn redis_rate_retry_after_is_exact() {
     let redis = RedisServer::start().await;
-    let budgets = format!(
-        "\n[budgets]\nstore = \"{}\"\non_store_error = \"deny\"\nstore_timeout = \"500ms\"\n\n\
-         [[budgets.rules]]\nname = \"slow\"\nkey = [\"claim:sub\"]\nrate = \"6/1m\"\nburst = 3\n",
-        redis.url()
-    );
-    let fx = Fixture::with(Opts {
-        budgets,
-        ..Opts::default()
-    })
+    let fx = fixture_with_rules(
+        &redis.url(),
+        "[[budgets.rules]]\nname = \"slow\"\nkey = [\"claim:sub\"]\nrate = \"6/1m\"\nburst = 3\n",
+    )
     .await;
     let t = fx.token();
     let mut conn = H1Conn::connect(fx.gw.addr).await;
@@ -520,16 +521,8 @@ async fn redis_password_is_used_and_never_shown() {
     assert_eq!(described.status, 200);
     assert!(!described.text().contains(PASSWORD), "{}", described.text());
     assert!(described.text().contains("***"), "{}", described.text());
-    let check = Command::new(crate::common::gateway::BIN)
-        .args(["check", "--config"])
-        .arg(&fx.config_path)
-        .output()
-        .expect("run check");
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let check = run_check(&fx.config_path, &[]);
+    let out = describe_output(&check);
     assert!(check.status.success(), "{out}");
     assert!(!out.contains(PASSWORD), "{out}");
     assert!(!fx.gw.stderr().contains(PASSWORD));

@@ -37,6 +37,25 @@ pub fn command() -> Command {
     cmd
 }
 
+/// `cc-gateway check --config path` with `env`, run to completion.
+pub fn run_check(path: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    command()
+        .args(["check", "--config", path.to_str().expect("utf-8 path")])
+        .envs(env.iter().copied())
+        .output()
+        .expect("running cc-gateway check")
+}
+
+/// A finished CLI run for assertion messages: exit code, stdout, stderr.
+pub fn describe_output(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 fn drain<R: Read + Send + 'static>(
     reader: R,
     buf: Arc<Mutex<String>>,

@@ -12,7 +12,7 @@ pub mod wait;
 #[allow(unused_imports)]
 pub use client::{raw_request, H1Conn, RawResp, Req, Resp};
 pub use fixture::{assert_error, Fixture, Opts, AUD, KID, REALM, SUB};
-pub use gateway::Gateway;
+pub use gateway::{describe_output, run_check, Gateway};
 pub use metrics::metric;
 pub use servers::{dead_addr, Echo, Jwks, Sse};
 pub use tokens::*;
