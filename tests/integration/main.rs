@@ -12,6 +12,7 @@ mod admin;
 mod auth;
 mod budgets;
 mod cli;
+mod examples;
 mod fuzz;
 mod jwks;
 mod operations;
