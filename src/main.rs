@@ -14,6 +14,10 @@ use cc_gateway::config::{Config, LogFormat, RouteAuth};
 use cc_gateway::keysync::{self, Fetcher};
 use cc_gateway::token::{self, SigningKey};
 
+/// Where `--config` comes from when it is not given: this variable, else [`DEFAULT_CONFIG`].
+const CONFIG_ENV: &str = "CC_GATEWAY_CONFIG";
+const DEFAULT_CONFIG: &str = "/etc/cc-gateway/gateway.toml";
+
 #[derive(Parser)]
 #[command(
     name = "cc-gateway",
@@ -29,12 +33,14 @@ struct Cli {
 enum Cmd {
     /// Run the gateway.
     Run {
-        #[arg(long, short)]
+        /// the config file
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate a config file and print a summary (exit 1 on any problem).
     Check {
-        #[arg(long, short)]
+        /// the config file
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Zero-config try-out: a dev issuer, a demo backend and the gateway in front of them.
@@ -81,11 +87,13 @@ enum TokenCmd {
     /// Decode a token, verify it against the configured issuers and say why it would pass or
     /// fail (exit 0 valid, 1 invalid).
     Inspect {
-        #[arg(long, short)]
+        /// the config file
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// check this route's requirements too (default: every route that needs a token)
         #[arg(long)]
         route: Option<String>,
+        /// the token, or `-` to read it from stdin (keeps it out of `ps` and shell history)
         token: String,
     },
 }
@@ -127,10 +135,28 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cc-gateway: {e:#}");
+            eprintln!("cc-gateway: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once. Library errors follow the thiserror habit of
+/// putting their source in their own message (`cannot listen on ADDR: {source}`) *and* returning
+/// it from `source()`, so anyhow's `{:#}` would print the same cause two or three times.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -138,8 +164,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Run { config } => {
             let cfg = load(&config)?;
             init_tracing(&cfg.log.level, cfg.log.format);
-            cc_gateway::server::run(cfg).context("gateway stopped")?;
-            Ok(ExitCode::SUCCESS)
+            // an error before the listeners are up means the gateway never started: say only
+            // why; "stopped" is for one that was serving
+            let mut started = false;
+            let result = cc_gateway::server::run_with(cfg, |_| started = true);
+            match result {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) if started => Err(anyhow::Error::new(e).context("gateway stopped")),
+                Err(e) => Err(e.into()),
+            }
         }
         Cmd::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
@@ -178,7 +211,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             config,
             route,
             token,
-        }) => inspect(&config, route.as_deref(), &token),
+        }) => {
+            let token = if token == "-" {
+                let mut buf = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf)
+                    .context("reading the token from stdin")?;
+                buf
+            } else {
+                token
+            };
+            inspect(&config, route.as_deref(), &token)
+        }
     }
 }
 

@@ -662,3 +662,134 @@ fn token_mint_without_kid_uses_the_keys_thumbprint_as_keygen_does() {
         );
     }
 }
+
+#[tokio::test]
+async fn token_inspect_dash_reads_the_token_from_stdin() {
+    use std::io::Write;
+    let fx = Fixture::start().await;
+    let token = fx.token();
+    let config = fx.config_path.display().to_string();
+    let o = tokio::task::spawn_blocking(move || {
+        let mut child = command()
+            .args(["token", "inspect", "--config", &config, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawning cc-gateway");
+        // as `pbpaste | cc-gateway token inspect -` or `<<<"$TOKEN"` gives it: newline-terminated
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(format!("{token}\n").as_bytes())
+            .expect("writing stdin");
+        child.wait_with_output().expect("waiting for cc-gateway")
+    })
+    .await
+    .expect("CLI task");
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("verdict: valid") && out.contains(SUB),
+        "{}",
+        describe_output(&o)
+    );
+}
+
+#[test]
+fn config_defaults_to_cc_gateway_config_then_etc() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_config(dir.path(), &good_config(dir.path()));
+    let p = path.to_str().expect("utf-8 path");
+    let o = command()
+        .args(["check"])
+        .env("CC_GATEWAY_CONFIG", p)
+        .output()
+        .expect("running cc-gateway");
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("{p}: OK")),
+        "{}",
+        describe_output(&o)
+    );
+    // --config wins over the variable
+    let o = command()
+        .args(["check", "--config", p])
+        .env("CC_GATEWAY_CONFIG", dir.path().join("absent.toml"))
+        .output()
+        .expect("running cc-gateway");
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+
+    // neither: the packaged location (valid or not on this machine, it is the file tried)
+    for cmd in [&["check"][..], &["token", "inspect", "x.y.z"][..]] {
+        let o = command()
+            .args(cmd)
+            .env_remove("CC_GATEWAY_CONFIG")
+            .output()
+            .expect("running cc-gateway");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            all.contains("/etc/cc-gateway/gateway.toml"),
+            "{cmd:?}: {}",
+            describe_output(&o)
+        );
+    }
+
+    for sub in [&["run"][..], &["check"][..], &["token", "inspect"][..]] {
+        let o = run(&[sub, &["--help"][..]].concat());
+        let help = String::from_utf8_lossy(&o.stdout);
+        let line = help
+            .lines()
+            .find(|l| l.contains("--config"))
+            .unwrap_or_else(|| panic!("{sub:?} --help has no --config: {help}"));
+        for want in [
+            "config file",
+            "CC_GATEWAY_CONFIG",
+            "/etc/cc-gateway/gateway.toml",
+        ] {
+            assert!(
+                line.contains(want),
+                "{sub:?} --help: {line:?} lacks {want:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_gateway_that_cannot_bind_says_why_once_and_not_that_it_stopped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // held without SO_REUSEPORT, so the gateway's bind fails
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    let text = replace_once(
+        &good_config(dir.path()),
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"{addr}\"]"),
+    );
+    let path = write_config(dir.path(), &text);
+    let o = run(&["run", "--config", path.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", describe_output(&o));
+    assert_eq!(
+        err.matches(&addr).count(),
+        1,
+        "the address is not named exactly once: {}",
+        describe_output(&o)
+    );
+    assert_eq!(
+        err.matches("os error").count(),
+        1,
+        "the cause is not given exactly once: {}",
+        describe_output(&o)
+    );
+    assert!(
+        !err.contains("stopped"),
+        "a gateway that never started is said to have stopped: {}",
+        describe_output(&o)
+    );
+}
