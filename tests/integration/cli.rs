@@ -793,3 +793,127 @@ fn a_gateway_that_cannot_bind_says_why_once_and_not_that_it_stopped() {
         describe_output(&o)
     );
 }
+
+/// The indented commands `dev` prints that start with the gateway binary (`… token …`).
+fn printed_gateway_commands(out: &str) -> Vec<String> {
+    out.lines()
+        .map(str::trim)
+        .filter(|l| l.contains(" token inspect ") || l.contains(" token mint "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn dev_prints_gateway_commands_that_run_as_pasted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (gw, token) = start_dev(dir.path()).await;
+    let out = gw.stdout();
+    let cmds = printed_gateway_commands(&out);
+    assert_eq!(
+        cmds.len(),
+        2,
+        "expected an inspect and a mint command:\n{out}"
+    );
+    for cmd in cmds {
+        let token = token.clone();
+        let o = tokio::task::spawn_blocking(move || {
+            // a fresh clone's shell: no cc-gateway on the PATH
+            std::process::Command::new("sh")
+                .args(["-c", &cmd])
+                .env("PATH", "/usr/bin:/bin")
+                .env("TOKEN", token)
+                .env_remove("CC_GATEWAY_CONFIG")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("running sh")
+        })
+        .await
+        .expect("sh task");
+        assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            stdout.contains("verdict: valid") || stdout.trim().split('.').count() == 3,
+            "neither a verdict nor a token: {}",
+            describe_output(&o)
+        );
+    }
+}
+
+fn sigterm(pid: u32) {
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill -TERM {pid}");
+}
+
+async fn wait_exit(gw: &mut Gateway) {
+    wait_until(
+        "cc-gateway dev to exit after SIGTERM",
+        wait::DEADLINE,
+        || {
+            let running = gw.is_running();
+            async move {
+                if running {
+                    Err("still running".to_string())
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn dev_keeps_its_key_private_and_removes_its_temp_dir_on_sigterm() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let tmpdir = tmp.path().to_str().expect("utf-8").to_string();
+    let args = ["dev", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
+        .iter()
+        .map(std::ffi::OsString::from)
+        .collect();
+    let mut gw =
+        Gateway::spawn_with_env(args, &tmp.path().join("(dev)"), &[("TMPDIR", &tmpdir)]).await;
+    let files = wait_until("dev prints `Files: DIR`", wait::DEADLINE, || async {
+        let out = gw.stdout();
+        match out
+            .lines()
+            .find_map(|l| l.strip_prefix("Files: "))
+            .and_then(|r| r.split("  (").next())
+        {
+            Some(d) => Ok(std::path::PathBuf::from(d)),
+            None => Err(format!("stdout so far:\n{out}")),
+        }
+    })
+    .await;
+    assert!(
+        files.starts_with(tmp.path()),
+        "{} is not in TMPDIR {tmpdir}",
+        files.display()
+    );
+    assert_eq!(mode(&files), 0o700, "dev dir mode");
+    assert_eq!(mode(&files.join("dev-signing-key.pem")), 0o600, "key mode");
+
+    sigterm(gw.pid());
+    wait_exit(&mut gw).await;
+    assert!(
+        !files.exists(),
+        "{} is left behind after SIGTERM; stderr:\n{}",
+        files.display(),
+        gw.stderr()
+    );
+}
+
+#[tokio::test]
+async fn dev_keeps_a_dir_the_user_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let named = dir.path().join("mine");
+    let (mut gw, _token) = start_dev(&named).await;
+    assert_eq!(mode(&named.join("dev-signing-key.pem")), 0o600, "key mode");
+    sigterm(gw.pid());
+    wait_exit(&mut gw).await;
+    for f in ["gateway.toml", "dev-signing-key.pem"] {
+        assert!(named.join(f).exists(), "--dir lost {f}: {}", gw.stderr());
+    }
+}
