@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: dev test build release check-fmt lint bench prereqs fuzz
+.PHONY: dev test build release install check-fmt lint bench prereqs fuzz
 
 prereqs:
 	@./scripts/prereqs.sh
@@ -21,6 +21,10 @@ build: prereqs
 
 release: prereqs
 	$(CARGO) build --release
+
+## put `cc-gateway` on the PATH (a release build in ~/.cargo/bin)
+install: prereqs
+	$(CARGO) install --path . --locked
 
 lint: prereqs
 	$(CARGO) fmt --all -- --check

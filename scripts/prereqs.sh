@@ -11,6 +11,8 @@ have cc || need_pkgs+=(gcc)
 have make || need_pkgs+=(make)
 # https key sources (OIDC discovery against real issuers) read the system CA store
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_pkgs+=(ca-certificates)
+# tests signal the gateway with kill(1) (SIGHUP reload, SIGTERM shutdown); slim images lack procps
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || need_pkgs+=(procps)
 # the budget tests run a real Redis (spawned on an ephemeral port, stopped by PID)
 have redis-server || need_pkgs+=(redis-server)
 # extra tools for a target, e.g. PREREQS_EXTRA="wrk" for benchmarks

@@ -4,7 +4,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,30 +28,38 @@ pub struct DevOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Token(#[from] token::TokenError),
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Server(#[from] crate::server::ServerError),
 }
 
 type DemoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 pub fn run(opts: DevOptions) -> Result<(), DevError> {
-    let dir = opts.dir.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("cc-gateway-dev-{}", std::process::id()))
-    });
-    std::fs::create_dir_all(&dir)?;
+    // the key first: generating it is the slow part, and until the gateway's signal handlers
+    // are in place a Ctrl-C kills the process before the directory guard can remove anything
     let key = SigningKey::generate("RS256")?;
     let jwk = key.public_jwk("dev");
     let kid = token::thumbprint(&jwk);
     let mut jwk = key.public_jwk(&kid);
     jwk["alg"] = json!("RS256");
-    let key_path = dir.join("dev-signing-key.pem");
-    std::fs::write(&key_path, key.to_pkcs8_pem())?;
+    let dir = match opts.dir {
+        Some(dir) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
+            DevDir::kept(dir)
+        }
+        None => DevDir::create_temp()?,
+    };
+    let key_path = dir.path.join("dev-signing-key.pem");
+    write_private(&key_path, &key.to_pkcs8_pem())?;
 
     // the demo backend doubles as the dev issuer
     let backend = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -72,7 +81,7 @@ pub fn run(opts: DevOptions) -> Result<(), DevError> {
             rt.block_on(demo_backend(backend, iss, jwks));
         })?;
 
-    let config_path = dir.join("gateway.toml");
+    let config_path = dir.path.join("gateway.toml");
     std::fs::write(
         &config_path,
         dev_config(&opts.listen, &opts.admin, &issuer, &backend_addr),
@@ -86,9 +95,19 @@ pub fn run(opts: DevOptions) -> Result<(), DevError> {
         "gitlab_realm": "self-managed", "scopes": ["code_suggestions", "duo_chat"],
     });
     let tok = token::mint(&key, "RS256", Some(&kid), &claims)?;
-    let dir_shown = dir.display().to_string();
-    let cfg_shown = config_path.display().to_string();
-    let key_shown = key_path.display().to_string();
+    let dir_shown = dir.path.display().to_string();
+    let files_note = if dir.remove_on_drop {
+        "removed on exit; pass --dir to keep them"
+    } else {
+        "kept on exit"
+    };
+    let cfg_shown = shell_quote(&config_path.display().to_string());
+    let key_shown = shell_quote(&key_path.display().to_string());
+    // a fresh clone has no `cc-gateway` on the PATH: print the binary that is running, so the
+    // commands can be pasted as they are (from any directory)
+    let exe = std::env::current_exe()
+        .map(|p| shell_quote(&p.display().to_string()))
+        .unwrap_or_else(|_| "cc-gateway".into());
     let print_banner = move |b: &crate::server::Bound| {
         let gw = b
             .listen
@@ -102,7 +121,7 @@ pub fn run(opts: DevOptions) -> Result<(), DevError> {
         println!(
             r#"
 cc-gateway dev — a gateway on {gw} in front of a demo AI backend, trusting a local dev issuer.
-Files: {dir}  (gateway.toml, dev-signing-key.pem)
+Files: {dir}  (gateway.toml, dev-signing-key.pem; {files_note})
 
 A token (valid 12 h) for instance 8f6e4253-…, scopes code_suggestions + duo_chat:
 
@@ -116,19 +135,101 @@ Try it:
 
   curl -N -H "Authorization: Bearer $TOKEN" {gw}/ai/v2/completions/stream     # SSE, event by event
   curl -sS {gw}/ai/v2/completions                                             # 401 missing_token
-  cc-gateway token inspect --config {cfg} "$TOKEN"                            # why 401?
-  cc-gateway token mint --key {key} --kid {kid} --iss {issuer} --aud gitlab-ai-gateway --sub me --scopes duo_chat --ttl 1h
+  {exe} token inspect --config {cfg} "$TOKEN"    # why 401?
+  {exe} token mint --key {key} --kid {kid} --iss {issuer} --aud gitlab-ai-gateway --sub me --scopes duo_chat --ttl 1h
 
 Metrics: {admin}/metrics   Health: {admin}/readyz   Access log: stdout
 Stop: Ctrl-C
 "#,
             dir = dir_shown,
+            exe = exe,
             cfg = cfg_shown,
             key = key_shown,
         );
     };
     crate::server::run_with(config, print_banner)?;
+    // `dir` is dropped here, after the gateway has drained (SIGTERM and Ctrl-C included)
+    drop(dir);
     Ok(())
+}
+
+/// The directory holding the dev key and config. One that `dev` made up is removed when the
+/// run ends (error returns included): each run generates a fresh key, so nothing in it is
+/// worth keeping, and a private key should not outlive its use in a shared temp dir.
+struct DevDir {
+    path: PathBuf,
+    remove_on_drop: bool,
+}
+
+impl DevDir {
+    /// A directory the user named (`--dir`): theirs to keep.
+    fn kept(path: PathBuf) -> DevDir {
+        DevDir {
+            path,
+            remove_on_drop: false,
+        }
+    }
+
+    /// A fresh `cc-gateway-dev-*` directory in the temp dir, owner-only. Created exclusively (not
+    /// `create_dir_all`): in a shared /tmp a name someone else made first is not ours to use.
+    fn create_temp() -> Result<DevDir, std::io::Error> {
+        let base = std::env::temp_dir();
+        let mut tries = 0;
+        loop {
+            let path = base.join(format!(
+                "cc-gateway-dev-{}-{:08x}",
+                std::process::id(),
+                fastrand::u32(..)
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {
+                    return Ok(DevDir {
+                        path,
+                        remove_on_drop: true,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for DevDir {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                eprintln!("cc-gateway dev: removing {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Writes a private key readable by the owner only, also when the file already existed (a
+/// reused `--dir`): the mode given to `open` applies only to a file it creates.
+fn write_private(path: &Path, pem: &str) -> Result<(), std::io::Error> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(pem.as_bytes())
+}
+
+/// `s` as one shell word: as it is when that is safe, else single-quoted.
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:,=@%".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 fn dev_config(

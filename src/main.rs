@@ -14,6 +14,10 @@ use cc_gateway::config::{Config, LogFormat, RouteAuth};
 use cc_gateway::keysync::{self, Fetcher};
 use cc_gateway::token::{self, SigningKey};
 
+/// Where `--config` comes from when it is not given: this variable, else [`DEFAULT_CONFIG`].
+const CONFIG_ENV: &str = "CC_GATEWAY_CONFIG";
+const DEFAULT_CONFIG: &str = "/etc/cc-gateway/gateway.toml";
+
 #[derive(Parser)]
 #[command(
     name = "cc-gateway",
@@ -29,12 +33,14 @@ struct Cli {
 enum Cmd {
     /// Run the gateway.
     Run {
-        #[arg(long, short)]
+        /// the config file
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate a config file and print a summary (exit 1 on any problem).
     Check {
-        #[arg(long, short)]
+        /// the config file
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Zero-config try-out: a dev issuer, a demo backend and the gateway in front of them.
@@ -61,24 +67,33 @@ enum TokenCmd {
         /// RS256 (RSA 2048), ES256, ES384, ES512 or EdDSA
         #[arg(long, default_value = "RS256")]
         alg: String,
-        /// where to write the private key
+        /// where to write the private key (refused if the file exists, unless --force)
         #[arg(long)]
         key: PathBuf,
-        /// where to write the public JWKS
+        /// where to write the public JWKS (refused if the file exists, unless --force or --add)
         #[arg(long)]
         jwks: PathBuf,
         /// key id (default: the key's thumbprint)
         #[arg(long)]
         kid: Option<String>,
+        /// add the new public key to the existing JWKS, keeping the keys in it (the "old + new"
+        /// phase of a key rotation)
+        #[arg(long)]
+        add: bool,
+        /// overwrite an existing key file (and JWKS, without --add)
+        #[arg(long)]
+        force: bool,
     },
     /// Decode a token, verify it against the configured issuers and say why it would pass or
     /// fail (exit 0 valid, 1 invalid).
     Inspect {
-        #[arg(long, short)]
+        /// the config file
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// check this route's requirements too (default: every route that needs a token)
         #[arg(long)]
         route: Option<String>,
+        /// the token, or `-` to read it from stdin (keeps it out of `ps` and shell history)
         token: String,
     },
 }
@@ -88,6 +103,7 @@ struct MintArgs {
     /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)
     #[arg(long)]
     key: PathBuf,
+    /// key id for the header (default: the key's RFC 7638 thumbprint, as `token keygen` uses)
     #[arg(long)]
     kid: Option<String>,
     #[arg(long)]
@@ -119,10 +135,28 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cc-gateway: {e:#}");
+            eprintln!("cc-gateway: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once. Library errors follow the thiserror habit of
+/// putting their source in their own message (`cannot listen on ADDR: {source}`) *and* returning
+/// it from `source()`, so anyhow's `{:#}` would print the same cause two or three times.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -130,8 +164,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Run { config } => {
             let cfg = load(&config)?;
             init_tracing(&cfg.log.level, cfg.log.format);
-            cc_gateway::server::run(cfg).context("gateway stopped")?;
-            Ok(ExitCode::SUCCESS)
+            // an error before the listeners are up means the gateway never started: say only
+            // why; "stopped" is for one that was serving
+            let mut started = false;
+            let result = cc_gateway::server::run_with(cfg, |_| started = true);
+            match result {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) if started => Err(anyhow::Error::new(e).context("gateway stopped")),
+                Err(e) => Err(e.into()),
+            }
         }
         Cmd::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
@@ -163,25 +204,24 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             key,
             jwks,
             kid,
-        }) => {
-            let k = SigningKey::generate(&alg)?;
-            let kid = kid.unwrap_or_else(|| token::thumbprint(&k.public_jwk("")));
-            write_private(&key, &k.to_pkcs8_pem())?;
-            let set = json!({ "keys": [k.public_jwk(&kid)] });
-            std::fs::write(&jwks, serde_json::to_string_pretty(&set)? + "\n")
-                .with_context(|| format!("writing {}", jwks.display()))?;
-            println!(
-                "kid {kid}: private key {}, public JWKS {}",
-                key.display(),
-                jwks.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+            add,
+            force,
+        }) => keygen(&alg, &key, &jwks, kid, add, force),
         Cmd::Token(TokenCmd::Inspect {
             config,
             route,
             token,
-        }) => inspect(&config, route.as_deref(), &token),
+        }) => {
+            let token = if token == "-" {
+                let mut buf = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf)
+                    .context("reading the token from stdin")?;
+                buf
+            } else {
+                token
+            };
+            inspect(&config, route.as_deref(), &token)
+        }
     }
 }
 
@@ -205,18 +245,108 @@ fn init_tracing(level: &str, format: LogFormat) {
     }
 }
 
-/// Private keys are written readable by the owner only.
-fn write_private(path: &Path, pem: &str) -> Result<()> {
+/// `token keygen`. Nothing is written until every check has passed, so a refused run leaves
+/// the key and the JWKS as they were: overwriting either mid-rotation would lock out every token
+/// signed with the old key.
+fn keygen(
+    alg: &str,
+    key_path: &Path,
+    jwks_path: &Path,
+    kid: Option<String>,
+    add: bool,
+    force: bool,
+) -> Result<ExitCode> {
+    if !force && key_path.exists() {
+        bail!(
+            "{} already exists: refusing to overwrite a key (--force replaces it)",
+            key_path.display()
+        );
+    }
+    let mut set = if add {
+        let text = std::fs::read_to_string(jwks_path).with_context(|| {
+            format!(
+                "--add: reading the JWKS to add to, {} (without --add a new one is written)",
+                jwks_path.display()
+            )
+        })?;
+        let set: Value = serde_json::from_str(&text)
+            .with_context(|| format!("--add: {} is not JSON", jwks_path.display()))?;
+        if !set["keys"].is_array() {
+            bail!(
+                "--add: {} is not a JWKS (no \"keys\" array)",
+                jwks_path.display()
+            );
+        }
+        set
+    } else {
+        if !force && jwks_path.exists() {
+            bail!(
+                "{} already exists: refusing to overwrite it (--add adds the new key to it, --force replaces it)",
+                jwks_path.display()
+            );
+        }
+        json!({ "keys": [] })
+    };
+    let k = SigningKey::generate(alg)?;
+    let kid = kid.unwrap_or_else(|| token::thumbprint(&k.public_jwk("")));
+    let keys = set["keys"].as_array_mut().context("JWKS keys")?;
+    if keys.iter().any(|j| j["kid"].as_str() == Some(kid.as_str())) {
+        bail!(
+            "{} already has a key with kid {kid:?}: choose another --kid",
+            jwks_path.display()
+        );
+    }
+    keys.push(k.public_jwk(&kid));
+    let count = keys.len();
+    write_private(key_path, &k.to_pkcs8_pem(), force)?;
+    write_replacing(jwks_path, &(serde_json::to_string_pretty(&set)? + "\n"))?;
+    println!(
+        "kid {kid}: private key {}, public JWKS {} ({count} key{})",
+        key_path.display(),
+        jwks_path.display(),
+        if count == 1 { "" } else { "s" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Private keys are written readable by the owner only, also over an existing file (`--force`):
+/// the mode given to `open` applies only to a file it creates. Without `overwrite` the file is
+/// created exclusively, so a key that appeared since the check is not clobbered either.
+fn write_private(path: &Path, pem: &str, overwrite: bool) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(0o600);
+    if overwrite {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(pem.as_bytes())?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(pem.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Replaces `path` whole (a sibling temp file renamed over it): a gateway reading its
+/// `jwks_file` meanwhile sees the old set or the new one, never half a file.
+fn write_replacing(path: &Path, text: &str) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
     Ok(())
 }
 
@@ -259,15 +389,20 @@ fn mint(a: MintArgs) -> Result<Vec<String>> {
         };
         claims[k] = serde_json::from_str::<Value>(v).unwrap_or_else(|_| json!(v));
     }
+    // a kid lets the gateway pick the key instead of trying each; the thumbprint is the kid
+    // `token keygen` and `dev` publish by default
+    let kid = a
+        .kid
+        .unwrap_or_else(|| token::thumbprint(&key.public_jwk("")));
     if a.count <= 1 {
-        return Ok(vec![token::mint(&key, &alg, a.kid.as_deref(), &claims)?]);
+        return Ok(vec![token::mint(&key, &alg, Some(&kid), &claims)?]);
     }
     let base_sub = claims["sub"].as_str().unwrap_or("sub").to_string();
     (0..a.count)
         .map(|i| {
             claims["sub"] = json!(format!("{base_sub}-{i}"));
             claims["jti"] = json!(cc_gateway::forward::new_request_id().to_str().unwrap_or(""));
-            Ok(token::mint(&key, &alg, a.kid.as_deref(), &claims)?)
+            Ok(token::mint(&key, &alg, Some(&kid), &claims)?)
         })
         .collect()
 }

@@ -494,3 +494,426 @@ async fn dev_mode_prints_the_addresses_it_actually_bound() {
         gw.admin
     );
 }
+
+// ---- key tooling, `--config` default, `inspect -`, startup errors, `dev` files ----
+
+/// The file's permission bits (`0o600`, ...).
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn keygen(key: &Path, jwks: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "token",
+        "keygen",
+        "--key",
+        key.to_str().expect("utf-8"),
+        "--jwks",
+        jwks.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn jwks_kids(jwks: &Path) -> Vec<String> {
+    let set: serde_json::Value = serde_json::from_str(&read(jwks)).expect("JWKS is JSON");
+    set["keys"]
+        .as_array()
+        .expect("keys array")
+        .iter()
+        .map(|k| k["kid"].as_str().expect("kid").to_string())
+        .collect()
+}
+
+/// Asserts a refused run: non-zero exit, the file named on stderr, nothing on stdout.
+fn assert_refused_naming(o: &Output, file: &Path, what: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.code() == Some(1)
+            && err.contains(file.to_str().expect("utf-8"))
+            && o.stdout.is_empty(),
+        "{what}: expected exit 1 naming {}; got {}",
+        file.display(),
+        describe_output(o)
+    );
+}
+
+#[test]
+fn token_keygen_refuses_to_overwrite_a_key_or_jwks_without_force() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (key, jwks) = (dir.path().join("k.pem"), dir.path().join("jwks.json"));
+    let o = keygen(&key, &jwks, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+    assert_eq!(mode(&key), 0o600, "private key mode");
+    let (key_before, jwks_before) = (read(&key), read(&jwks));
+
+    // both exist
+    let o = keygen(&key, &jwks, &[]);
+    assert_refused_naming(&o, &key, "existing key and JWKS");
+    // only the key exists: the new JWKS is not written either
+    let other_jwks = dir.path().join("other.json");
+    let o = keygen(&key, &other_jwks, &[]);
+    assert_refused_naming(&o, &key, "existing key");
+    assert!(
+        !other_jwks.exists(),
+        "a refused keygen wrote {other_jwks:?}"
+    );
+    // only the JWKS exists: the new key is not written either
+    let other_key = dir.path().join("other.pem");
+    let o = keygen(&other_key, &jwks, &[]);
+    assert_refused_naming(&o, &jwks, "existing JWKS");
+    assert!(!other_key.exists(), "a refused keygen wrote {other_key:?}");
+    assert_eq!(read(&key), key_before, "a refused keygen changed the key");
+    assert_eq!(
+        read(&jwks),
+        jwks_before,
+        "a refused keygen changed the JWKS"
+    );
+
+    // --force replaces both, and the key stays owner-only
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let o = keygen(&key, &jwks, &["--force"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+    assert_ne!(read(&key), key_before, "--force did not replace the key");
+    assert_ne!(read(&jwks), jwks_before, "--force did not replace the JWKS");
+    assert_eq!(jwks_kids(&jwks).len(), 1, "{}", read(&jwks));
+    assert_eq!(mode(&key), 0o600, "private key mode after --force");
+}
+
+#[test]
+fn token_keygen_add_appends_to_the_jwks_and_refuses_a_duplicate_kid() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jwks = dir.path().join("jwks.json");
+    let (old, new) = (dir.path().join("old.pem"), dir.path().join("new.pem"));
+    let o = keygen(&old, &jwks, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+    let old_kids = jwks_kids(&jwks);
+
+    // the "old + new" phase of a rotation
+    let o = keygen(&new, &jwks, &["--add", "--alg", "ES256"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+    let kids = jwks_kids(&jwks);
+    assert_eq!(kids.len(), 2, "{}", read(&jwks));
+    assert_eq!(
+        kids[0],
+        old_kids[0],
+        "--add changed the old key: {}",
+        read(&jwks)
+    );
+    assert_ne!(kids[1], kids[0]);
+    assert_eq!(mode(&new), 0o600, "private key mode");
+
+    // a kid the set already has
+    let before = read(&jwks);
+    let dup = dir.path().join("dup.pem");
+    let o = keygen(&dup, &jwks, &["--add", "--kid", &kids[0]]);
+    assert_refused_naming(&o, &jwks, "duplicate kid");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&kids[0]),
+        "the refusal does not name the kid: {}",
+        describe_output(&o)
+    );
+    assert_eq!(read(&jwks), before, "a refused --add changed the JWKS");
+    assert!(!dup.exists(), "a refused --add wrote the key");
+
+    // nothing to add to
+    let missing = dir.path().join("missing.json");
+    let o = keygen(&dir.path().join("x.pem"), &missing, &["--add"]);
+    assert_refused_naming(&o, &missing, "--add without a JWKS");
+}
+
+#[test]
+fn token_mint_without_kid_uses_the_keys_thumbprint_as_keygen_does() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        let (key, jwks) = (
+            dir.path().join(format!("{alg}.pem")),
+            dir.path().join(format!("{alg}.json")),
+        );
+        let o = keygen(&key, &jwks, &["--alg", alg]);
+        assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+        let o = run(&[
+            "token",
+            "mint",
+            "--key",
+            key.to_str().expect("utf-8"),
+            "--iss",
+            "https://issuer.example",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+        let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let (h, _, _) = segments(&token);
+        let header = decode_segment(&h);
+        assert_eq!(
+            header["kid"],
+            jwks_kids(&jwks)[0].as_str(),
+            "{alg}: minted header {header} vs JWKS {}",
+            read(&jwks)
+        );
+    }
+}
+
+#[tokio::test]
+async fn token_inspect_dash_reads_the_token_from_stdin() {
+    use std::io::Write;
+    let fx = Fixture::start().await;
+    let token = fx.token();
+    let config = fx.config_path.display().to_string();
+    let o = tokio::task::spawn_blocking(move || {
+        let mut child = command()
+            .args(["token", "inspect", "--config", &config, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawning cc-gateway");
+        // as `pbpaste | cc-gateway token inspect -` or `<<<"$TOKEN"` gives it: newline-terminated
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(format!("{token}\n").as_bytes())
+            .expect("writing stdin");
+        child.wait_with_output().expect("waiting for cc-gateway")
+    })
+    .await
+    .expect("CLI task");
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("verdict: valid") && out.contains(SUB),
+        "{}",
+        describe_output(&o)
+    );
+}
+
+#[test]
+fn config_defaults_to_cc_gateway_config_then_etc() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_config(dir.path(), &good_config(dir.path()));
+    let p = path.to_str().expect("utf-8 path");
+    let o = command()
+        .args(["check"])
+        .env("CC_GATEWAY_CONFIG", p)
+        .output()
+        .expect("running cc-gateway");
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("{p}: OK")),
+        "{}",
+        describe_output(&o)
+    );
+    // --config wins over the variable
+    let o = command()
+        .args(["check", "--config", p])
+        .env("CC_GATEWAY_CONFIG", dir.path().join("absent.toml"))
+        .output()
+        .expect("running cc-gateway");
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+
+    // neither: the packaged location (valid or not on this machine, it is the file tried)
+    for cmd in [&["check"][..], &["token", "inspect", "x.y.z"][..]] {
+        let o = command()
+            .args(cmd)
+            .env_remove("CC_GATEWAY_CONFIG")
+            .output()
+            .expect("running cc-gateway");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            all.contains("/etc/cc-gateway/gateway.toml"),
+            "{cmd:?}: {}",
+            describe_output(&o)
+        );
+    }
+
+    for sub in [&["run"][..], &["check"][..], &["token", "inspect"][..]] {
+        let o = run(&[sub, &["--help"][..]].concat());
+        let help = String::from_utf8_lossy(&o.stdout);
+        let line = help
+            .lines()
+            .find(|l| l.contains("--config"))
+            .unwrap_or_else(|| panic!("{sub:?} --help has no --config: {help}"));
+        for want in [
+            "config file",
+            "CC_GATEWAY_CONFIG",
+            "/etc/cc-gateway/gateway.toml",
+        ] {
+            assert!(
+                line.contains(want),
+                "{sub:?} --help: {line:?} lacks {want:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_gateway_that_cannot_bind_says_why_once_and_not_that_it_stopped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // held without SO_REUSEPORT, so the gateway's bind fails
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    let text = replace_once(
+        &good_config(dir.path()),
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"{addr}\"]"),
+    );
+    let path = write_config(dir.path(), &text);
+    let o = run(&["run", "--config", path.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", describe_output(&o));
+    assert_eq!(
+        err.matches(&addr).count(),
+        1,
+        "the address is not named exactly once: {}",
+        describe_output(&o)
+    );
+    assert_eq!(
+        err.matches("os error").count(),
+        1,
+        "the cause is not given exactly once: {}",
+        describe_output(&o)
+    );
+    assert!(
+        !err.contains("stopped"),
+        "a gateway that never started is said to have stopped: {}",
+        describe_output(&o)
+    );
+}
+
+/// The indented commands `dev` prints that start with the gateway binary (`… token …`).
+fn printed_gateway_commands(out: &str) -> Vec<String> {
+    out.lines()
+        .map(str::trim)
+        .filter(|l| l.contains(" token inspect ") || l.contains(" token mint "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn dev_prints_gateway_commands_that_run_as_pasted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (gw, token) = start_dev(dir.path()).await;
+    let out = gw.stdout();
+    let cmds = printed_gateway_commands(&out);
+    assert_eq!(
+        cmds.len(),
+        2,
+        "expected an inspect and a mint command:\n{out}"
+    );
+    for cmd in cmds {
+        let token = token.clone();
+        let o = tokio::task::spawn_blocking(move || {
+            // a fresh clone's shell: no cc-gateway on the PATH
+            std::process::Command::new("sh")
+                .args(["-c", &cmd])
+                .env("PATH", "/usr/bin:/bin")
+                .env("TOKEN", token)
+                .env_remove("CC_GATEWAY_CONFIG")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("running sh")
+        })
+        .await
+        .expect("sh task");
+        assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            stdout.contains("verdict: valid") || stdout.trim().split('.').count() == 3,
+            "neither a verdict nor a token: {}",
+            describe_output(&o)
+        );
+    }
+}
+
+fn sigterm(pid: u32) {
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill -TERM {pid}");
+}
+
+async fn wait_exit(gw: &mut Gateway) {
+    wait_until(
+        "cc-gateway dev to exit after SIGTERM",
+        wait::DEADLINE,
+        || {
+            let running = gw.is_running();
+            async move {
+                if running {
+                    Err("still running".to_string())
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn dev_keeps_its_key_private_and_removes_its_temp_dir_on_sigterm() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let tmpdir = tmp.path().to_str().expect("utf-8").to_string();
+    let args = ["dev", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
+        .iter()
+        .map(std::ffi::OsString::from)
+        .collect();
+    let mut gw =
+        Gateway::spawn_with_env(args, &tmp.path().join("(dev)"), &[("TMPDIR", &tmpdir)]).await;
+    let files = wait_until("dev prints `Files: DIR`", wait::DEADLINE, || async {
+        let out = gw.stdout();
+        match out
+            .lines()
+            .find_map(|l| l.strip_prefix("Files: "))
+            .and_then(|r| r.split("  (").next())
+        {
+            Some(d) => Ok(std::path::PathBuf::from(d)),
+            None => Err(format!("stdout so far:\n{out}")),
+        }
+    })
+    .await;
+    assert!(
+        files.starts_with(tmp.path()),
+        "{} is not in TMPDIR {tmpdir}",
+        files.display()
+    );
+    assert_eq!(mode(&files), 0o700, "dev dir mode");
+    assert_eq!(mode(&files.join("dev-signing-key.pem")), 0o600, "key mode");
+
+    sigterm(gw.pid());
+    wait_exit(&mut gw).await;
+    assert!(
+        !files.exists(),
+        "{} is left behind after SIGTERM; stderr:\n{}",
+        files.display(),
+        gw.stderr()
+    );
+}
+
+#[tokio::test]
+async fn dev_keeps_a_dir_the_user_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let named = dir.path().join("mine");
+    let (mut gw, _token) = start_dev(&named).await;
+    assert_eq!(mode(&named.join("dev-signing-key.pem")), 0o600, "key mode");
+    sigterm(gw.pid());
+    wait_exit(&mut gw).await;
+    for f in ["gateway.toml", "dev-signing-key.pem"] {
+        assert!(named.join(f).exists(), "--dir lost {f}: {}", gw.stderr());
+    }
+}
