@@ -280,6 +280,25 @@ impl Fixture {
         );
         r
     }
+
+    /// Sends `req` and asserts 200 from the echo upstream; returns the echo JSON.
+    pub async fn expect_ok(&self, req: Req) -> Value {
+        let r = self.send(req).await;
+        assert_eq!(
+            r.status,
+            200,
+            "expected 200 from upstream, got {}",
+            r.describe()
+        );
+        let v = r.json();
+        assert_eq!(
+            v["server"],
+            "echo",
+            "not the echo upstream's answer: {}",
+            r.describe()
+        );
+        v
+    }
 }
 
 /// Asserts an error response: status, JSON `reason`, non-empty `error`, `request_id` equal to the
@@ -362,65 +381,5 @@ pub fn assert_error(r: &Resp, status: u16, reason: &str) {
             );
         }
         _ => {}
-    }
-}
-
-impl Fixture {
-    /// Like [`Fixture::expect_refused`] when the spec allows more than one reason: the response's
-    /// reason must be one of `reasons`, and that reason's counter must grow by exactly one.
-    pub async fn expect_refused_one_of(&self, req: Req, status: u16, reasons: &[&str]) -> Resp {
-        let before_text = self.metrics().await;
-        let upstream_before = self.echo.count();
-        let r = self.send(req).await;
-        assert_eq!(
-            r.status,
-            status,
-            "expected {status} {reasons:?}, got {}",
-            r.describe()
-        );
-        let reason = r.reason();
-        assert!(
-            reasons.contains(&reason.as_str()),
-            "reason {reason:?} not one of {reasons:?}: {}",
-            r.describe()
-        );
-        assert_error(&r, status, &reason);
-        let before = super::metrics::metric(
-            &before_text,
-            "cc_gateway_auth_failures_total",
-            &[("reason", &reason)],
-        );
-        wait_metric(
-            &self.gw,
-            "cc_gateway_auth_failures_total",
-            &[("reason", &reason)],
-            before + 1.0,
-        )
-        .await;
-        assert_eq!(
-            self.echo.count(),
-            upstream_before,
-            "a refused request reached the upstream"
-        );
-        r
-    }
-
-    /// Sends `req` and asserts 200 from the echo upstream; returns the echo JSON.
-    pub async fn expect_ok(&self, req: Req) -> Value {
-        let r = self.send(req).await;
-        assert_eq!(
-            r.status,
-            200,
-            "expected 200 from upstream, got {}",
-            r.describe()
-        );
-        let v = r.json();
-        assert_eq!(
-            v["server"],
-            "echo",
-            "not the echo upstream's answer: {}",
-            r.describe()
-        );
-        v
     }
 }
