@@ -692,10 +692,7 @@ async fn access_log_json_lines_and_no_token_anywhere() {
     assert_eq!(l["sub"], SUB, "{l}");
     assert_eq!(l["iss"], fx.iss.as_str(), "{l}");
     assert_eq!(l["realm"], REALM, "{l}");
-    assert!(
-        l["reason"].is_null() || l["reason"] == "",
-        "reason on a success: {l}"
-    );
+    assert!(l["reason"].is_null(), "reason on a success: {l}");
     let bytes_in = bytes_field(&l, "in").unwrap_or_else(|| panic!("no bytes-in field: {l}"));
     let bytes_out = bytes_field(&l, "out").unwrap_or_else(|| panic!("no bytes-out field: {l}"));
     assert!(
@@ -781,9 +778,11 @@ async fn dot_segments_cannot_walk_from_a_public_prefix_into_a_protected_one() {
         "/public/./../ai/v2/completions",
     ] {
         let r = fx.send(Req::get(path)).await;
-        assert!(
-            r.status == 400 || r.status == 401 || r.status == 404,
-            "{path}: expected a refusal, got {}",
+        // Refused by the router before auth (dot segments are never normalised).
+        assert_eq!(
+            (r.status, r.reason().as_str()),
+            (400, "invalid_path"),
+            "{path}: {}",
             r.describe()
         );
         assert!(
