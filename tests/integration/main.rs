@@ -15,5 +15,4 @@ mod cli;
 mod fuzz;
 mod jwks;
 mod operations;
-mod redis_budgets;
 mod routing;
