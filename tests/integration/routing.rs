@@ -20,6 +20,7 @@ async fn expect_request_counted(fx: &Fixture, before: &str, labels: &[(&str, &st
     wait_metric(&fx.gw, "cc_gateway_requests_total", labels, b + 1.0).await;
 }
 
+/// Header values joined as one comma-separated value.
 fn joined(values: &[String]) -> String {
     values.join(", ")
 }
@@ -274,6 +275,7 @@ async fn forwarded_headers() {
     );
 }
 
+/// A generated request id: non-empty, at most 128 visible ASCII characters.
 fn is_sane_generated_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -585,6 +587,7 @@ read_timeout = "300ms"
     expect_request_counted(&fx, &before, &[("route", "slow"), ("status", "504")]).await;
 }
 
+/// The access log's lines as JSON (none when the file does not exist yet).
 fn read_log_lines(path: &std::path::Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
@@ -596,6 +599,7 @@ fn read_log_lines(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
+/// The byte-count field of an access-log line whose name mentions `dir` ("in" or "out").
 fn bytes_field<'a>(line: &'a Value, dir: &str) -> Option<&'a Value> {
     line.as_object()?
         .iter()

@@ -5,6 +5,7 @@ use serde_json::json;
 use crate::common::servers::echoed_header;
 use crate::common::*;
 
+/// A token signed with `alg` passes when the issuer allows `alg`; one by another key does not.
 async fn accepted_with_alg(alg: &str) {
     let fx = Fixture::with(Opts {
         key_alg: alg.into(),

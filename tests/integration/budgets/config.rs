@@ -31,6 +31,7 @@ key = ["claim:sub"]
 quota = "10/1h"
 "#;
 
+/// A memory `[budgets]` table with `table`'s keys, a valid rule and then `rules`.
 fn budgets_with(table: &str, rules: &str) -> String {
     format!("\n[budgets]\nstore = \"memory\"\n{table}\n{GOOD_RULE}\n{rules}")
 }

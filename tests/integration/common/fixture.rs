@@ -81,10 +81,12 @@ pub fn q(s: &str) -> String {
     toml_str(s)
 }
 
+/// `s` as a TOML basic string.
 fn toml_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// `v` as a TOML array of strings.
 fn toml_list(v: &[String]) -> String {
     format!(
         "[{}]",
@@ -171,10 +173,12 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
 }
 
 impl Fixture {
+    /// The standard fixture with default [`Opts`].
     pub async fn start() -> Fixture {
         Fixture::with(Opts::default()).await
     }
 
+    /// The standard fixture as `opts` says: servers started, config written, gateway running.
     pub async fn with(opts: Opts) -> Fixture {
         let dir = tempfile::tempdir().expect("creating temp dir");
         let key = if opts.key_alg == "RS256" {
@@ -249,6 +253,7 @@ impl Fixture {
         Req::post("/ai/v2/completions", r#"{"prompt_version":1}"#).token(token)
     }
 
+    /// The gateway's `/metrics` text.
     pub async fn metrics(&self) -> String {
         self.gw.metrics().await
     }
