@@ -138,6 +138,7 @@ async fn several_listen_addresses_all_serve() {
     assert_eq!(echo.count(), 2);
 }
 
+/// The `kid` the standard fixture signs with.
 fn fixture_kid() -> &'static str {
     crate::common::fixture::KID
 }

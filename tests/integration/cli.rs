@@ -10,6 +10,7 @@ use crate::common::gateway::command;
 use crate::common::wait;
 use crate::common::*;
 
+/// Runs `cc-gateway args` to completion.
 fn run(args: &[&str]) -> Output {
     command()
         .args(args)
@@ -38,6 +39,7 @@ fn good_config(dir: &Path) -> String {
     )
 }
 
+/// `text` with the first `from` replaced by `to`; asserts `from` is there.
 fn replace_once(text: &str, from: &str, to: &str) -> String {
     assert!(text.contains(from), "config template lacks {from:?}");
     text.replacen(from, to, 1)

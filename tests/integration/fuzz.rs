@@ -20,6 +20,7 @@ const REASONS: &[&str] = &[
     "audience_mismatch",
 ];
 
+/// A current-thread runtime for the async parts of a property.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -27,6 +28,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// A property runner for `cases` cases that persists no failures to disk.
 fn runner(cases: u32) -> TestRunner {
     TestRunner::new(Config {
         cases,

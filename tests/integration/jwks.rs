@@ -76,6 +76,7 @@ async fn rotation_new_kid_fetched_removed_key_refused_even_if_cached() {
     .await;
 }
 
+/// The issuer's JWKS is down when the gateway starts; once `make_up` serves it, the gateway gets ready.
 async fn down_at_start_then_recover(
     make_up: impl AsyncFnOnce(std::net::SocketAddr, &Fixture) -> Jwks,
 ) {
@@ -343,6 +344,7 @@ async fn discovery_finds_the_jwks() {
     assert_eq!(fx.jwks.fetches(), f + 1);
 }
 
+/// Replaces the JWKS file at `path` with `keys`, atomically.
 fn write_jwks_file(path: &std::path::Path, keys: Vec<serde_json::Value>) {
     // Write beside, then rename: readers never see a half-written file.
     let tmp = path.with_extension("tmp");

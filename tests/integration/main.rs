@@ -16,5 +16,4 @@ mod examples;
 mod fuzz;
 mod jwks;
 mod operations;
-mod redis_budgets;
 mod routing;

@@ -23,6 +23,7 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// The body as (lossy) UTF-8 text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -44,6 +45,7 @@ impl Resp {
         self.json()["reason"].as_str().unwrap_or("").to_string()
     }
 
+    /// The first value of header `name` (case-insensitive), as lossy UTF-8.
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .get(name)
@@ -70,6 +72,7 @@ pub struct Req {
 }
 
 impl Req {
+    /// A `method` request for `path` with no headers and no body.
     pub fn new(method: Method, path: &str) -> Req {
         Req {
             method,
@@ -79,10 +82,12 @@ impl Req {
         }
     }
 
+    /// A `GET path`.
     pub fn get(path: &str) -> Req {
         Req::new(Method::GET, path)
     }
 
+    /// A `POST path` with `body`.
     pub fn post(path: &str, body: impl Into<Vec<u8>>) -> Req {
         let mut r = Req::new(Method::POST, path);
         r.body = body.into();
@@ -100,6 +105,7 @@ impl Req {
         self.header("X-Gitlab-Token", token)
     }
 
+    /// The hyper request for `uri`, with a `Host` header unless the request sets its own.
     fn build(&self, uri: String, host: Option<String>) -> Request<Full<Bytes>> {
         let mut b = Request::builder().method(self.method.clone()).uri(uri);
         let has_host = self
@@ -151,6 +157,7 @@ impl Req {
     }
 }
 
+/// Reads the whole body of `resp` into a [`Resp`] (`what` names the request in panics).
 async fn collect(resp: http::Response<hyper::body::Incoming>, what: &str) -> Resp {
     let (parts, body) = resp.into_parts();
     let body = body
@@ -173,6 +180,7 @@ pub struct H1Conn {
 }
 
 impl H1Conn {
+    /// Connects to `addr` and completes the HTTP/1.1 handshake.
     pub async fn connect(addr: SocketAddr) -> H1Conn {
         let stream = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -187,6 +195,7 @@ impl H1Conn {
         H1Conn { addr, sender }
     }
 
+    /// Sends `req` on this connection and reads the whole response.
     pub async fn send(&mut self, req: Req) -> Resp {
         let what = format!("{} {} to {}", req.method, req.path, self.addr);
         let addr = self.addr;
@@ -219,6 +228,7 @@ pub struct RawResp {
 }
 
 impl RawResp {
+    /// The first value of header `name` (case-insensitive), as lossy UTF-8.
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .iter()
@@ -226,6 +236,7 @@ impl RawResp {
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
 
+    /// The body as JSON; panics with the raw response when it is not JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
@@ -235,15 +246,18 @@ impl RawResp {
         })
     }
 
+    /// The JSON `reason` field ("" when absent).
     pub fn reason(&self) -> String {
         self.json()["reason"].as_str().unwrap_or("").to_string()
     }
 
+    /// The raw response, for assertion messages.
     pub fn describe(&self) -> String {
         String::from_utf8_lossy(&self.raw).into_owned()
     }
 }
 
+/// The offset of the first `needle` in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }

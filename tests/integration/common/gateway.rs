@@ -80,6 +80,7 @@ fn drain<R: Read + Send + 'static>(
     });
 }
 
+/// The listen and admin addresses of a `cc-gateway ready` line.
 fn parse_ready(line: &str) -> Option<(Vec<SocketAddr>, SocketAddr)> {
     let at = line.find("cc-gateway ready ")?;
     let rest = &line[at + "cc-gateway ready ".len()..];
@@ -205,6 +206,7 @@ impl Gateway {
         gw
     }
 
+    /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
         wait_until("admin GET /readyz == 200", DEADLINE, || async {
             let r = self.admin_get("/readyz").await;
@@ -227,20 +229,22 @@ impl Gateway {
         self.stdout.lock().expect("stdout lock").clone()
     }
 
-    /// Whether the process is still running.
     /// The gateway's process id (to send it signals).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// `GET path` on the admin listener.
     pub async fn admin_get(&self, path: &str) -> Resp {
         Req::get(path).send(self.admin).await
     }
 
+    /// `POST path` (empty body) on the admin listener.
     pub async fn admin_post(&self, path: &str) -> Resp {
         Req::post(path, Vec::new()).send(self.admin).await
     }

@@ -1,10 +1,12 @@
 //! Test harness: the gateway process, in-test servers, HTTP clients, token crafting, metrics.
 #![allow(dead_code)]
 
+pub mod budgets;
 pub mod client;
 pub mod fixture;
 pub mod gateway;
 pub mod metrics;
+pub mod redis;
 pub mod servers;
 pub mod tokens;
 pub mod wait;

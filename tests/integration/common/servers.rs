@@ -27,10 +27,12 @@ pub type Body = BoxBody<Bytes, Infallible>;
 type BoxFut = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFut + Send + Sync>;
 
+/// A complete body of `b`.
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed()
 }
 
+/// A `status` response with `v` as its JSON body.
 fn json_response(status: u16, v: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -54,6 +56,7 @@ impl Tasks {
     }
 }
 
+/// A listener on `addr`; panics naming the address when it cannot bind.
 async fn bind(addr: SocketAddr) -> TcpListener {
     TcpListener::bind(addr)
         .await
@@ -129,6 +132,7 @@ pub struct Echo {
 }
 
 impl Echo {
+    /// Starts on an ephemeral port, answering with `server` = `name`.
     pub async fn start(name: &str) -> Echo {
         let listener = bind("127.0.0.1:0".parse().expect("addr")).await;
         let addr = listener.local_addr().expect("echo addr");
@@ -220,6 +224,7 @@ pub struct Jwks {
 }
 
 impl Jwks {
+    /// Starts on an ephemeral port serving `keys`.
     pub async fn start(keys: Vec<Value>) -> Jwks {
         Jwks::start_on("127.0.0.1:0".parse().expect("addr"), keys).await
     }
@@ -287,14 +292,17 @@ impl Jwks {
         format!("http://{}", self.addr)
     }
 
+    /// The `jwks_uri` of this server (base URL + `/jwks`).
     pub fn jwks_uri(&self) -> String {
         format!("{}/jwks", self.base_url())
     }
 
+    /// Serves `keys` from the next fetch on.
     pub fn set_keys(&self, keys: Vec<Value>) {
         self.state.lock().expect("jwks state lock").keys = keys;
     }
 
+    /// Answers `status` from the next request on; anything but 200 is a JSON error, no keys.
     pub fn set_status(&self, status: u16) {
         self.state.lock().expect("jwks state lock").status = status;
     }
@@ -304,6 +312,7 @@ impl Jwks {
         self.state.lock().expect("jwks state lock").fetches
     }
 
+    /// Discovery document requests received so far.
     pub fn discovery_fetches(&self) -> usize {
         self.state
             .lock()
@@ -352,6 +361,7 @@ pub struct Sse {
 }
 
 impl Sse {
+    /// Starts on an ephemeral port.
     pub async fn start() -> Sse {
         let listener = bind("127.0.0.1:0".parse().expect("addr")).await;
         let addr = listener.local_addr().expect("sse addr");
@@ -406,11 +416,11 @@ impl Drop for Sse {
 // ---------------------------------------------------------------------------------------------
 // WebSocket echo upstream
 
-/// Accepts WebSocket upgrades and echoes text and binary messages. Records the path and headers
-/// of the last upgrade request it saw.
 /// (path, headers) of an upgrade request
 pub type SeenUpgrade = (String, BTreeMap<String, String>);
 
+/// Accepts WebSocket upgrades and echoes text and binary messages. Records the path and headers
+/// of the last upgrade request it saw.
 pub struct WsEcho {
     pub addr: SocketAddr,
     pub last_request: Arc<Mutex<Option<SeenUpgrade>>>,
@@ -418,6 +428,7 @@ pub struct WsEcho {
 }
 
 impl WsEcho {
+    /// Starts on an ephemeral port.
     pub async fn start() -> WsEcho {
         use tokio_tungstenite::tungstenite::handshake::server::{
             Request as WsReq, Response as WsResp,
@@ -491,6 +502,7 @@ pub struct Slow {
 }
 
 impl Slow {
+    /// Starts on an ephemeral port.
     pub async fn start() -> Slow {
         let listener = bind("127.0.0.1:0".parse().expect("addr")).await;
         let addr = listener.local_addr().expect("slow addr");
@@ -524,6 +536,7 @@ impl Slow {
         }
     }
 
+    /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 pub use cc_gateway::token::{mint, SigningKey};
 
+/// Unix time in seconds.
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -16,14 +17,17 @@ pub fn now() -> i64 {
         .as_secs() as i64
 }
 
+/// base64url without padding, as in a JWS.
 pub fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// `v` serialised and base64url-encoded (a JWS header or claims segment).
 pub fn b64_json(v: &Value) -> String {
     b64(v.to_string().as_bytes())
 }
 
+/// Decodes a base64url segment; panics when it is not one.
 pub fn unb64(s: &str) -> Vec<u8> {
     URL_SAFE_NO_PAD
         .decode(s)
@@ -37,6 +41,7 @@ pub fn segments(token: &str) -> (String, String, String) {
     (parts[0].into(), parts[1].into(), parts[2].into())
 }
 
+/// A JWS header or claims segment as JSON.
 pub fn decode_segment(seg: &str) -> Value {
     serde_json::from_slice(&unb64(seg)).expect("segment is JSON")
 }

@@ -1,40 +1,10 @@
-//! Token verification through the real gateway: the happy path, every reason code, the
-//! adversarial set, algorithms, and the verified-token cache.
+//! The happy path and every reason code a token can be refused with.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
+use super::{header_json, raw_token_request};
 use crate::common::servers::echoed_header;
 use crate::common::*;
-
-const CACHE_HITS: &str = "cc_gateway_token_cache_hits_total";
-const CACHE_MISSES: &str = "cc_gateway_token_cache_misses_total";
-
-fn header_json(alg: &str, kid: Option<&str>) -> Value {
-    match kid {
-        Some(k) => json!({"alg": alg, "typ": "JWT", "kid": k}),
-        None => json!({"alg": alg, "typ": "JWT"}),
-    }
-}
-
-/// A raw HTTP/1.1 request to `/ai/v2/completions` whose token header value is `token` verbatim.
-fn raw_token_request(fx: &Fixture, header_lines: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut req = format!(
-        "POST /ai/v2/completions HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n",
-        fx.gw.addr
-    )
-    .into_bytes();
-    for (name, value) in header_lines {
-        req.extend_from_slice(name.as_bytes());
-        req.extend_from_slice(b": ");
-        req.extend_from_slice(value);
-        req.extend_from_slice(b"\r\n");
-    }
-    req.extend_from_slice(b"\r\n");
-    req
-}
-
-// ---------------------------------------------------------------------------------------------
-// Happy path
 
 #[tokio::test]
 async fn valid_token_reaches_upstream_with_identity_headers() {
@@ -124,9 +94,6 @@ async fn first_configured_token_header_wins() {
     .await;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Reason codes
-
 #[tokio::test]
 async fn missing_token_401() {
     let fx = Fixture::start().await;
@@ -138,18 +105,14 @@ async fn missing_token_401() {
 async fn authorization_without_bearer_scheme_is_not_a_token() {
     let fx = Fixture::start().await;
     let token = fx.token();
-    // A JWT in Authorization without "Bearer " is not accepted.
-    let r = fx
-        .send(Req::post("/ai/v2/completions", "{}").header("Authorization", &token))
-        .await;
-    assert_eq!(r.status, 401, "{}", r.describe());
-    let reason = r.reason();
-    assert!(
-        reason == "missing_token" || reason == "malformed_token",
-        "{}",
-        r.describe()
-    );
-    assert_error(&r, 401, &reason);
+    // A JWT in Authorization without "Bearer " is not accepted: another scheme's credentials are
+    // not ours and are skipped, so the request carries no token.
+    fx.expect_refused(
+        Req::post("/ai/v2/completions", "{}").header("Authorization", &token),
+        401,
+        "missing_token",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -345,13 +308,10 @@ async fn truncated_signature_401_bad_signature() {
         fx.expect_refused(Fixture::ai_req(&t), 401, "bad_signature")
             .await;
     }
-    // Empty signature segment on an RS256 token.
-    fx.expect_refused_one_of(
-        Fixture::ai_req(&format!("{h}.{p}.")),
-        401,
-        &["bad_signature", "malformed_token"],
-    )
-    .await;
+    // Empty signature segment on an RS256 token: an empty segment is valid base64url (zero bytes),
+    // so the token parses and the zero-byte signature fails verification.
+    fx.expect_refused(Fixture::ai_req(&format!("{h}.{p}.")), 401, "bad_signature")
+        .await;
 }
 
 #[tokio::test]
@@ -441,19 +401,21 @@ async fn nbf_or_iat_in_the_future_401_not_yet_valid() {
 }
 
 #[tokio::test]
-async fn exp_missing_or_not_a_number_refused() {
+async fn exp_missing_or_not_a_number_401_malformed_token() {
     let fx = Fixture::start().await;
+    // `exp` is required and must be a NumericDate: its absence or a non-number is a malformed
+    // token, not an expired one (the signature is valid, so the claims are what is checked).
     let t = fx.token_with(|c| {
         c.as_object_mut().expect("claims object").remove("exp");
     });
-    fx.expect_refused_one_of(Fixture::ai_req(&t), 401, &["malformed_token", "expired"])
+    fx.expect_refused(Fixture::ai_req(&t), 401, "malformed_token")
         .await;
     let far = (now() + 3600).to_string();
     let t = fx.token_with(|c| c["exp"] = json!(far));
-    fx.expect_refused_one_of(Fixture::ai_req(&t), 401, &["malformed_token", "expired"])
+    fx.expect_refused(Fixture::ai_req(&t), 401, "malformed_token")
         .await;
     let t = fx.token_with(|c| c["exp"] = json!(null));
-    fx.expect_refused_one_of(Fixture::ai_req(&t), 401, &["malformed_token", "expired"])
+    fx.expect_refused(Fixture::ai_req(&t), 401, "malformed_token")
         .await;
 }
 
@@ -468,12 +430,9 @@ async fn unknown_issuer_401() {
     let t = fx.token_with(|c| {
         c.as_object_mut().expect("claims object").remove("iss");
     });
-    fx.expect_refused_one_of(
-        Fixture::ai_req(&t),
-        401,
-        &["unknown_issuer", "malformed_token"],
-    )
-    .await;
+    // No `iss` at all is a malformed token (the claim is required), not an untrusted issuer.
+    fx.expect_refused(Fixture::ai_req(&t), 401, "malformed_token")
+        .await;
 }
 
 #[tokio::test]
@@ -554,408 +513,4 @@ async fn bind_headers_mismatch_401_and_match_ok() {
         "header_mismatch",
     )
     .await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Adversarial transport-level inputs
-
-#[tokio::test]
-async fn duplicate_token_headers_401() {
-    let fx = Fixture::start().await;
-    let a = fx.token();
-    let b = fx.token_with(|c| c["sub"] = json!("someone-else"));
-    fx.expect_refused(
-        Req::post("/ai/v2/completions", "{}").token(&a).token(&b),
-        401,
-        "malformed_token",
-    )
-    .await;
-    // Also through a raw socket, the duplicate lines being identical.
-    let before = fx.metrics().await;
-    let r = raw_request(
-        fx.gw.addr,
-        &raw_token_request(
-            &fx,
-            &[
-                ("X-Gitlab-Token", a.as_bytes()),
-                ("x-gitlab-token", a.as_bytes()),
-            ],
-        ),
-    )
-    .await
-    .expect("a response to duplicate token headers");
-    assert_eq!(r.status, 401, "{}", r.describe());
-    assert_eq!(r.reason(), "malformed_token", "{}", r.describe());
-    let b0 = metric(
-        &before,
-        "cc_gateway_auth_failures_total",
-        &[("reason", "malformed_token")],
-    );
-    wait_metric(
-        &fx.gw,
-        "cc_gateway_auth_failures_total",
-        &[("reason", "malformed_token")],
-        b0 + 1.0,
-    )
-    .await;
-    assert_eq!(fx.echo.count(), 0);
-}
-
-#[tokio::test]
-async fn duplicate_authorization_headers_401() {
-    let fx = Fixture::start().await;
-    let a = fx.token();
-    fx.expect_refused(
-        Req::post("/ai/v2/completions", "{}")
-            .header("Authorization", &format!("Bearer {a}"))
-            .header("Authorization", &format!("Bearer {}", fx.token())),
-        401,
-        "malformed_token",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn non_utf8_token_header_401_malformed() {
-    let fx = Fixture::start().await;
-    let before = fx.metrics().await;
-    let (h, p, s) = segments(&fx.token());
-    let mut value = format!("{h}.{p}").into_bytes();
-    value.extend_from_slice(b"\xff\xfe\x80");
-    value.extend_from_slice(format!(".{s}").as_bytes());
-    let r = raw_request(
-        fx.gw.addr,
-        &raw_token_request(&fx, &[("X-Gitlab-Token", &value)]),
-    )
-    .await
-    .expect("a response to a non-UTF-8 token header");
-    assert_eq!(r.status, 401, "{}", r.describe());
-    assert_eq!(r.reason(), "malformed_token", "{}", r.describe());
-    assert!(
-        r.header("www-authenticate")
-            .is_some_and(|w| w.contains("invalid_token")),
-        "{}",
-        r.describe()
-    );
-    let b0 = metric(
-        &before,
-        "cc_gateway_auth_failures_total",
-        &[("reason", "malformed_token")],
-    );
-    wait_metric(
-        &fx.gw,
-        "cc_gateway_auth_failures_total",
-        &[("reason", "malformed_token")],
-        b0 + 1.0,
-    )
-    .await;
-    // Non-UTF-8 in Authorization too.
-    let mut value = b"Bearer ".to_vec();
-    value.extend_from_slice(b"\xc3\x28abc.def.ghi");
-    let r = raw_request(
-        fx.gw.addr,
-        &raw_token_request(&fx, &[("Authorization", &value)]),
-    )
-    .await
-    .expect("a response to a non-UTF-8 Authorization header");
-    assert_eq!(r.status, 401, "{}", r.describe());
-    assert_eq!(r.reason(), "malformed_token", "{}", r.describe());
-    assert_eq!(fx.echo.count(), 0);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Algorithms
-
-async fn accepted_with_alg(alg: &str) {
-    let fx = Fixture::with(Opts {
-        key_alg: alg.into(),
-        algorithms: vec![alg.into()],
-        ..Opts::default()
-    })
-    .await;
-    let t = fx.token();
-    assert_eq!(decode_segment(&segments(&t).0)["alg"], alg);
-    let v = fx.expect_ok(Fixture::ai_req(&t)).await;
-    assert_eq!(echoed_header(&v, "x-cc-subject"), vec![SUB]);
-    // And a token of that alg signed by another key of the same type is refused.
-    let other = new_key(alg);
-    let bad = sign(&other, alg, Some(KID), &fx.claims());
-    fx.expect_refused(Fixture::ai_req(&bad), 401, "bad_signature")
-        .await;
-}
-
-#[tokio::test]
-async fn es256_token_accepted_when_allowed() {
-    accepted_with_alg("ES256").await;
-}
-
-#[tokio::test]
-async fn es384_token_accepted_when_allowed() {
-    accepted_with_alg("ES384").await;
-}
-
-#[tokio::test]
-async fn eddsa_token_accepted_when_allowed() {
-    accepted_with_alg("EdDSA").await;
-}
-
-#[tokio::test]
-async fn rs256_token_refused_when_issuer_allows_only_es256() {
-    let fx = Fixture::with(Opts {
-        key_alg: "ES256".into(),
-        algorithms: vec!["ES256".into()],
-        ..Opts::default()
-    })
-    .await;
-    // Publish an RSA key too, so the refusal is about the issuer's algorithm list, not a missing key.
-    let rsa = shared_rsa_key();
-    fx.jwks
-        .set_keys(vec![fx.key.public_jwk(KID), rsa.public_jwk("rsa-key")]);
-    let r = fx.gw.admin_post("/issuers/test/refresh").await;
-    assert_eq!(r.status, 200, "refresh: {}", r.describe());
-    let t = sign(&rsa, "RS256", Some("rsa-key"), &fx.claims());
-    fx.expect_refused(Fixture::ai_req(&t), 401, "unsupported_algorithm")
-        .await;
-    let t = sign(&rsa, "RS256", None, &fx.claims());
-    fx.expect_refused(Fixture::ai_req(&t), 401, "unsupported_algorithm")
-        .await;
-    // The ES256 key keeps working.
-    fx.expect_ok(Fixture::ai_req(&fx.token())).await;
-}
-
-#[tokio::test]
-async fn alg_not_matching_the_key_type_refused() {
-    let ec = new_key("ES256");
-    let rsa = shared_rsa_key();
-    let jwks = Jwks::start(vec![rsa.public_jwk("rsa-key"), ec.public_jwk("ec-key")]).await;
-    // A second issuer allowing both families, served by its own JWKS.
-    let extra = format!(
-        r#"
-[[issuers]]
-name = "mixed"
-issuer = "{iss}"
-jwks_uri = "{uri}"
-algorithms = ["RS256", "ES256"]
-refresh_interval = "1h"
-leeway = "30s"
-"#,
-        iss = jwks.base_url(),
-        uri = jwks.jwks_uri()
-    );
-    let fx = Fixture::with(Opts {
-        extra,
-        ..Opts::default()
-    })
-    .await;
-    let mut c = fx.claims();
-    c["iss"] = json!(jwks.base_url());
-    // Each key works with its own algorithm.
-    fx.expect_ok(Fixture::ai_req(&sign(&rsa, "RS256", Some("rsa-key"), &c)))
-        .await;
-    fx.expect_ok(Fixture::ai_req(&sign(&ec, "ES256", Some("ec-key"), &c)))
-        .await;
-    // ES256 naming the RSA key's kid (signed with the EC key) is refused.
-    let t = sign(&ec, "ES256", Some("rsa-key"), &c);
-    fx.expect_refused_one_of(
-        Fixture::ai_req(&t),
-        401,
-        &["unsupported_algorithm", "bad_signature", "unknown_key"],
-    )
-    .await;
-    // RS256 naming the EC key's kid is refused.
-    let t = sign(&rsa, "RS256", Some("ec-key"), &c);
-    fx.expect_refused_one_of(
-        Fixture::ai_req(&t),
-        401,
-        &["unsupported_algorithm", "bad_signature", "unknown_key"],
-    )
-    .await;
-    // Without kid, the keys of the matching type are tried.
-    fx.expect_ok(Fixture::ai_req(&sign(&ec, "ES256", None, &c)))
-        .await;
-    fx.expect_ok(Fixture::ai_req(&sign(&rsa, "RS256", None, &c)))
-        .await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Verified-token cache
-
-#[tokio::test]
-async fn repeated_token_hits_the_cache() {
-    let fx = Fixture::start().await;
-    let token = fx.token();
-    let before = fx.metrics().await;
-    let hits0 = metric(&before, CACHE_HITS, &[]);
-    let misses0 = metric(&before, CACHE_MISSES, &[]);
-    // One connection: the requests reach the same worker, whatever the cache's sharding.
-    let mut conn = H1Conn::connect(fx.gw.addr).await;
-    for i in 0..3 {
-        let r = conn.send(Fixture::ai_req(&token)).await;
-        assert_eq!(r.status, 200, "request {i}: {}", r.describe());
-    }
-    wait_metric(&fx.gw, CACHE_HITS, &[], hits0 + 2.0).await;
-    let after = fx.metrics().await;
-    assert_eq!(
-        metric(&after, CACHE_MISSES, &[]),
-        misses0 + 1.0,
-        "first sight of a token is one miss"
-    );
-}
-
-#[tokio::test]
-async fn cache_size_zero_never_hits() {
-    let fx = Fixture::with(Opts {
-        token_cache_size: 0,
-        ..Opts::default()
-    })
-    .await;
-    let token = fx.token();
-    let mut conn = H1Conn::connect(fx.gw.addr).await;
-    for i in 0..3 {
-        let r = conn.send(Fixture::ai_req(&token)).await;
-        assert_eq!(r.status, 200, "request {i}: {}", r.describe());
-    }
-    let before_ok = 0.0;
-    wait_metric(
-        &fx.gw,
-        "cc_gateway_requests_total",
-        &[("route", "ai"), ("status", "200")],
-        before_ok + 3.0,
-    )
-    .await;
-    let text = fx.metrics().await;
-    assert_eq!(
-        metric(&text, CACHE_HITS, &[]),
-        0.0,
-        "cache is off but hit:\n{text}"
-    );
-}
-
-#[tokio::test]
-async fn cached_token_still_checked_against_each_routes_audience_and_scopes() {
-    let extra = r#"
-[[routes]]
-name = "other"
-path_prefix = "/other/"
-upstream = "echo"
-audience = "other-service"
-
-[[routes]]
-name = "admin"
-path_prefix = "/admin/"
-upstream = "echo"
-audience = "gitlab-ai-gateway"
-scopes = ["admin"]
-"#
-    .to_string();
-    let fx = Fixture::with(Opts {
-        extra,
-        ..Opts::default()
-    })
-    .await;
-    let token = fx.token();
-    let hits0 = metric(&fx.metrics().await, CACHE_HITS, &[]);
-    let mut conn = H1Conn::connect(fx.gw.addr).await;
-    let r = conn.send(Fixture::ai_req(&token)).await;
-    assert_eq!(r.status, 200, "{}", r.describe());
-    let r = conn.send(Fixture::ai_req(&token)).await;
-    assert_eq!(r.status, 200, "{}", r.describe());
-    wait_metric(&fx.gw, CACHE_HITS, &[], hits0 + 1.0).await;
-
-    let before = fx.metrics().await;
-    let r = conn.send(Req::get("/other/x").token(&token)).await;
-    assert_error(&r, 401, "audience_mismatch");
-    let b = metric(
-        &before,
-        "cc_gateway_auth_failures_total",
-        &[("reason", "audience_mismatch")],
-    );
-    wait_metric(
-        &fx.gw,
-        "cc_gateway_auth_failures_total",
-        &[("reason", "audience_mismatch")],
-        b + 1.0,
-    )
-    .await;
-
-    let r = conn.send(Req::get("/admin/x").token(&token)).await;
-    assert_error(&r, 403, "insufficient_scope");
-    let b = metric(
-        &before,
-        "cc_gateway_auth_failures_total",
-        &[("reason", "insufficient_scope")],
-    );
-    wait_metric(
-        &fx.gw,
-        "cc_gateway_auth_failures_total",
-        &[("reason", "insufficient_scope")],
-        b + 1.0,
-    )
-    .await;
-
-    // Header binding is per request, not cached with the token.
-    let r = conn
-        .send(Fixture::ai_req(&token).header("X-Gitlab-Instance-Id", "not-the-sub"))
-        .await;
-    assert_error(&r, 401, "header_mismatch");
-}
-
-#[tokio::test]
-async fn failures_are_not_cached_as_successes() {
-    let fx = Fixture::start().await;
-    let (h, p, s) = segments(&fx.token());
-    let mut claims = decode_segment(&p);
-    claims["sub"] = json!("admin");
-    let tampered = format!("{h}.{}.{s}", b64_json(&claims));
-    let mut conn = H1Conn::connect(fx.gw.addr).await;
-    for i in 0..3 {
-        let r = conn.send(Fixture::ai_req(&tampered)).await;
-        assert_eq!(r.status, 401, "attempt {i}: {}", r.describe());
-        assert_eq!(r.reason(), "bad_signature", "attempt {i}: {}", r.describe());
-    }
-    assert_eq!(fx.echo.count(), 0);
-}
-
-#[tokio::test]
-async fn key_material_in_the_token_header_is_ignored() {
-    let fx = Fixture::start().await;
-    // The attacker's own key, published on the attacker's own JWKS server.
-    let evil = new_key("RS256");
-    let evil_jwks = Jwks::start(vec![evil.public_jwk("evil")]).await;
-    let claims = fx.claims();
-    let payload = b64_json(&claims);
-    let sign_with_header =
-        |header: Value| rs256_sign_input(&evil, &format!("{}.{payload}", b64_json(&header)));
-    // jku / x5u pointing at the attacker's JWKS, with the attacker's kid.
-    let t = sign_with_header(json!({"alg": "RS256", "kid": "evil", "jku": evil_jwks.jwks_uri()}));
-    fx.expect_refused(Fixture::ai_req(&t), 401, "unknown_key")
-        .await;
-    let t = sign_with_header(json!({"alg": "RS256", "kid": "evil", "x5u": evil_jwks.jwks_uri()}));
-    fx.expect_refused(Fixture::ai_req(&t), 401, "unknown_key")
-        .await;
-    assert_eq!(
-        evil_jwks.fetches(),
-        0,
-        "the gateway fetched keys from a URL in the token"
-    );
-    // An embedded jwk (CVE-2018-0114 style), with the real kid and with none.
-    let t = sign_with_header(json!({"alg": "RS256", "kid": KID, "jwk": evil.public_jwk(KID)}));
-    fx.expect_refused(Fixture::ai_req(&t), 401, "bad_signature")
-        .await;
-    let t = sign_with_header(json!({"alg": "RS256", "jwk": evil.public_jwk("evil")}));
-    fx.expect_refused(Fixture::ai_req(&t), 401, "bad_signature")
-        .await;
-}
-
-#[tokio::test]
-async fn empty_token_values_401() {
-    let fx = Fixture::start().await;
-    for req in [
-        Req::get("/ai/x").header("Authorization", "Bearer "),
-        Req::get("/ai/x").header("Authorization", "Bearer"),
-        Req::get("/ai/x").header("X-Gitlab-Token", ""),
-    ] {
-        fx.expect_refused_one_of(req, 401, &["missing_token", "malformed_token"])
-            .await;
-    }
 }
