@@ -44,6 +44,9 @@ pub struct Live {
     pub workers: Vec<Arc<WorkerHandler>>,
     pub fetcher: Arc<Fetcher>,
     pub generation: u64,
+    /// the config the process started with: its `[server]` listeners, threads and connection
+    /// settings stay bound until a restart, whatever later files say
+    started_with: Arc<Config>,
     refreshers: Vec<tokio::task::AbortHandle>,
 }
 
@@ -56,6 +59,7 @@ impl Live {
     ) -> Self {
         Live {
             path,
+            started_with: gw.config.clone(),
             current: Arc::new(ArcSwap::new(gw)),
             workers,
             fetcher,
@@ -98,7 +102,7 @@ impl Live {
 
     fn try_reload(&mut self) -> Result<Reloaded, ReloadError> {
         let config = Arc::new(Config::load(&self.path)?);
-        let restart_needed = restart_needed(&self.gateway().config, &config);
+        let restart_needed = restart_needed(&self.started_with, &config);
         let gw = Arc::new(Gateway::build(config, Some(&self.gateway()))?);
         for w in &self.workers {
             w.install(gw.clone());
