@@ -291,6 +291,10 @@ impl Exchange {
             tunnel(client, hyper::upgrade::on(&mut resp));
         }
         forward::strip_hop_by_hop(resp.headers_mut(), switching);
+        // the client's protocol, not the upstream's: hyper answers a response marked HTTP/1.0
+        // as HTTP/1.0 and closes the connection, so an HTTP/1.0 backend would cost an HTTP/1.1
+        // client its keep-alive
+        *resp.version_mut() = self.version;
         if let Some((policy, state)) = self.budget_headers.take() {
             resp.headers_mut().insert(RATELIMIT_POLICY, policy);
             resp.headers_mut().insert(RATELIMIT, state);
