@@ -25,6 +25,7 @@ use crate::metrics::METRICS;
 use crate::respond::{self, Refusal};
 use crate::routing;
 
+/// Serves one request with worker snapshot `w` (held until the request is logged).
 pub async fn handle(
     w: Arc<WorkerSnapshot>,
     req: Request<Incoming>,
@@ -57,14 +58,16 @@ pub async fn handle(
     // 4. upstream
     let upstream = route.route.upstream;
     ex.upstream = Some(upstream);
-    let out = prepare_upstream(gw, route.route, req, &mut ex);
+    let forwarded = prepare_upstream(gw, route.route, req, &mut ex);
     let sent = Instant::now();
-    let result = w.upstreams[upstream].send(out.request, out.path).await;
+    let result = w.upstreams[upstream]
+        .send(forwarded.request, forwarded.path)
+        .await;
     gw.upstream_durations[upstream].observe(sent.elapsed().as_secs_f64());
 
     // 5. respond (6. the log is written when the response body completes)
     match result {
-        Ok((resp, _endpoint)) => ex.respond(resp, out.client_upgrade),
+        Ok((resp, _endpoint)) => ex.respond(resp, forwarded.client_upgrade),
         Err(e) => {
             upstream_failed(gw, &ex, upstream, &e);
             ex.refuse((&e).into())
