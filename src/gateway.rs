@@ -1,20 +1,23 @@
-//! The gateway's state: what every worker shares (`Gateway`, immutable once built; key sets
-//! inside swap atomically) and what each worker owns (`Worker`: its upstream pools).
+//! The gateway's state, and the one place it is built (startup and reload alike).
+//!
+//! - [`Gateway`]: what every worker shares, immutable once built (key sets inside swap
+//!   atomically). [`Gateway::build`] makes it from a config, carrying over from the running one
+//!   what did not change.
+//! - [`WorkerSnapshot`]: what one worker serves a request with — the gateway plus that worker's
+//!   own upstream pools. A request keeps the snapshot it started with.
+//! - [`WorkerHandler`]: one per worker thread, holding its current snapshot; a reload installs a
+//!   new one. Its engine `Handler` impl (the request entry point) is in `pipeline`.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-
-use http::{Request, Response};
-use hyper::body::Incoming;
 use prometheus::Histogram;
 
 use crate::accesslog::AccessLogger;
 use crate::auth::Verifier;
-use crate::budget::Budgets;
-use crate::config::Config;
+use crate::budget::{Budgets, StoreError};
+use crate::config::{AccessLog, Config};
 use crate::engine::upstream::UpstreamClient;
-use crate::engine::{Body, ConnInfo, Handler};
 use crate::forward::IdentityNames;
 use crate::metrics::{AuthFailureCounters, RouteMetrics, METRICS};
 use crate::routing::Router;
@@ -24,9 +27,11 @@ pub struct Gateway {
     pub router: Router,
     pub verifier: Arc<Verifier>,
     pub identity: IdentityNames,
+    /// indexed like `config.routes` (a `RouteRef`'s `index`)
     pub route_metrics: Vec<RouteMetrics>,
     /// requests that matched no route
     pub unrouted_metrics: RouteMetrics,
+    /// indexed like `config.upstreams`
     pub upstream_durations: Vec<Histogram>,
     pub auth_failures: AuthFailureCounters,
     pub access_log: AccessLogger,
@@ -34,22 +39,41 @@ pub struct Gateway {
     pub budgets: Option<Budgets>,
 }
 
-impl Gateway {
-    pub fn new(
-        config: Arc<Config>,
-        verifier: Arc<Verifier>,
-        access_log: AccessLogger,
-    ) -> Result<Self, crate::budget::StoreError> {
-        Self::new_from(config, verifier, access_log, None)
-    }
+/// Why a gateway could not be built from a (valid) config: at startup the process exits with
+/// it, at a reload the running gateway stays.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("access log {path}: {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Budgets(#[from] StoreError),
+}
 
-    /// For a reload: budget counters carry over from `previous`.
-    pub fn new_from(
-        config: Arc<Config>,
-        verifier: Arc<Verifier>,
-        access_log: AccessLogger,
-        previous: Option<&Gateway>,
-    ) -> Result<Self, crate::budget::StoreError> {
+impl Gateway {
+    /// Builds the gateway for `config`. At a reload, `previous` is the running gateway and
+    /// what did not change carries over: issuers' keys and the token cache (see
+    /// `Verifier::new_from`), budget counters, and the access log unless it is a file (a file
+    /// is always reopened: `kill -HUP` after logrotate moved it starts a fresh one).
+    pub fn build(config: Arc<Config>, previous: Option<&Gateway>) -> Result<Self, BuildError> {
+        let kept_log = previous
+            .filter(|p| {
+                p.config.log.access == config.log.access
+                    && !matches!(config.log.access, AccessLog::File(_))
+            })
+            .map(|p| p.access_log.clone());
+        let access_log = match kept_log {
+            Some(l) => l,
+            None => {
+                AccessLogger::start(&config.log.access).map_err(|source| BuildError::AccessLog {
+                    path: format!("{:?}", config.log.access),
+                    source,
+                })?
+            }
+        };
+        let verifier = Arc::new(Verifier::new_from(&config, previous.map(|p| &*p.verifier)));
         let budgets = config
             .budgets
             .as_ref()
@@ -84,16 +108,16 @@ impl Gateway {
     }
 }
 
-/// What one worker serves with: the gateway and its own upstream pools. Swapped whole at a
-/// config reload; a request keeps the snapshot it started with.
-pub struct WorkerState {
+/// What one worker serves a request with: the gateway and this worker's own upstream pools
+/// (indexed like `config.upstreams`). Replaced whole at a config reload.
+pub struct WorkerSnapshot {
     pub gw: Arc<Gateway>,
     pub upstreams: Vec<Arc<UpstreamClient>>,
 }
 
-impl WorkerState {
+impl WorkerSnapshot {
     /// Pools are kept for upstreams whose config did not change (`previous`).
-    pub fn new(gw: Arc<Gateway>, previous: Option<&WorkerState>) -> Self {
+    pub fn new(gw: Arc<Gateway>, previous: Option<&WorkerSnapshot>) -> Self {
         let upstreams = gw
             .config
             .upstreams
@@ -110,46 +134,34 @@ impl WorkerState {
                     .unwrap_or_else(|| Arc::new(UpstreamClient::new(u)))
             })
             .collect();
-        WorkerState { gw, upstreams }
+        WorkerSnapshot { gw, upstreams }
     }
 }
 
-/// One per worker thread; its upstream pools never leave that thread.
-pub struct Worker {
-    state: ArcSwap<WorkerState>,
+/// One per worker thread: the engine calls it for each request (see `pipeline`), and a reload
+/// installs a new snapshot in it. Its upstream pools are only used on that thread.
+pub struct WorkerHandler {
+    /// per worker (not one shared by all) so that loading it per request touches only this
+    /// thread's cache lines
+    snapshot: ArcSwap<WorkerSnapshot>,
 }
 
-impl Worker {
+impl WorkerHandler {
     pub fn new(gw: Arc<Gateway>) -> Self {
-        Worker {
-            state: ArcSwap::from_pointee(WorkerState::new(gw, None)),
+        WorkerHandler {
+            snapshot: ArcSwap::from_pointee(WorkerSnapshot::new(gw, None)),
         }
     }
 
-    pub fn state(&self) -> Arc<WorkerState> {
-        self.state.load_full()
+    /// The current snapshot; a request holds it until it is logged.
+    pub fn snapshot(&self) -> Arc<WorkerSnapshot> {
+        self.snapshot.load_full()
     }
 
     /// Installs a new gateway (config reload), keeping unchanged upstream pools.
     pub fn install(&self, gw: Arc<Gateway>) {
-        let old = self.state.load_full();
-        self.state.store(Arc::new(WorkerState::new(gw, Some(&old))));
-    }
-}
-
-impl Handler for Worker {
-    fn started(&self) {
-        // a shared budget store gets this worker's connection now, not on its first request
-        if let Some(b) = &self.state.load().gw.budgets {
-            b.warm();
-        }
-    }
-
-    fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        conn: ConnInfo,
-    ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
-        crate::pipeline::handle(self.state.load_full(), req, conn)
+        let old = self.snapshot.load_full();
+        self.snapshot
+            .store(Arc::new(WorkerSnapshot::new(gw, Some(&old))));
     }
 }

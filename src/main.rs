@@ -462,7 +462,7 @@ fn inspect(config: &Path, only_route: Option<&str>, tok: &str) -> Result<ExitCod
         "signature: ok ({} key {:?} of issuer {})",
         v.alg,
         v.kid.as_deref().unwrap_or("-"),
-        verifier.issuers()[v.issuer].cfg.name
+        verifier.issuers()[v.issuer_index].cfg.name
     );
     let headers = http::HeaderMap::new();
     let mut first_refusal = None;

@@ -10,6 +10,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+// the reason codes only (not `crate::auth`, which records into these metrics)
+use crate::auth::reason::Reason;
+
 pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
@@ -243,15 +246,15 @@ pub struct AuthFailureCounters(Vec<IntCounter>);
 impl AuthFailureCounters {
     pub fn new() -> Self {
         AuthFailureCounters(
-            crate::auth::Reason::ALL
+            Reason::ALL
                 .iter()
                 .map(|r| METRICS.auth_failures.with_label_values(&[r.code()]))
                 .collect(),
         )
     }
 
-    pub fn inc(&self, reason: crate::auth::Reason) {
-        if let Some(i) = crate::auth::Reason::ALL.iter().position(|r| *r == reason) {
+    pub fn inc(&self, reason: Reason) {
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
             self.0[i].inc();
         }
     }

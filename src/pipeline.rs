@@ -1,6 +1,7 @@
 //! The request pipeline, top to bottom: route → authenticate → (budget) → upstream → respond
 //! → log. Each step delegates to its module; this file only sequences them and keeps the
-//! per-request record (`Exchange`) that the access log and metrics are written from.
+//! per-request record (`Exchange`) that the access log and metrics are written from. The
+//! engine enters it through the worker's [`Handler`] impl at the end of this file.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,16 +16,21 @@ use hyper::body::Incoming;
 use crate::accesslog::Record;
 use crate::auth::{self, AuthError, Verified};
 use crate::budget::Decision;
-use crate::config::RouteAuth;
+use crate::config::{Route, RouteAuth};
 use crate::engine::upstream::{ReqBody, UpstreamError};
-use crate::engine::{Body, ConnInfo};
+use crate::engine::{Body, ConnInfo, Handler};
 use crate::forward::{self, X_REQUEST_ID};
-use crate::gateway::{Gateway, WorkerState};
+use crate::gateway::{Gateway, WorkerHandler, WorkerSnapshot};
 use crate::metrics::METRICS;
 use crate::respond::{self, Refusal};
 use crate::routing;
 
-pub async fn handle(w: Arc<WorkerState>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+/// Serves one request with worker snapshot `w` (held until the request is logged).
+pub async fn handle(
+    w: Arc<WorkerSnapshot>,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+) -> Response<Body> {
     let gw = &w.gw;
     let mut ex = Exchange::begin(&w, &req, conn);
 
@@ -33,10 +39,10 @@ pub async fn handle(w: Arc<WorkerState>, req: Request<Incoming>, conn: ConnInfo)
         Ok(r) => r,
         Err(e) => return ex.refuse(e.into()),
     };
-    ex.route = Some(route);
+    ex.route = Some(route.index);
 
     // 2. authenticate and authorize
-    match authenticate(gw, route, &req).await {
+    match authenticate(gw, route.route, &req).await {
         Ok(identity) => ex.identity = identity,
         Err(e) => {
             gw.auth_failures.inc(e.reason);
@@ -45,21 +51,23 @@ pub async fn handle(w: Arc<WorkerState>, req: Request<Incoming>, conn: ConnInfo)
     }
 
     // 3. budget (only verified requests get here: bad tokens never consume budget)
-    if let Err(r) = budget(gw, route, req.headers(), &mut ex).await {
+    if let Err(r) = budget(gw, route.index, req.headers(), &mut ex).await {
         return ex.refuse(*r);
     }
 
     // 4. upstream
-    let upstream = gw.config.routes[route].upstream;
+    let upstream = route.route.upstream;
     ex.upstream = Some(upstream);
-    let (upstream_req, path, client_upgrade) = prepare_upstream(gw, route, req, &mut ex);
+    let forwarded = prepare_upstream(gw, route.route, req, &mut ex);
     let sent = Instant::now();
-    let result = w.upstreams[upstream].send(upstream_req, path).await;
+    let result = w.upstreams[upstream]
+        .send(forwarded.request, forwarded.path)
+        .await;
     gw.upstream_durations[upstream].observe(sent.elapsed().as_secs_f64());
 
     // 5. respond (6. the log is written when the response body completes)
     match result {
-        Ok((resp, _endpoint)) => ex.respond(resp, client_upgrade),
+        Ok((resp, _endpoint)) => ex.respond(resp, forwarded.client_upgrade),
         Err(e) => {
             upstream_failed(gw, &ex, upstream, &e);
             ex.refuse((&e).into())
@@ -70,10 +78,9 @@ pub async fn handle(w: Arc<WorkerState>, req: Request<Incoming>, conn: ConnInfo)
 /// Step 2: the verified identity (None on public routes).
 async fn authenticate(
     gw: &Gateway,
-    route: usize,
+    r: &Route,
     req: &Request<Incoming>,
 ) -> Result<Option<Arc<Verified>>, AuthError> {
-    let r = &gw.config.routes[route];
     if r.auth == RouteAuth::Public {
         return Ok(None);
     }
@@ -137,19 +144,25 @@ async fn budget(
 const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
+/// The request as the upstream gets it (step 4a's result).
+struct UpstreamRequest {
+    /// the client's request with forwarding headers applied; its URI is set by the upstream
+    /// client, which picks the endpoint
+    request: Request<ReqBody>,
+    /// the upstream path and query (the route's prefix stripped when configured)
+    path: PathAndQuery,
+    /// the client side of a protocol upgrade (WebSocket), joined to the upstream's on 101
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
 /// Step 4a: the request as the upstream gets it.
 fn prepare_upstream(
     gw: &Gateway,
-    route: usize,
+    r: &Route,
     req: Request<Incoming>,
     ex: &mut Exchange,
-) -> (
-    Request<ReqBody>,
-    PathAndQuery,
-    Option<hyper::upgrade::OnUpgrade>,
-) {
+) -> UpstreamRequest {
     let (mut head, body) = req.into_parts();
-    let r = &gw.config.routes[route];
     let upgrade = forward::is_upgrade(&head.headers, head.version);
     let client_upgrade = if upgrade {
         head.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -185,7 +198,11 @@ fn prepare_upstream(
     head.version = Version::HTTP_11;
     let (body, counter) = ReqBody::from_client(body);
     ex.bytes_in = counter;
-    (Request::from_parts(head, body), path, client_upgrade)
+    UpstreamRequest {
+        request: Request::from_parts(head, body),
+        path,
+        client_upgrade,
+    }
 }
 
 fn upstream_failed(gw: &Gateway, ex: &Exchange, upstream: usize, e: &UpstreamError) {
@@ -201,8 +218,9 @@ fn upstream_failed(gw: &Gateway, ex: &Exchange, upstream: usize, e: &UpstreamErr
 /// Dropped without being answered (the client went away while we waited on keys or the
 /// upstream), it still counts: status 499 `client_closed`, as nginx logs it.
 struct Exchange {
-    /// the worker (not the shared gateway): its refcount stays on this thread's cache lines
-    worker: Arc<WorkerState>,
+    /// the worker's snapshot (not the shared gateway): its refcount stays on this thread's
+    /// cache lines
+    snapshot: Arc<WorkerSnapshot>,
     /// set once a response was handed to the engine; the body's completion hook logs from there
     answered: bool,
     start: Instant,
@@ -216,7 +234,9 @@ struct Exchange {
     version: Version,
     /// only kept when the access log is on
     path: Option<String>,
+    /// index of the selected route (`RouteRef::index`)
     route: Option<usize>,
+    /// index into the config's upstreams
     upstream: Option<usize>,
     identity: Option<Arc<Verified>>,
     bytes_in: Option<Arc<AtomicU64>>,
@@ -225,10 +245,10 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn begin(w: &Arc<WorkerState>, req: &Request<Incoming>, conn: ConnInfo) -> Self {
+    fn begin(w: &Arc<WorkerSnapshot>, req: &Request<Incoming>, conn: ConnInfo) -> Self {
         let gw = &w.gw;
         Exchange {
-            worker: w.clone(),
+            snapshot: w.clone(),
             answered: false,
             start: Instant::now(),
             request_id: forward::request_id(req.headers()),
@@ -274,6 +294,10 @@ impl Exchange {
             tunnel(client, hyper::upgrade::on(&mut resp));
         }
         forward::strip_hop_by_hop(resp.headers_mut(), switching);
+        // the client's protocol, not the upstream's: hyper answers a response marked HTTP/1.0
+        // as HTTP/1.0 and closes the connection, so an HTTP/1.0 backend would cost an HTTP/1.1
+        // client its keep-alive
+        *resp.version_mut() = self.version;
         if let Some((policy, state)) = self.budget_headers.take() {
             resp.headers_mut().insert(RATELIMIT_POLICY, policy);
             resp.headers_mut().insert(RATELIMIT, state);
@@ -295,56 +319,33 @@ impl Exchange {
         self.answered = true;
         resp.body_mut()
             .on_done(Box::new(move |bytes_out, complete| {
-                self.record(
+                self.record(&Outcome {
                     status,
-                    reason.as_deref(),
+                    reason: reason.as_deref(),
                     upstream_status,
                     bytes_out,
                     complete,
-                );
+                });
             }));
         resp
     }
 
     /// Metrics and the access-log line, once per request.
-    fn record(
-        &self,
-        status: u16,
-        reason: Option<&str>,
-        upstream_status: Option<u16>,
-        bytes_out: u64,
-        complete: bool,
-    ) {
-        let gw = &self.worker.gw;
+    fn record(&self, outcome: &Outcome<'_>) {
+        let gw = &self.snapshot.gw;
         let elapsed = self.start.elapsed();
         match self.route {
-            Some(r) => gw.route_metrics[r].record(status, elapsed.as_secs_f64()),
-            None => gw.unrouted_metrics.record(status, elapsed.as_secs_f64()),
+            Some(r) => gw.route_metrics[r].record(outcome.status, elapsed.as_secs_f64()),
+            None => gw
+                .unrouted_metrics
+                .record(outcome.status, elapsed.as_secs_f64()),
         }
         if gw.access_log.enabled() {
-            self.log(
-                gw,
-                status,
-                elapsed,
-                reason,
-                upstream_status,
-                bytes_out,
-                complete,
-            );
+            self.log(gw, elapsed, outcome);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn log(
-        &self,
-        gw: &Gateway,
-        status: u16,
-        elapsed: std::time::Duration,
-        reason: Option<&str>,
-        upstream_status: Option<u16>,
-        bytes_out: u64,
-        complete: bool,
-    ) {
+    fn log(&self, gw: &Gateway, elapsed: std::time::Duration, outcome: &Outcome<'_>) {
         let cfg = &gw.config;
         let id = self.identity.as_deref();
         gw.access_log.log(&Record {
@@ -355,10 +356,10 @@ impl Exchange {
             path: self.path.as_deref().unwrap_or(""),
             protocol: version_str(self.version),
             route: self.route.map(|r| cfg.routes[r].name.as_str()),
-            status,
+            status: outcome.status,
             duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             upstream: self.upstream.map(|u| cfg.upstreams[u].name.as_str()),
-            upstream_status,
+            upstream_status: outcome.upstream_status,
             sub: id.and_then(|v| v.sub.as_deref()),
             iss: id.map(|v| &*v.iss),
             realm: id.and_then(|v| v.realm.as_deref()),
@@ -366,17 +367,35 @@ impl Exchange {
                 .bytes_in
                 .as_ref()
                 .map_or(0, |n| n.load(Ordering::Relaxed)),
-            bytes_out,
-            reason,
-            incomplete: !complete,
+            bytes_out: outcome.bytes_out,
+            reason: outcome.reason,
+            incomplete: !outcome.complete,
         });
     }
+}
+
+/// How an exchange ended, as the metrics and the access log record it.
+struct Outcome<'a> {
+    /// the status the client got
+    status: u16,
+    /// the refusal's reason code (none when the upstream answered)
+    reason: Option<&'a str>,
+    upstream_status: Option<u16>,
+    bytes_out: u64,
+    /// the response body ended normally
+    complete: bool,
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
         if !self.answered {
-            self.record(499, Some("client_closed"), None, 0, false);
+            self.record(&Outcome {
+                status: 499,
+                reason: Some("client_closed"),
+                upstream_status: None,
+                bytes_out: 0,
+                complete: false,
+            });
         }
     }
 }
@@ -405,4 +424,23 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade
         let mut u = hyper_util::rt::TokioIo::new(u);
         let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
     });
+}
+
+/// The engine's entry point on each worker thread: the request runs on the snapshot current
+/// when it arrived (a reload in the meantime does not change it mid-request).
+impl Handler for WorkerHandler {
+    fn started(&self) {
+        // a shared budget store gets this worker's connection now, not on its first request
+        if let Some(b) = &self.snapshot().gw.budgets {
+            b.warm();
+        }
+    }
+
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
+        handle(self.snapshot(), req, conn)
+    }
 }

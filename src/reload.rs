@@ -1,20 +1,20 @@
-//! Configuration reload (SIGHUP or admin `POST /reload`), on the control plane.
+//! The running gateway on the control plane ([`Live`]), and configuration reload (SIGHUP or
+//! admin `POST /reload`).
 //!
 //! The file is read and validated first; a config that does not validate is refused with
-//! `file: key.path: problem` and the running one stays untouched. A valid one is swapped in
-//! atomically: each worker gets a new snapshot (requests in flight finish on the old one),
-//! unchanged issuers keep their keys, unchanged upstreams keep their pools, the token cache is
-//! kept when the issuers did not change. Listener settings (`[server]`) need a restart.
+//! `file: key.path: problem` and the running one stays untouched. A valid one is built by
+//! `Gateway::build` (as at startup) and swapped in atomically: each worker gets a new snapshot
+//! (requests in flight finish on the old one), unchanged issuers keep their keys, unchanged
+//! upstreams keep their pools, the token cache is kept when the issuers did not change.
+//! Listener settings (`[server]`) need a restart.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::accesslog::AccessLogger;
-use crate::auth::Verifier;
 use crate::config::{Config, ConfigError};
-use crate::gateway::{Gateway, Worker};
+use crate::gateway::{BuildError, Gateway, WorkerHandler};
 use crate::keysync::{self, Fetcher};
 use crate::metrics::METRICS;
 
@@ -23,31 +23,30 @@ pub enum ReloadError {
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Budgets(#[from] crate::budget::StoreError),
-    #[error("access log {path}: {source}")]
-    AccessLog {
-        path: String,
-        source: std::io::Error,
-    },
+    Build(#[from] BuildError),
 }
 
 /// What a successful reload did.
 #[derive(Debug)]
 pub struct Reloaded {
     pub generation: u64,
-    /// `[server]` keys that changed but only apply after a restart
+    /// `[server]` keys that differ from what the process is serving with and only apply after
+    /// a restart
     pub restart_needed: Vec<&'static str>,
 }
 
-/// The running gateway's replaceable parts.
+/// The running gateway and what a reload replaces.
 pub struct Live {
     pub path: PathBuf,
-    pub gw: Arc<Gateway>,
-    /// what the admin API reads (issuers, budgets, admin token)
+    /// the running gateway: the one source of truth, read by the admin API and the control
+    /// plane; each worker holds a snapshot of it (`WorkerHandler`), installed at every swap
     pub current: Arc<ArcSwap<Gateway>>,
-    pub workers: Vec<Arc<Worker>>,
+    pub workers: Vec<Arc<WorkerHandler>>,
     pub fetcher: Arc<Fetcher>,
     pub generation: u64,
+    /// the config the process started with: its `[server]` listeners, threads and connection
+    /// settings stay bound until a restart, whatever later files say
+    started_with: Arc<Config>,
     refreshers: Vec<tokio::task::AbortHandle>,
 }
 
@@ -55,14 +54,13 @@ impl Live {
     pub fn new(
         path: PathBuf,
         gw: Arc<Gateway>,
-        workers: Vec<Arc<Worker>>,
+        workers: Vec<Arc<WorkerHandler>>,
         fetcher: Arc<Fetcher>,
     ) -> Self {
-        let current = Arc::new(ArcSwap::new(gw.clone()));
         Live {
             path,
-            gw,
-            current,
+            started_with: gw.config.clone(),
+            current: Arc::new(ArcSwap::new(gw)),
             workers,
             fetcher,
             generation: 1,
@@ -70,12 +68,17 @@ impl Live {
         }
     }
 
+    /// The running gateway.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
     /// Starts one key refresher per issuer (replacing any previous ones). Needs a runtime.
     pub fn start_refreshers(&mut self) {
         for r in self.refreshers.drain(..) {
             r.abort();
         }
-        let v = self.gw.verifier.clone();
+        let v = self.gateway().verifier.clone();
         for idx in 0..v.issuers().len() {
             let h = tokio::spawn(keysync::run_refresher(v.clone(), idx, self.fetcher.clone()));
             self.refreshers.push(h.abort_handle());
@@ -99,49 +102,12 @@ impl Live {
 
     fn try_reload(&mut self) -> Result<Reloaded, ReloadError> {
         let config = Arc::new(Config::load(&self.path)?);
-        let old = &self.gw.config;
-        let mut restart_needed = Vec::new();
-        let (a, b) = (&old.server, &config.server);
-        if a.listen != b.listen {
-            restart_needed.push("server.listen");
-        }
-        if a.admin_listen != b.admin_listen {
-            restart_needed.push("server.admin_listen");
-        }
-        if a.threads != b.threads {
-            restart_needed.push("server.threads");
-        }
-        if a.max_header_bytes != b.max_header_bytes
-            || a.header_read_timeout != b.header_read_timeout
-        {
-            restart_needed.push("server.max_header_bytes/header_read_timeout");
-        }
-        if a.shutdown_timeout != b.shutdown_timeout {
-            restart_needed.push("server.shutdown_timeout");
-        }
-        // a file is always reopened: `kill -HUP` after logrotate moves it starts a fresh file
-        let reuse = config.log.access == old.log.access
-            && !matches!(config.log.access, crate::config::AccessLog::File(_));
-        let access_log = if reuse {
-            self.gw.access_log.clone()
-        } else {
-            AccessLogger::start(&config.log.access).map_err(|source| ReloadError::AccessLog {
-                path: format!("{:?}", config.log.access),
-                source,
-            })?
-        };
-        let verifier = Arc::new(Verifier::new_from(&config, Some(&self.gw.verifier)));
-        let gw = Arc::new(Gateway::new_from(
-            config,
-            verifier.clone(),
-            access_log,
-            Some(&self.gw),
-        )?);
+        let restart_needed = restart_needed(&self.started_with, &config);
+        let gw = Arc::new(Gateway::build(config, Some(&self.gateway()))?);
         for w in &self.workers {
             w.install(gw.clone());
         }
-        self.current.store(gw.clone());
-        self.gw = gw;
+        self.current.store(gw);
         self.start_refreshers();
         self.generation += 1;
         Ok(Reloaded {
@@ -149,4 +115,29 @@ impl Live {
             restart_needed,
         })
     }
+}
+
+/// The `[server]` keys of `new` that differ from `started` (what the process is bound to) and
+/// that only a restart applies. `admin_token` and `trusted_proxies` apply at once.
+fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str> {
+    let (bound, new) = (&started.server, &new.server);
+    let mut keys = Vec::new();
+    if bound.listen != new.listen {
+        keys.push("server.listen");
+    }
+    if bound.admin_listen != new.admin_listen {
+        keys.push("server.admin_listen");
+    }
+    if bound.threads != new.threads {
+        keys.push("server.threads");
+    }
+    if bound.max_header_bytes != new.max_header_bytes
+        || bound.header_read_timeout != new.header_read_timeout
+    {
+        keys.push("server.max_header_bytes/header_read_timeout");
+    }
+    if bound.shutdown_timeout != new.shutdown_timeout {
+        keys.push("server.shutdown_timeout");
+    }
+    keys
 }

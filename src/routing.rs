@@ -4,6 +4,14 @@ use http::Method;
 
 use crate::config::Route;
 
+/// The route a request selected, and its position in the config's routes (per-route metric and
+/// budget tables are indexed by it).
+#[derive(Clone, Copy, Debug)]
+pub struct RouteRef<'a> {
+    pub index: usize,
+    pub route: &'a Route,
+}
+
 pub struct Router {
     /// indices into the config's routes, longest prefix first
     order: Vec<usize>,
@@ -36,8 +44,8 @@ impl Router {
         }
     }
 
-    /// The route for a request, as an index into the config's routes.
-    pub fn select(&self, method: &Method, path: &str) -> Result<usize, RouteError> {
+    /// The route for a request.
+    pub fn select(&self, method: &Method, path: &str) -> Result<RouteRef<'_>, RouteError> {
         if !is_safe_path(path) {
             return Err(RouteError::InvalidPath);
         }
@@ -57,7 +65,7 @@ impl Router {
                     matched_len = Some(r.path_prefix.len());
                     allowed.extend(ms.iter().map(|m| m.as_str()));
                 }
-                _ => return Ok(i),
+                _ => return Ok(RouteRef { index: i, route: r }),
             }
         }
         if allowed.is_empty() {
@@ -123,6 +131,16 @@ mod tests {
         }
     }
 
+    /// The selected route's index and name (they must agree with the config's order).
+    fn select(r: &Router, method: Method, path: &str) -> Result<(usize, String), RouteError> {
+        r.select(&method, path)
+            .map(|sel| (sel.index, sel.route.name.clone()))
+    }
+
+    fn ok(index: usize, name: &str) -> Result<(usize, String), RouteError> {
+        Ok((index, name.to_string()))
+    }
+
     #[test]
     fn longest_prefix_wins() {
         let r = Router::new(&[
@@ -130,9 +148,9 @@ mod tests {
             route("b", "/ai/v2/chat/", None),
             route("c", "/", None),
         ]);
-        assert_eq!(r.select(&Method::GET, "/ai/v2/chat/x"), Ok(1));
-        assert_eq!(r.select(&Method::GET, "/ai/v1"), Ok(0));
-        assert_eq!(r.select(&Method::GET, "/other"), Ok(2));
+        assert_eq!(select(&r, Method::GET, "/ai/v2/chat/x"), ok(1, "b"));
+        assert_eq!(select(&r, Method::GET, "/ai/v1"), ok(0, "a"));
+        assert_eq!(select(&r, Method::GET, "/other"), ok(2, "c"));
     }
 
     #[test]
@@ -141,18 +159,18 @@ mod tests {
             route("post", "/ai/", Some(vec![Method::POST])),
             route("root", "/", None),
         ]);
-        assert_eq!(r.select(&Method::POST, "/ai/x"), Ok(0));
+        assert_eq!(select(&r, Method::POST, "/ai/x"), ok(0, "post"));
         assert_eq!(
-            r.select(&Method::GET, "/ai/x"),
+            select(&r, Method::GET, "/ai/x"),
             Err(RouteError::MethodNotAllowed("POST".into()))
         );
         let r = Router::new(&[
             route("post", "/ai/", Some(vec![Method::POST])),
             route("get", "/ai/", Some(vec![Method::GET])),
         ]);
-        assert_eq!(r.select(&Method::GET, "/ai/x"), Ok(1));
+        assert_eq!(select(&r, Method::GET, "/ai/x"), ok(1, "get"));
         assert_eq!(
-            r.select(&Method::PUT, "/ai/x"),
+            select(&r, Method::PUT, "/ai/x"),
             Err(RouteError::MethodNotAllowed("GET, POST".into()))
         );
     }
@@ -160,8 +178,8 @@ mod tests {
     #[test]
     fn no_route() {
         let r = Router::new(&[route("a", "/ai/", None)]);
-        assert_eq!(r.select(&Method::GET, "/ai"), Err(RouteError::NoRoute));
-        assert_eq!(r.select(&Method::GET, "*"), Err(RouteError::InvalidPath));
+        assert_eq!(select(&r, Method::GET, "/ai"), Err(RouteError::NoRoute));
+        assert_eq!(select(&r, Method::GET, "*"), Err(RouteError::InvalidPath));
     }
 
     #[test]

@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use crate::accesslog::AccessLogger;
 use crate::admin::{self, Admin};
-use crate::auth::Verifier;
 use crate::config::Config;
 use crate::engine::listener::{self, BindError};
-use crate::engine::worker::{ServeOptions, Workers};
-use crate::gateway::{Gateway, Worker};
+use crate::engine::worker::{ServeOptions, WorkerThreads};
+use crate::gateway::{BuildError, Gateway, WorkerHandler};
 use crate::keysync::Fetcher;
 use crate::reload::Live;
 
@@ -17,13 +15,8 @@ use crate::reload::Live;
 pub enum ServerError {
     #[error(transparent)]
     Bind(#[from] BindError),
-    #[error("access log {path}: {source}")]
-    AccessLog {
-        path: String,
-        source: std::io::Error,
-    },
     #[error(transparent)]
-    Budgets(#[from] crate::budget::StoreError),
+    Build(#[from] BuildError),
     #[error("cannot start runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -42,13 +35,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 /// Like `run`, calling `on_ready` once the listeners are bound and the workers started.
 pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), ServerError> {
     let config = Arc::new(config);
-    let verifier = Arc::new(Verifier::new(&config));
-    let access_log =
-        AccessLogger::start(&config.log.access).map_err(|source| ServerError::AccessLog {
-            path: format!("{:?}", config.log.access),
-            source,
-        })?;
-    let gw = Arc::new(Gateway::new(config.clone(), verifier.clone(), access_log)?);
+    let gw = Arc::new(Gateway::build(config.clone(), None)?);
 
     let (per_worker, bound) = listener::bind_all(&config.server.listen, config.server.threads)?;
     let admin_listener = config
@@ -68,24 +55,19 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         shutdown_timeout: config.server.shutdown_timeout,
     };
     // built here so a reload can reach every worker; each serves on its own thread
-    let worker_handles: Vec<Arc<Worker>> = (0..per_worker.len())
-        .map(|_| Arc::new(Worker::new(gw.clone())))
+    let handlers: Vec<Arc<WorkerHandler>> = (0..per_worker.len())
+        .map(|_| Arc::new(WorkerHandler::new(gw.clone())))
         .collect();
-    let workers = {
-        let handles = worker_handles.clone();
-        Workers::start(per_worker, opts, move |i| handles[i].clone())
+    let threads = {
+        let handlers = handlers.clone();
+        WorkerThreads::start(per_worker, opts, move |i| handlers[i].clone())
             .map_err(ServerError::Runtime)?
     };
 
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     rt.block_on(async {
         let fetcher = Arc::new(Fetcher::new());
-        let mut live = Live::new(
-            config.source.clone(),
-            gw.clone(),
-            worker_handles,
-            fetcher.clone(),
-        );
+        let mut live = Live::new(config.source.clone(), gw, handlers, fetcher.clone());
         // keys load in the background: startup does not wait for them (/readyz does)
         live.start_refreshers();
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadReply>(4);
@@ -116,9 +98,9 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         tracing::info!("shutting down: no new connections, draining open ones");
         draining.store(true, std::sync::atomic::Ordering::Release);
         // the admin listener keeps answering (/readyz 503) while the workers drain
-        let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
+        let _ = tokio::task::spawn_blocking(move || threads.shutdown()).await;
         // the last counters reach the budget store before the process ends
-        if let Some(b) = &live.gw.budgets {
+        if let Some(b) = &live.gateway().budgets {
             b.flush();
         }
     });

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use aws_lc_rs::digest;
 
-use super::verify::Verified;
+use super::identity::Verified;
 
 pub type Key = [u8; 32];
 
@@ -47,9 +47,5 @@ impl TokenCache {
         if !serials.is_empty() {
             self.inner.retain(|_, v| !serials.contains(&v.key_serial));
         }
-    }
-
-    pub fn clear(&self) {
-        self.inner.clear();
     }
 }

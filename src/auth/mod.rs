@@ -2,6 +2,7 @@
 
 pub mod alg;
 pub mod cache;
+pub mod identity;
 pub mod jwk;
 pub mod jwt;
 pub mod keys;
@@ -11,8 +12,9 @@ pub mod verify;
 use http::HeaderMap;
 
 use crate::config::{Route, TokenHeader};
+pub use identity::{Identity, Verified};
 pub use reason::{AuthError, Reason};
-pub use verify::{Verified, Verifier};
+pub use verify::Verifier;
 
 /// The token from the first configured header that is present.
 ///
@@ -80,9 +82,9 @@ pub fn authorize(
     verifier: &Verifier,
     headers: &HeaderMap,
 ) -> Result<(), AuthError> {
-    let issuer = &verifier.issuers()[v.issuer].cfg;
+    let issuer = &verifier.issuers()[v.issuer_index].cfg;
     if let Some(allowed) = &route.issuers {
-        if !allowed.contains(&v.issuer) {
+        if !allowed.contains(&v.issuer_index) {
             return Err(AuthError::new(
                 Reason::UnknownIssuer,
                 format!(

@@ -22,29 +22,32 @@ pub struct ServeOptions {
     pub shutdown_timeout: Duration,
 }
 
-/// Running workers; `shutdown` stops accepting and drains connections.
-pub struct Workers {
+/// The running worker threads (one per entry of the listeners); `shutdown` stops accepting
+/// and drains connections.
+pub struct WorkerThreads {
     threads: Vec<std::thread::JoinHandle<()>>,
     stop: watch::Sender<bool>,
 }
 
-impl Workers {
-    /// Starts one thread per entry of `listeners`; `make(i)` builds worker i's handler (on the
-    /// worker's own thread, inside its runtime, so its upstream pools live there).
+impl WorkerThreads {
+    /// Starts one thread per entry of `listeners`. `handler_for(i)` hands over worker i's
+    /// handler; it is called on that worker's thread, inside its runtime, before the worker
+    /// accepts — so whatever the handler spawns at `started` (and the connections its pools
+    /// open later) lives on that runtime.
     pub fn start<H, F>(
         listeners: Vec<Vec<std::net::TcpListener>>,
         opts: ServeOptions,
-        make: F,
-    ) -> std::io::Result<Workers>
+        handler_for: F,
+    ) -> std::io::Result<WorkerThreads>
     where
         H: Handler,
         F: Fn(usize) -> Arc<H> + Send + Sync + 'static,
     {
         let (stop, stop_rx) = watch::channel(false);
-        let make = Arc::new(make);
+        let handler_for = Arc::new(handler_for);
         let mut threads = Vec::new();
         for (i, socks) in listeners.into_iter().enumerate() {
-            let make = make.clone();
+            let handler_for = handler_for.clone();
             let opts = opts.clone();
             let stop_rx = stop_rx.clone();
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -55,13 +58,13 @@ impl Workers {
                     .name(format!("cc-worker-{i}"))
                     .spawn(move || {
                         rt.block_on(async move {
-                            let handler = make(i);
+                            let handler = handler_for(i);
                             run_worker(handler, socks, opts, stop_rx).await;
                         });
                     })?,
             );
         }
-        Ok(Workers { threads, stop })
+        Ok(WorkerThreads { threads, stop })
     }
 
     /// Stops accepting, lets open connections finish (up to the shutdown timeout), joins.

@@ -305,3 +305,41 @@ async fn an_untrusted_peer_cannot_spoof_forwarded_headers() {
     assert_eq!(echoed_header(&v, "x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(echoed_header(&v, "x-forwarded-proto"), vec!["http"]);
 }
+
+#[tokio::test]
+async fn restart_needed_compares_with_what_is_bound_not_with_the_last_file() {
+    let fx = Fixture::start().await;
+    let original = std::fs::read_to_string(&fx.config_path).expect("config");
+    let started = "listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nthreads = 2\n";
+    assert!(
+        original.contains(started),
+        "fixture config changed: {original}"
+    );
+    let reload = |text: String| {
+        let fx = &fx;
+        async move {
+            std::fs::write(&fx.config_path, text).expect("write");
+            let r = fx.gw.admin_post("/reload").await;
+            assert_eq!(r.status, 200, "{}", r.describe());
+            r.json()["restart_needed"].clone()
+        }
+    };
+
+    // a changed listener and thread count are not applied: a restart is needed
+    let changed = original.replace(
+        started,
+        "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\nadmin_listen = \"127.0.0.1:0\"\nthreads = 3\n",
+    );
+    assert_eq!(
+        reload(changed.clone()).await,
+        serde_json::json!(["server.listen", "server.threads"])
+    );
+    // reloading the same changed file again: still not what is bound
+    assert_eq!(
+        reload(changed).await,
+        serde_json::json!(["server.listen", "server.threads"])
+    );
+    // reverted: the file matches what the process serves with again, nothing to restart for
+    assert_eq!(reload(original).await, serde_json::json!([]));
+    fx.expect_ok(Req::get("/public/x")).await;
+}

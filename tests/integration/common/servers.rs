@@ -549,6 +549,73 @@ impl Drop for Slow {
 }
 
 // ---------------------------------------------------------------------------------------------
+// HTTP/1.0 upstream
+
+/// An HTTP/1.0 backend as `python3 -m http.server` is one: reads a request head, answers
+/// `HTTP/1.0 200 OK` with a Content-Length and the request path as the body, then closes the
+/// connection (no keep-alive). Counts the requests it answered.
+pub struct Http10 {
+    pub addr: SocketAddr,
+    served: Arc<AtomicUsize>,
+    tasks: Tasks,
+}
+
+impl Http10 {
+    pub async fn start() -> Http10 {
+        use tokio::io::AsyncWriteExt;
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).await;
+        let addr = listener.local_addr().expect("http/1.0 addr");
+        let served = Arc::new(AtomicUsize::new(0));
+        let tasks = Tasks::default();
+        let (t, s) = (tasks.clone(), served.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s = s.clone();
+                let conn = tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&head);
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let resp = format!(
+                        "HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6 Python/3.12\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{path}",
+                        path.len()
+                    );
+                    s.fetch_add(1, Ordering::SeqCst);
+                    let _ = stream.write_all(resp.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+                t.push(conn.abort_handle());
+            }
+        });
+        tasks.push(accept.abort_handle());
+        Http10 {
+            addr,
+            served,
+            tasks,
+        }
+    }
+
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Http10 {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Self-tests of the harness (no gateway involved): a broken helper must not pass for a gateway bug.
 
 #[cfg(test)]
