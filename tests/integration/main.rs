@@ -17,3 +17,4 @@ mod fuzz;
 mod jwks;
 mod operations;
 mod routing;
+mod structure;
