@@ -7,6 +7,7 @@ pub mod fixture;
 pub mod gateway;
 pub mod metrics;
 pub mod redis;
+pub mod routing;
 pub mod servers;
 pub mod tokens;
 pub mod wait;

@@ -1,0 +1,105 @@
+//! Protocols: h2c with prior knowledge, and an HTTP/1.0 backend answered in the client's protocol.
+
+use tokio::net::TcpStream;
+
+use crate::common::servers::echoed_header;
+use crate::common::wait::DEADLINE;
+use crate::common::*;
+
+#[tokio::test]
+async fn h2c_prior_knowledge() {
+    let fx = Fixture::start().await;
+    let t = fx.token();
+    let r = Req::post("/ai/v2/completions", "{\"a\":1}")
+        .token(&t)
+        .send_h2(fx.gw.addr)
+        .await;
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let v = r.json();
+    assert_eq!(v["server"], "echo");
+    assert_eq!(v["path"], "/v2/completions");
+    assert_eq!(v["body_len"], 7);
+    assert_eq!(echoed_header(&v, "x-cc-subject"), vec![SUB]);
+    assert!(r.header("x-request-id").is_some());
+    // Errors over h2 too.
+    let r = Req::get("/ai/v2/completions").send_h2(fx.gw.addr).await;
+    assert_error(&r, 401, "missing_token");
+}
+
+/// Reads one response with a Content-Length body off `s`: (status line, lower-case headers,
+/// body). Panics when the connection ends first.
+async fn read_response(s: &mut TcpStream, what: &str) -> (String, Vec<(String, String)>, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let status = lines.next().unwrap_or("").to_string();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase()))
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: no content-length in {head}"));
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                return (status, headers, body);
+            }
+        }
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no response within {DEADLINE:?}"))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            n > 0,
+            "{what}: the gateway closed the connection after {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn an_http10_backend_is_answered_in_the_clients_protocol_with_keep_alive() {
+    use tokio::io::AsyncWriteExt;
+    let old = crate::common::servers::Http10::start().await;
+    let extra = format!(
+        "\n[[routes]]\nname = \"old\"\npath_prefix = \"/old/\"\nupstream = \"old\"\nauth = \"public\"\n\n[[upstreams]]\nname = \"old\"\nendpoints = [\"{}\"]\n",
+        old.addr
+    );
+    let fx = Fixture::with(Opts {
+        extra,
+        ..Opts::default()
+    })
+    .await;
+
+    // HTTP/1.1 client: HTTP/1.1 answers, and the connection stays open for the next request
+    let mut c = TcpStream::connect(fx.gw.addr).await.expect("connect");
+    for path in ["/old/first", "/old/second"] {
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let (status, headers, body) = read_response(&mut c, path).await;
+        assert_eq!(status, "HTTP/1.1 200 OK", "{path}: {headers:?}");
+        assert!(
+            !headers
+                .iter()
+                .any(|(k, v)| k == "connection" && v == "close"),
+            "{path}: the gateway closes the connection: {headers:?}"
+        );
+        assert_eq!(body, path);
+    }
+    assert_eq!(old.served(), 2, "both requests reached the backend");
+
+    // HTTP/2 client: answered in HTTP/2
+    let r = Req::get("/old/h2").send_h2(fx.gw.addr).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.text(), "/old/h2");
+}
