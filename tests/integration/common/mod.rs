@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod budgets;
+pub mod cli;
 pub mod client;
 pub mod fixture;
 pub mod gateway;
