@@ -28,7 +28,10 @@ fn modules() -> BTreeMap<String, String> {
                 .iter()
                 .map(|p| p.to_string_lossy().into_owned())
                 .collect();
-            if matches!(parts.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+            if matches!(
+                parts.last().map(String::as_str),
+                Some("mod" | "lib" | "main")
+            ) {
                 parts.pop();
             }
             // binaries (main.rs, bin/) are the crate's users, not part of its module graph
@@ -106,7 +109,10 @@ fn edges(mods: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> 
 fn crate_paths(code: &str, module: &str) -> Vec<String> {
     let mut out = Vec::new();
     let parent: Vec<&str> = module.split("::").collect();
-    for (start, _) in code.match_indices("crate::").chain(code.match_indices("super::")) {
+    for (start, _) in code
+        .match_indices("crate::")
+        .chain(code.match_indices("super::"))
+    {
         if start > 0 {
             let prev = code.as_bytes()[start - 1];
             if prev.is_ascii_alphanumeric() || prev == b'_' || prev == b':' {
@@ -257,7 +263,10 @@ fn the_cycle_check_sees_a_cycle() {
     // the check itself, on a made-up crate: a ↔ b through a `use` group, c → a only, and a
     // folder d whose mod.rs re-exports its child e (not a cycle)
     let mods: BTreeMap<String, String> = [
-        ("a", "use crate::{b::Thing, d::e::{Y, W}};\n// crate::c in a comment\n"),
+        (
+            "a",
+            "use crate::{b::Thing, d::e::{Y, W}};\n// crate::c in a comment\n",
+        ),
         ("b", "fn f() -> crate::a::X { todo!() }"),
         ("c", "use super::a; const S: &str = \"crate::b\";"),
         ("d", "pub mod e; pub use e::Y;"),
@@ -268,7 +277,10 @@ fn the_cycle_check_sees_a_cycle() {
     .collect();
     let g = edges(&mods);
     assert_eq!(g["c"], BTreeSet::from(["a".to_string()]));
-    assert_eq!(g["a"], BTreeSet::from(["b".to_string(), "d::e".to_string()]));
+    assert_eq!(
+        g["a"],
+        BTreeSet::from(["b".to_string(), "d::e".to_string()])
+    );
     assert_eq!(g["d::e"], BTreeSet::from(["d".to_string()]));
     assert_eq!(cycles(&g), vec![vec!["a".to_string(), "b".to_string()]]);
 }
