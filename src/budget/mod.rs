@@ -2,6 +2,7 @@
 //! a user, a route, a client — decided after authentication, before the upstream.
 
 pub mod memory;
+pub mod redact;
 pub mod redis;
 pub mod sqlite;
 

@@ -17,6 +17,8 @@ use http::{HeaderName, Method, Uri};
 use crate::auth::alg::Alg;
 // forwarding owns the address-block type; re-exported so `config::IpNet` keeps working
 pub use crate::forward::ipnet::IpNet;
+// the stores own URL redaction; re-exported so `config::redact_url` keeps working
+pub use crate::budget::redact::redact_url;
 use raw::*;
 
 /// A refused configuration: which file, which key, what is wrong.
@@ -161,22 +163,6 @@ pub struct Budgets {
     /// memory and SQLite stores: most keys held at once (idle ones go first)
     pub max_keys: usize,
     pub rules: Vec<BudgetRule>,
-}
-
-/// A store URL fit to show: a password in it (`redis://:secret@host`) becomes `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let hidden = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{hidden}@{host}{path}")
-        }
-        None => url.to_string(),
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1387,28 +1373,5 @@ endpoints = ["127.0.0.1:5052"]
         );
         let e = parse(&dup).unwrap_err();
         assert_eq!(e.path, "routes[1].name");
-    }
-}
-
-#[cfg(test)]
-mod redact_tests {
-    use super::redact_url;
-
-    #[test]
-    fn store_urls_are_shown_without_passwords() {
-        assert_eq!(
-            redact_url("redis://:s3cret@10.0.0.1:6379/0"),
-            "redis://:***@10.0.0.1:6379/0"
-        );
-        assert_eq!(
-            redact_url("rediss://app:s3cret@r.example/1"),
-            "rediss://app:***@r.example/1"
-        );
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379/0"),
-            "redis://127.0.0.1:6379/0"
-        );
-        assert_eq!(redact_url("redis://app@h/0"), "redis://app@h/0");
-        assert_eq!(redact_url("redis://:p@ss@h/0"), "redis://:***@h/0");
     }
 }
