@@ -1,0 +1,293 @@
+//! `[budgets]`: the counter store and the rules — rate limits and quotas per key, with tiers
+//! chosen from a claim and per-key overrides.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::raw::RawBudgets;
+use super::{Limit, Route, VResult, Validator};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budgets {
+    pub store: BudgetStore,
+    pub on_store_error: OnStoreError,
+    pub store_timeout: Duration,
+    pub flush_interval: Duration,
+    pub response_headers: bool,
+    /// memory and SQLite stores: most keys held at once (idle ones go first)
+    pub max_keys: usize,
+    pub rules: Vec<BudgetRule>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BudgetStore {
+    Memory,
+    /// counters in memory, persisted to this SQLite file every `flush_interval`
+    Sqlite(PathBuf),
+    /// counters in Redis, shared by every node pointing at it
+    Redis(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// GCRA: a sustained rate with a burst
+    Rate,
+    /// fixed windows aligned to UTC (multiples of the period since the Unix epoch)
+    Quota,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyPart {
+    Claim(String),
+    Header(HeaderName),
+    Route,
+    ClientIp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tier {
+    pub low: f64,
+    pub high: f64,
+    pub limit: Limit,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tiers {
+    pub claim: String,
+    pub ranges: Vec<Tier>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRule {
+    pub name: String,
+    /// indices into `Config::routes` (None = every route)
+    pub routes: Option<Vec<usize>>,
+    pub key: Vec<KeyPart>,
+    pub kind: LimitKind,
+    /// the rule's own limit (None: tiers only)
+    pub limit: Option<Limit>,
+    /// GCRA: how many requests may arrive at once
+    pub burst: u64,
+    pub cost: u64,
+    pub tiers: Option<Tiers>,
+    pub overrides: HashMap<String, Limit>,
+}
+
+impl Validator {
+    pub(super) fn budgets(&self, r: RawBudgets, routes: &[Route]) -> VResult<Budgets> {
+        let store = match r.store.as_deref().unwrap_or("memory") {
+            "memory" => BudgetStore::Memory,
+            s if s.starts_with("sqlite://") => {
+                let p = &s["sqlite://".len()..];
+                if p.is_empty() {
+                    return Err(self.err("budgets.store", "sqlite:// needs a file path, e.g. \"sqlite:///var/lib/cc-gateway/budgets.db\""));
+                }
+                BudgetStore::Sqlite(self.path(p))
+            }
+            s if s.starts_with("redis://") || s.starts_with("rediss://") => {
+                if redis::Client::open(s).is_err() {
+                    return Err(self.err(
+                        "budgets.store",
+                        format!("{s:?} is not a Redis URL (redis://HOST:PORT/DB)"),
+                    ));
+                }
+                BudgetStore::Redis(s.to_string())
+            }
+            s => {
+                return Err(self.err(
+                    "budgets.store",
+                    format!(
+                        "{s:?}: expected \"memory\", \"sqlite://PATH\" or \"redis://HOST:PORT/DB\""
+                    ),
+                ))
+            }
+        };
+        let on_store_error = match r.on_store_error.as_deref().unwrap_or("allow") {
+            "allow" => OnStoreError::Allow,
+            "deny" => OnStoreError::Deny,
+            s => {
+                return Err(self.err(
+                    "budgets.on_store_error",
+                    format!("{s:?}: expected \"allow\" or \"deny\""),
+                ))
+            }
+        };
+        let mut names = HashSet::new();
+        let mut rules = Vec::new();
+        for (i, rr) in r.rules.into_iter().enumerate() {
+            let p = format!("budgets.rules[{i}]");
+            self.name(&format!("{p}.name"), &rr.name)?;
+            if !names.insert(rr.name.clone()) {
+                return Err(self.err(
+                    format!("{p}.name"),
+                    format!("duplicate rule name {:?}", rr.name),
+                ));
+            }
+            let route_idx = match &rr.routes {
+                None => None,
+                Some(v) if v.is_empty() => {
+                    return Err(self.err(
+                        format!("{p}.routes"),
+                        "empty: omit it to apply to every route",
+                    ))
+                }
+                Some(v) => Some(
+                    v.iter()
+                        .enumerate()
+                        .map(|(j, n)| {
+                            routes.iter().position(|r| &r.name == n).ok_or_else(|| {
+                                self.err(format!("{p}.routes[{j}]"), format!("unknown route {n:?}"))
+                            })
+                        })
+                        .collect::<VResult<Vec<_>>>()?,
+                ),
+            };
+            if rr.key.is_empty() {
+                return Err(self.err(
+                    format!("{p}.key"),
+                    "needs at least one part (claim:<name>, header:<name>, route, client_ip)",
+                ));
+            }
+            let mut key = Vec::new();
+            for (j, k) in rr.key.iter().enumerate() {
+                let kp = format!("{p}.key[{j}]");
+                key.push(match k.as_str() {
+                    "route" => KeyPart::Route,
+                    "client_ip" => KeyPart::ClientIp,
+                    _ => match k.split_once(':') {
+                        Some(("claim", c)) if !c.is_empty() => KeyPart::Claim(c.to_string()),
+                        Some(("header", h)) => {
+                            KeyPart::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                                self.err(&kp, format!("{h:?} is not a header name"))
+                            })?)
+                        }
+                        _ => {
+                            return Err(self.err(
+                                kp,
+                                format!(
+                                "{k:?}: expected claim:<name>, header:<name>, route or client_ip"
+                            ),
+                            ))
+                        }
+                    },
+                });
+            }
+            let (kind, limit) = match (&rr.rate, &rr.quota) {
+                (Some(_), Some(_)) => {
+                    return Err(self.err(&p, "has both rate and quota: one rule, one kind of limit"))
+                }
+                (Some(r), None) => (LimitKind::Rate, Some(self.limit(&format!("{p}.rate"), r)?)),
+                (None, Some(q)) => (
+                    LimitKind::Quota,
+                    Some(self.limit(&format!("{p}.quota"), q)?),
+                ),
+                (None, None) if rr.tiers.is_some() => (LimitKind::Rate, None),
+                (None, None) => {
+                    return Err(self.err(&p, "needs rate = \"N/period\" or quota = \"N/period\""))
+                }
+            };
+            if rr.burst.is_some() && kind == LimitKind::Quota {
+                return Err(self.err(format!("{p}.burst"), "applies to rate rules only"));
+            }
+            let burst = self.count(&format!("{p}.burst"), rr.burst, 1, 1, 1_000_000_000)? as u64;
+            let cost = self.count(&format!("{p}.cost"), rr.cost, 1, 1, 1_000_000_000)? as u64;
+            let tiers = match rr.tiers {
+                None => None,
+                Some(t) => {
+                    let tp = format!("{p}.tiers");
+                    if t.claim.is_empty() {
+                        return Err(self.err(format!("{tp}.claim"), "must name a numeric claim"));
+                    }
+                    if t.ranges.is_empty() {
+                        return Err(self.err(
+                            format!("{tp}.ranges"),
+                            "needs at least one [low, high, \"N/period\"]",
+                        ));
+                    }
+                    let mut ranges = Vec::new();
+                    for (j, r) in t.ranges.iter().enumerate() {
+                        let rp = format!("{tp}.ranges[{j}]");
+                        let num = |v: &toml::Value| match v {
+                            toml::Value::Integer(i) => Some(*i as f64),
+                            toml::Value::Float(f) => Some(*f),
+                            toml::Value::String(s) if s == "inf" => Some(f64::INFINITY),
+                            _ => None,
+                        };
+                        let (Some(low), Some(high), Some(toml::Value::String(l))) =
+                            (r.first().and_then(num), r.get(1).and_then(num), r.get(2))
+                        else {
+                            return Err(self.err(
+                                rp,
+                                "expected [low, high, \"N/period\"] (high may be \"inf\")",
+                            ));
+                        };
+                        if r.len() != 3 || low > high {
+                            return Err(
+                                self.err(rp, "expected [low, high, \"N/period\"] with low <= high")
+                            );
+                        }
+                        ranges.push(Tier {
+                            low,
+                            high,
+                            limit: self.limit(&rp, l)?,
+                        });
+                    }
+                    Some(Tiers {
+                        claim: t.claim,
+                        ranges,
+                    })
+                }
+            };
+            let mut overrides = HashMap::new();
+            for (k, v) in &rr.overrides {
+                overrides.insert(k.clone(), self.limit(&format!("{p}.overrides.{k}"), v)?);
+            }
+            rules.push(BudgetRule {
+                name: rr.name,
+                routes: route_idx,
+                key,
+                kind,
+                limit,
+                burst,
+                cost,
+                tiers,
+                overrides,
+            });
+        }
+        Ok(Budgets {
+            store,
+            on_store_error,
+            store_timeout: self.positive_duration(
+                "budgets.store_timeout",
+                &r.store_timeout,
+                Duration::from_millis(20),
+            )?,
+            flush_interval: self.positive_duration(
+                "budgets.flush_interval",
+                &r.flush_interval,
+                Duration::from_secs(1),
+            )?,
+            response_headers: r.response_headers.unwrap_or(true),
+            max_keys: match r.max_keys {
+                None => 1_000_000,
+                Some(n) if (1024..=1_000_000_000).contains(&n) => n as usize,
+                Some(n) => {
+                    return Err(self.err(
+                        "budgets.max_keys",
+                        format!("{n}: expected a number of keys from 1024 to 1000000000"),
+                    ))
+                }
+            },
+            rules,
+        })
+    }
+}
