@@ -20,6 +20,7 @@ mod server;
 mod summary;
 mod upstreams;
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,6 +70,19 @@ pub struct Config {
 pub struct Limit {
     pub count: u64,
     pub period: Duration,
+}
+
+/// `N/period` as written in the config (`600/1m`, `5000/1day`): one spelling for the `check`
+/// summary, `GET /budgets` and the budget state.
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.count,
+            humantime::format_duration(self.period)
+        )
+    }
 }
 
 impl Config {
@@ -357,6 +371,17 @@ endpoints = ["127.0.0.1:5052"]
             let e = parse(&GOOD.replace(from, to)).unwrap_err();
             assert_eq!(e.path, path, "{to}: {e}");
         }
+    }
+
+    #[test]
+    fn limits_display_as_written() {
+        let l = |count, secs| Limit {
+            count,
+            period: Duration::from_secs(secs),
+        };
+        assert_eq!(l(600, 60).to_string(), "600/1m");
+        assert_eq!(l(5000, 86_400).to_string(), "5000/1day");
+        assert_eq!(l(10, 5400).to_string(), "10/1h 30m");
     }
 
     #[test]

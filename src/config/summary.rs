@@ -69,7 +69,7 @@ impl Config {
             for r in &b.rules {
                 let limit = r
                     .limit
-                    .map(|l| format!("{}/{}", l.count, humantime::format_duration(l.period)))
+                    .map(|l| l.to_string())
                     .unwrap_or_else(|| "tiers".into());
                 let kind = if r.kind == LimitKind::Rate {
                     format!("rate {limit} burst {}", r.burst)
