@@ -37,6 +37,16 @@ pub enum OnStoreError {
     Deny,
 }
 
+impl OnStoreError {
+    /// The config word (`on_store_error = "allow"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnStoreError::Allow => "allow",
+            OnStoreError::Deny => "deny",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
     /// GCRA: a sustained rate with a burst
