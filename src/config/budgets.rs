@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::raw::RawBudgets;
+use super::raw::{RawBudgets, RawTiers};
 use super::{Limit, Route, VResult, Validator};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -210,53 +210,10 @@ impl Validator {
             }
             let burst = self.count(&format!("{p}.burst"), rr.burst, 1, 1, 1_000_000_000)? as u64;
             let cost = self.count(&format!("{p}.cost"), rr.cost, 1, 1, 1_000_000_000)? as u64;
-            let tiers = match rr.tiers {
-                None => None,
-                Some(t) => {
-                    let tp = format!("{p}.tiers");
-                    if t.claim.is_empty() {
-                        return Err(self.err(format!("{tp}.claim"), "must name a numeric claim"));
-                    }
-                    if t.ranges.is_empty() {
-                        return Err(self.err(
-                            format!("{tp}.ranges"),
-                            "needs at least one [low, high, \"N/period\"]",
-                        ));
-                    }
-                    let mut ranges = Vec::new();
-                    for (j, r) in t.ranges.iter().enumerate() {
-                        let rp = format!("{tp}.ranges[{j}]");
-                        let num = |v: &toml::Value| match v {
-                            toml::Value::Integer(i) => Some(*i as f64),
-                            toml::Value::Float(f) => Some(*f),
-                            toml::Value::String(s) if s == "inf" => Some(f64::INFINITY),
-                            _ => None,
-                        };
-                        let (Some(low), Some(high), Some(toml::Value::String(l))) =
-                            (r.first().and_then(num), r.get(1).and_then(num), r.get(2))
-                        else {
-                            return Err(self.err(
-                                rp,
-                                "expected [low, high, \"N/period\"] (high may be \"inf\")",
-                            ));
-                        };
-                        if r.len() != 3 || low > high {
-                            return Err(
-                                self.err(rp, "expected [low, high, \"N/period\"] with low <= high")
-                            );
-                        }
-                        ranges.push(Tier {
-                            low,
-                            high,
-                            limit: self.limit(&rp, l)?,
-                        });
-                    }
-                    Some(Tiers {
-                        claim: t.claim,
-                        ranges,
-                    })
-                }
-            };
+            let tiers = rr
+                .tiers
+                .map(|t| self.tiers(&format!("{p}.tiers"), t))
+                .transpose()?;
             let mut overrides = HashMap::new();
             for (k, v) in &rr.overrides {
                 overrides.insert(k.clone(), self.limit(&format!("{p}.overrides.{k}"), v)?);
@@ -299,5 +256,143 @@ impl Validator {
             },
             rules,
         })
+    }
+
+    /// `tiers = { claim, ranges = [[low, high, "N/period"], …] }`. Bounds are inclusive and the
+    /// first matching range wins, so ranges must ascend without overlapping: otherwise a later
+    /// range is partly or wholly dead and the limit a claim value gets is not the one written.
+    fn tiers(&self, tp: &str, t: RawTiers) -> VResult<Tiers> {
+        if t.claim.is_empty() {
+            return Err(self.err(format!("{tp}.claim"), "must name a numeric claim"));
+        }
+        if t.ranges.is_empty() {
+            return Err(self.err(
+                format!("{tp}.ranges"),
+                "needs at least one [low, high, \"N/period\"]",
+            ));
+        }
+        let mut ranges = Vec::new();
+        for (j, r) in t.ranges.iter().enumerate() {
+            let rp = format!("{tp}.ranges[{j}]");
+            let num = |v: &toml::Value| match v {
+                toml::Value::Integer(i) => Some(*i as f64),
+                toml::Value::Float(f) => Some(*f),
+                toml::Value::String(s) if s == "inf" => Some(f64::INFINITY),
+                _ => None,
+            };
+            let (Some(low), Some(high), Some(toml::Value::String(l))) =
+                (r.first().and_then(num), r.get(1).and_then(num), r.get(2))
+            else {
+                return Err(self.err(
+                    rp,
+                    "expected [low, high, \"N/period\"] (high may be \"inf\")",
+                ));
+            };
+            if r.len() != 3 || low > high {
+                return Err(self.err(rp, "expected [low, high, \"N/period\"] with low <= high"));
+            }
+            if let Some(prev) = ranges.last() {
+                ordered_after(prev, low).map_err(|problem| self.err(&rp, problem))?;
+            }
+            ranges.push(Tier {
+                low,
+                high,
+                limit: self.limit(&rp, l)?,
+            });
+        }
+        Ok(Tiers {
+            claim: t.claim,
+            ranges,
+        })
+    }
+}
+
+/// Why a range starting at `low` may not follow `prev` (bounds inclusive, first match wins).
+fn ordered_after(prev: &Tier, low: f64) -> Result<(), String> {
+    let shown = |x: f64| {
+        if x.is_infinite() {
+            "\"inf\"".to_string()
+        } else {
+            x.to_string()
+        }
+    };
+    if low < prev.low {
+        Err(format!(
+            "starts at {}, below the previous range [{}, {}]: list ranges in ascending order",
+            shown(low),
+            shown(prev.low),
+            shown(prev.high)
+        ))
+    } else if low <= prev.high {
+        Err(format!(
+            "starts at {}, inside the previous range [{}, {}] (bounds are inclusive): ranges must not overlap, e.g. [0, 100, …], [101, 1000, …]",
+            shown(low),
+            shown(prev.low),
+            shown(prev.high)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{parse, GOOD};
+
+    fn with_rule(rule: &str) -> String {
+        format!(
+            "{GOOD}\n[budgets]\n[[budgets.rules]]\nname = \"r\"\nkey = [\"claim:sub\"]\n{rule}\n"
+        )
+    }
+
+    fn tiers(ranges: &str) -> String {
+        with_rule(&format!(
+            "tiers = {{ claim = \"seats\", ranges = {ranges} }}"
+        ))
+    }
+
+    #[test]
+    fn ascending_disjoint_tiers_pass() {
+        let c = parse(&tiers(
+            r#"[[0, 100, "600/1m"], [101, 1000, "3000/1m"], [1001, "inf", "12000/1m"]]"#,
+        ))
+        .expect("valid");
+        let t = c.budgets.expect("budgets").rules[0]
+            .tiers
+            .clone()
+            .expect("tiers");
+        assert_eq!(t.ranges.len(), 3);
+        assert_eq!(t.ranges[2].high, f64::INFINITY);
+        parse(&tiers(r#"[[0, 100, "1/1m"], [100.5, "inf", "2/1m"]]"#)).expect("gap is fine");
+    }
+
+    #[test]
+    fn overlapping_or_unordered_tiers_are_refused() {
+        let cases = [
+            (r#"[[0, 100, "1/1m"], [50, 1000, "2/1m"]]"#, "overlap"),
+            (r#"[[0, 100, "1/1m"], [100, 1000, "2/1m"]]"#, "overlap"),
+            (r#"[[0, "inf", "1/1m"], [5, 10, "2/1m"]]"#, "overlap"),
+            (r#"[[101, 1000, "2/1m"], [0, 100, "1/1m"]]"#, "ascending"),
+        ];
+        for (ranges, word) in cases {
+            let e = parse(&tiers(ranges)).unwrap_err();
+            assert_eq!(e.path, "budgets.rules[0].tiers.ranges[1]", "{ranges}: {e}");
+            assert!(e.problem.contains(word), "{ranges}: {e}");
+        }
+        let e = parse(&tiers(
+            r#"[[0, 10, "1/1m"], [20, 30, "2/1m"], [25, 40, "3/1m"]]"#,
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "budgets.rules[0].tiers.ranges[2]", "{e}");
+    }
+
+    #[test]
+    fn one_kind_of_limit_per_rule() {
+        let e = parse(&with_rule("rate = \"1/1s\"\nquota = \"1/1d\"")).unwrap_err();
+        assert_eq!(e.path, "budgets.rules[0]", "{e}");
+        let e = parse(&with_rule("quota = \"1/1d\"\nburst = 5")).unwrap_err();
+        assert_eq!(e.path, "budgets.rules[0].burst", "{e}");
+        let e = parse(&with_rule("rate = \"0/1s\"")).unwrap_err();
+        assert_eq!(e.path, "budgets.rules[0].rate", "{e}");
     }
 }
