@@ -133,7 +133,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             cc_gateway::server::run(cfg).context("gateway stopped")?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Check { config } => match Config::load(&config) {
+        Cmd::Check { config } => match Config::load(&config).and_then(Config::check_references) {
             Ok(cfg) => {
                 print!("{}", cfg.summary());
                 println!("{}: OK", config.display());

@@ -15,6 +15,7 @@ mod budgets;
 mod issuers;
 mod log;
 mod raw;
+mod references;
 mod routes;
 mod server;
 mod summary;
