@@ -82,3 +82,59 @@ impl Validator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{parse, GOOD};
+    use super::*;
+
+    fn with_auth(auth: &str) -> String {
+        format!("{GOOD}\n[auth]\n{auth}\n")
+    }
+
+    #[test]
+    fn authorization_is_the_bearer_scheme_other_headers_are_plain() {
+        let a = parse(&with_auth(
+            "token_headers = [\"authorization\", \"X-Token\"]",
+        ))
+        .expect("valid")
+        .auth;
+        assert_eq!(
+            a.token_headers,
+            vec![
+                TokenHeader::Authorization,
+                TokenHeader::Plain(HeaderName::from_static("x-token"))
+            ]
+        );
+        assert!(a.forward_token, "forwarded by default");
+    }
+
+    #[test]
+    fn bad_headers_and_prefixes_name_their_key() {
+        let cases = [
+            ("token_headers = []", "auth.token_headers"),
+            (
+                "token_headers = [\"X-A\", \"x-a\"]",
+                "auth.token_headers[1]",
+            ),
+            ("token_headers = [\"bad header\"]", "auth.token_headers[0]"),
+            (
+                "identity_header_prefix = \"X \"",
+                "auth.identity_header_prefix",
+            ),
+            ("max_token_bytes = 10", "auth.max_token_bytes"),
+        ];
+        for (auth, path) in cases {
+            let e = parse(&with_auth(auth)).unwrap_err();
+            assert_eq!(e.path, path, "{auth}: {e}");
+        }
+    }
+
+    #[test]
+    fn identity_prefix_is_lower_cased() {
+        let a = parse(&with_auth("identity_header_prefix = \"X-Gw-\""))
+            .expect("valid")
+            .auth;
+        assert_eq!(a.identity_header_prefix, "x-gw-");
+    }
+}

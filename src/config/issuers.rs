@@ -173,3 +173,68 @@ impl Validator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{parse, GOOD};
+    use super::*;
+
+    #[test]
+    fn exactly_one_key_source() {
+        let both = GOOD.replace(
+            "discovery = true",
+            "discovery = true\njwks_uri = \"https://gitlab.com/keys\"",
+        );
+        assert_eq!(parse(&both).unwrap_err().path, "issuers[0]");
+        let file =
+            parse(&GOOD.replace("discovery = true", "jwks_file = \"keys.json\"")).expect("valid");
+        assert_eq!(
+            file.issuers[0].source,
+            KeySource::JwksFile(PathBuf::from("keys.json")),
+            "relative to the config file's directory (here: none)"
+        );
+        let e =
+            parse(&GOOD.replace("discovery = true", "jwks_uri = \"ftp://x/keys\"")).unwrap_err();
+        assert_eq!(e.path, "issuers[0].jwks_uri", "{e}");
+    }
+
+    #[test]
+    fn forgeable_algorithms_are_refused_with_the_reason() {
+        for alg in ["none", "HS256"] {
+            let text = GOOD.replace(
+                "discovery = true",
+                &format!("discovery = true\nalgorithms = [\"RS256\", \"{alg}\"]"),
+            );
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.path, "issuers[0].algorithms[1]", "{e}");
+            assert!(e.problem.contains("forgery"), "{e}");
+        }
+        let dups = GOOD.replace(
+            "discovery = true",
+            "discovery = true\nalgorithms = [\"ES256\", \"ES256\"]",
+        );
+        assert_eq!(
+            parse(&dups).expect("valid").issuers[0].algorithms,
+            vec![Alg::ES256]
+        );
+    }
+
+    #[test]
+    fn bind_headers_and_defaults() {
+        let i = &parse(GOOD).expect("valid").issuers[0];
+        assert_eq!(
+            i.bind_headers,
+            vec![(
+                HeaderName::from_static("x-gitlab-instance-id"),
+                "sub".to_string()
+            )]
+        );
+        assert_eq!(i.refresh_interval, Duration::from_secs(3600));
+        assert_eq!(i.unknown_kid_refetch, Duration::from_secs(30));
+        let e = parse(&GOOD.replace("= \"sub\"", "= \"\"")).unwrap_err();
+        assert_eq!(
+            e.path, "issuers[0].bind_headers.X-Gitlab-Instance-Id",
+            "{e}"
+        );
+    }
+}

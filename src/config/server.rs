@@ -125,3 +125,81 @@ impl Validator {
         Ok(token)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{parse, GOOD};
+    use super::*;
+
+    fn with_server(extra: &str) -> String {
+        GOOD.replace("threads = 2", &format!("threads = 2\n{extra}"))
+    }
+
+    #[test]
+    fn defaults() {
+        let s = parse(GOOD).expect("valid").server;
+        assert_eq!(
+            s.admin_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9091)))
+        );
+        assert_eq!(s.header_read_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(s.admin_token, None);
+        assert!(s.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn admin_token_comes_from_env_or_file_never_the_config() {
+        let e = parse(&with_server("admin_token = \"0123456789abcdef0123\"")).unwrap_err();
+        assert_eq!(e.path, "server.admin_token", "{e}");
+        let e = parse(&with_server("admin_listen = \"0.0.0.0:9091\"")).unwrap_err();
+        assert_eq!(e.path, "server.admin_token", "{e}");
+        assert!(e.problem.contains("required"), "{e}");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let short = dir.path().join("short");
+        std::fs::write(&short, "short\n").expect("writing token");
+        let e = parse(&with_server(&format!(
+            "admin_token = \"file:{}\"",
+            short.display()
+        )))
+        .unwrap_err();
+        assert!(e.problem.contains("at least 16"), "{e}");
+        let good = dir.path().join("good");
+        std::fs::write(&good, "0123456789abcdef0123\n").expect("writing token");
+        let s = parse(&with_server(&format!(
+            "admin_listen = \"0.0.0.0:9091\"\nadmin_token = \"file:{}\"",
+            good.display()
+        )))
+        .expect("valid")
+        .server;
+        assert_eq!(
+            s.admin_token,
+            Some(AdminToken("0123456789abcdef0123".into())),
+            "read and trimmed"
+        );
+        assert_eq!(
+            format!("{:?}", s.admin_token),
+            "Some(AdminToken(<redacted>))"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_and_timeouts() {
+        let s = parse(&with_server(
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nheader_read_timeout = \"off\"",
+        ))
+        .expect("valid")
+        .server;
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert_eq!(s.header_read_timeout, None);
+        let e = parse(&with_server(
+            "trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]",
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "server.trusted_proxies[1]", "{e}");
+        let e = parse(&with_server("header_read_timeout = \"0s\"")).unwrap_err();
+        assert_eq!(e.path, "server.header_read_timeout", "{e}");
+        let e = parse(&GOOD.replace("listen = [\"127.0.0.1:8080\"]", "listen = []")).unwrap_err();
+        assert_eq!(e.path, "server.listen", "{e}");
+    }
+}

@@ -84,3 +84,38 @@ impl Validator {
         Ok(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{parse, GOOD};
+    use super::*;
+
+    #[test]
+    fn endpoints_are_host_port_without_scheme() {
+        let u = &parse(GOOD).expect("valid").upstreams[0];
+        assert_eq!(u.endpoints, vec!["127.0.0.1:5052".to_string()]);
+        assert_eq!(u.connect_timeout, Duration::from_secs(2));
+        let cases = [
+            ("[\"http://127.0.0.1:5052\"]", "without a scheme"),
+            ("[\"127.0.0.1\"]", "has no port"),
+            ("[]", "at least one"),
+        ];
+        for (endpoints, problem) in cases {
+            let text = GOOD.replace("[\"127.0.0.1:5052\"]", endpoints);
+            let e = parse(&text).unwrap_err();
+            assert!(
+                e.path.starts_with("upstreams[0].endpoints"),
+                "{endpoints}: {e}"
+            );
+            assert!(e.problem.contains(problem), "{endpoints}: {e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_names_and_zero_timeouts_are_refused() {
+        let dup = format!("{GOOD}\n[[upstreams]]\nname = \"up\"\nendpoints = [\"127.0.0.1:1\"]\n");
+        assert_eq!(parse(&dup).unwrap_err().path, "upstreams[1].name");
+        let zero = GOOD.replace("name = \"up\"", "name = \"up\"\nread_timeout = \"0s\"");
+        assert_eq!(parse(&zero).unwrap_err().path, "upstreams[0].read_timeout");
+    }
+}
