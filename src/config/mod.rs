@@ -6,7 +6,8 @@
 //! This file holds [`Config`], loading, the error type and the value parsers every section
 //! shares (durations, counts, addresses, paths, names, limits). A new section gets its own
 //! file: its typed structs, an `impl Validator` block with its validation, its unit tests, and
-//! one line in [`Validator::config`].
+//! one line in `Validator::config`. What `cc-gateway check` adds lives beside: `summary`
+//! (what it prints) and `references` (the files it opens, as `nginx -t`).
 //!
 //! Every problem is reported as `FILE: key.path: problem`.
 
