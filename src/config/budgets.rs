@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::raw::{RawBudgets, RawTiers};
+use super::raw::{RawBudgets, RawRule, RawTiers};
 use super::{Limit, Route, VResult, Validator};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,33 +94,7 @@ pub struct BudgetRule {
 
 impl Validator {
     pub(super) fn budgets(&self, r: RawBudgets, routes: &[Route]) -> VResult<Budgets> {
-        let store = match r.store.as_deref().unwrap_or("memory") {
-            "memory" => BudgetStore::Memory,
-            s if s.starts_with("sqlite://") => {
-                let p = &s["sqlite://".len()..];
-                if p.is_empty() {
-                    return Err(self.err("budgets.store", "sqlite:// needs a file path, e.g. \"sqlite:///var/lib/cc-gateway/budgets.db\""));
-                }
-                BudgetStore::Sqlite(self.path(p))
-            }
-            s if s.starts_with("redis://") || s.starts_with("rediss://") => {
-                if redis::Client::open(s).is_err() {
-                    return Err(self.err(
-                        "budgets.store",
-                        format!("{s:?} is not a Redis URL (redis://HOST:PORT/DB)"),
-                    ));
-                }
-                BudgetStore::Redis(s.to_string())
-            }
-            s => {
-                return Err(self.err(
-                    "budgets.store",
-                    format!(
-                        "{s:?}: expected \"memory\", \"sqlite://PATH\" or \"redis://HOST:PORT/DB\""
-                    ),
-                ))
-            }
-        };
+        let store = self.store(r.store.as_deref().unwrap_or("memory"))?;
         let on_store_error = match r.on_store_error.as_deref().unwrap_or("allow") {
             "allow" => OnStoreError::Allow,
             "deny" => OnStoreError::Deny,
@@ -142,93 +116,7 @@ impl Validator {
                     format!("duplicate rule name {:?}", rr.name),
                 ));
             }
-            let route_idx = match &rr.routes {
-                None => None,
-                Some(v) if v.is_empty() => {
-                    return Err(self.err(
-                        format!("{p}.routes"),
-                        "empty: omit it to apply to every route",
-                    ))
-                }
-                Some(v) => Some(
-                    v.iter()
-                        .enumerate()
-                        .map(|(j, n)| {
-                            routes.iter().position(|r| &r.name == n).ok_or_else(|| {
-                                self.err(format!("{p}.routes[{j}]"), format!("unknown route {n:?}"))
-                            })
-                        })
-                        .collect::<VResult<Vec<_>>>()?,
-                ),
-            };
-            if rr.key.is_empty() {
-                return Err(self.err(
-                    format!("{p}.key"),
-                    "needs at least one part (claim:<name>, header:<name>, route, client_ip)",
-                ));
-            }
-            let mut key = Vec::new();
-            for (j, k) in rr.key.iter().enumerate() {
-                let kp = format!("{p}.key[{j}]");
-                key.push(match k.as_str() {
-                    "route" => KeyPart::Route,
-                    "client_ip" => KeyPart::ClientIp,
-                    _ => match k.split_once(':') {
-                        Some(("claim", c)) if !c.is_empty() => KeyPart::Claim(c.to_string()),
-                        Some(("header", h)) => {
-                            KeyPart::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                                self.err(&kp, format!("{h:?} is not a header name"))
-                            })?)
-                        }
-                        _ => {
-                            return Err(self.err(
-                                kp,
-                                format!(
-                                "{k:?}: expected claim:<name>, header:<name>, route or client_ip"
-                            ),
-                            ))
-                        }
-                    },
-                });
-            }
-            let (kind, limit) = match (&rr.rate, &rr.quota) {
-                (Some(_), Some(_)) => {
-                    return Err(self.err(&p, "has both rate and quota: one rule, one kind of limit"))
-                }
-                (Some(r), None) => (LimitKind::Rate, Some(self.limit(&format!("{p}.rate"), r)?)),
-                (None, Some(q)) => (
-                    LimitKind::Quota,
-                    Some(self.limit(&format!("{p}.quota"), q)?),
-                ),
-                (None, None) if rr.tiers.is_some() => (LimitKind::Rate, None),
-                (None, None) => {
-                    return Err(self.err(&p, "needs rate = \"N/period\" or quota = \"N/period\""))
-                }
-            };
-            if rr.burst.is_some() && kind == LimitKind::Quota {
-                return Err(self.err(format!("{p}.burst"), "applies to rate rules only"));
-            }
-            let burst = self.count(&format!("{p}.burst"), rr.burst, 1, 1, 1_000_000_000)? as u64;
-            let cost = self.count(&format!("{p}.cost"), rr.cost, 1, 1, 1_000_000_000)? as u64;
-            let tiers = rr
-                .tiers
-                .map(|t| self.tiers(&format!("{p}.tiers"), t))
-                .transpose()?;
-            let mut overrides = HashMap::new();
-            for (k, v) in &rr.overrides {
-                overrides.insert(k.clone(), self.limit(&format!("{p}.overrides.{k}"), v)?);
-            }
-            rules.push(BudgetRule {
-                name: rr.name,
-                routes: route_idx,
-                key,
-                kind,
-                limit,
-                burst,
-                cost,
-                tiers,
-                overrides,
-            });
+            rules.push(self.rule(&p, rr, routes)?);
         }
         Ok(Budgets {
             store,
@@ -255,6 +143,131 @@ impl Validator {
                 }
             },
             rules,
+        })
+    }
+
+    /// `memory`, `sqlite://PATH` (relative to the config file) or `redis://HOST:PORT/DB`.
+    fn store(&self, s: &str) -> VResult<BudgetStore> {
+        Ok(match s {
+            "memory" => BudgetStore::Memory,
+            s if s.starts_with("sqlite://") => {
+                let p = &s["sqlite://".len()..];
+                if p.is_empty() {
+                    return Err(self.err("budgets.store", "sqlite:// needs a file path, e.g. \"sqlite:///var/lib/cc-gateway/budgets.db\""));
+                }
+                BudgetStore::Sqlite(self.path(p))
+            }
+            s if s.starts_with("redis://") || s.starts_with("rediss://") => {
+                if redis::Client::open(s).is_err() {
+                    return Err(self.err(
+                        "budgets.store",
+                        format!("{s:?} is not a Redis URL (redis://HOST:PORT/DB)"),
+                    ));
+                }
+                BudgetStore::Redis(s.to_string())
+            }
+            other => {
+                return Err(self.err(
+                    "budgets.store",
+                    format!(
+                    "{other:?}: expected \"memory\", \"sqlite://PATH\" or \"redis://HOST:PORT/DB\""
+                ),
+                ))
+            }
+        })
+    }
+
+    /// One `[[budgets.rules]]` entry at key path `p`.
+    fn rule(&self, p: &str, rr: RawRule, routes: &[Route]) -> VResult<BudgetRule> {
+        let route_idx = match &rr.routes {
+            None => None,
+            Some(v) if v.is_empty() => {
+                return Err(self.err(
+                    format!("{p}.routes"),
+                    "empty: omit it to apply to every route",
+                ))
+            }
+            Some(v) => Some(
+                v.iter()
+                    .enumerate()
+                    .map(|(j, n)| {
+                        routes.iter().position(|r| &r.name == n).ok_or_else(|| {
+                            self.err(format!("{p}.routes[{j}]"), format!("unknown route {n:?}"))
+                        })
+                    })
+                    .collect::<VResult<Vec<_>>>()?,
+            ),
+        };
+        if rr.key.is_empty() {
+            return Err(self.err(
+                format!("{p}.key"),
+                "needs at least one part (claim:<name>, header:<name>, route, client_ip)",
+            ));
+        }
+        let key = rr
+            .key
+            .iter()
+            .enumerate()
+            .map(|(j, k)| self.key_part(&format!("{p}.key[{j}]"), k))
+            .collect::<VResult<Vec<_>>>()?;
+        let (kind, limit) = match (&rr.rate, &rr.quota) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(p, "has both rate and quota: one rule, one kind of limit"))
+            }
+            (Some(r), None) => (LimitKind::Rate, Some(self.limit(&format!("{p}.rate"), r)?)),
+            (None, Some(q)) => (
+                LimitKind::Quota,
+                Some(self.limit(&format!("{p}.quota"), q)?),
+            ),
+            (None, None) if rr.tiers.is_some() => (LimitKind::Rate, None),
+            (None, None) => {
+                return Err(self.err(p, "needs rate = \"N/period\" or quota = \"N/period\""))
+            }
+        };
+        if rr.burst.is_some() && kind == LimitKind::Quota {
+            return Err(self.err(format!("{p}.burst"), "applies to rate rules only"));
+        }
+        let burst = self.count(&format!("{p}.burst"), rr.burst, 1, 1, 1_000_000_000)? as u64;
+        let cost = self.count(&format!("{p}.cost"), rr.cost, 1, 1, 1_000_000_000)? as u64;
+        let tiers = rr
+            .tiers
+            .map(|t| self.tiers(&format!("{p}.tiers"), t))
+            .transpose()?;
+        let mut overrides = HashMap::new();
+        for (k, v) in &rr.overrides {
+            overrides.insert(k.clone(), self.limit(&format!("{p}.overrides.{k}"), v)?);
+        }
+        Ok(BudgetRule {
+            name: rr.name,
+            routes: route_idx,
+            key,
+            kind,
+            limit,
+            burst,
+            cost,
+            tiers,
+            overrides,
+        })
+    }
+
+    /// `claim:<name>`, `header:<name>`, `route` or `client_ip`.
+    fn key_part(&self, kp: &str, k: &str) -> VResult<KeyPart> {
+        Ok(match k {
+            "route" => KeyPart::Route,
+            "client_ip" => KeyPart::ClientIp,
+            _ => match k.split_once(':') {
+                Some(("claim", c)) if !c.is_empty() => KeyPart::Claim(c.to_string()),
+                Some(("header", h)) => KeyPart::Header(
+                    HeaderName::from_bytes(h.as_bytes())
+                        .map_err(|_| self.err(kp, format!("{h:?} is not a header name")))?,
+                ),
+                _ => {
+                    return Err(self.err(
+                        kp,
+                        format!("{k:?}: expected claim:<name>, header:<name>, route or client_ip"),
+                    ))
+                }
+            },
         })
     }
 
