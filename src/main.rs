@@ -174,7 +174,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Err(e) => Err(e.into()),
             }
         }
-        Cmd::Check { config } => match Config::load(&config) {
+        Cmd::Check { config } => match Config::load(&config).and_then(Config::check_references) {
             Ok(cfg) => {
                 print!("{}", cfg.summary());
                 println!("{}: OK", config.display());

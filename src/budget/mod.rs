@@ -2,6 +2,7 @@
 //! a user, a route, a client — decided after authentication, before the upstream.
 
 pub mod memory;
+pub mod redact;
 pub mod redis;
 pub mod sqlite;
 
@@ -460,7 +461,7 @@ impl Budgets {
         Some(serde_json::json!({
             "rule": rule, "key": key,
             "kind": if p.rate { "rate" } else { "quota" },
-            "limit": format!("{}/{}", limit.count, humantime::format_duration(limit.period)),
+            "limit": limit.to_string(),
             "capacity": capacity,
             "used": capacity.saturating_sub(e.remaining),
             "remaining": e.remaining,
@@ -488,7 +489,7 @@ impl Budgets {
                 serde_json::json!({
                     "name": r.name,
                     "kind": if r.kind == LimitKind::Rate { "rate" } else { "quota" },
-                    "limit": r.limit.map(|l| format!("{}/{}", l.count, humantime::format_duration(l.period))),
+                    "limit": r.limit.map(|l| l.to_string()),
                     "burst": (r.kind == LimitKind::Rate).then_some(r.burst),
                     "cost": r.cost,
                     "key": r.key.iter().map(|k| match k {

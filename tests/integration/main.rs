@@ -11,6 +11,7 @@ mod common;
 mod admin;
 mod auth;
 mod budgets;
+mod check;
 mod cli;
 mod examples;
 mod fuzz;

@@ -7,7 +7,9 @@ use http::{HeaderMap, HeaderValue, Version};
 use std::net::IpAddr;
 
 use crate::auth::Verified;
-use crate::config::IpNet;
+
+pub mod ipnet;
+pub use ipnet::IpNet;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -1,0 +1,205 @@
+//! `[server]`: listeners, threads, header limits and timeouts, the admin token, trusted proxies.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::raw::RawServer;
+use super::{IpNet, VResult, Validator};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub threads: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Option<Duration>,
+    pub shutdown_timeout: Duration,
+    pub admin_token: Option<AdminToken>,
+    /// peers whose `X-Forwarded-*` are believed (load balancers in front of the gateway)
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// The admin bearer token, read from the environment or a file at load time.
+#[derive(Clone, PartialEq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl Validator {
+    pub(super) fn server(&self, r: RawServer) -> VResult<Server> {
+        let listen = match r.listen {
+            None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            Some(v) if v.is_empty() => {
+                return Err(self.err("server.listen", "needs at least one address"))
+            }
+            Some(v) => v
+                .iter()
+                .enumerate()
+                .map(|(i, s)| self.addr(&format!("server.listen[{i}]"), s))
+                .collect::<VResult<Vec<_>>>()?,
+        };
+        let admin_listen = match r.admin_listen.as_deref() {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
+            Some("off") | Some("") => None,
+            Some(s) => Some(self.addr("server.admin_listen", s)?),
+        };
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Ok(Server {
+            listen,
+            admin_listen,
+            threads: self.count("server.threads", r.threads, cores, 1, 1024)?,
+            max_header_bytes: self.count(
+                "server.max_header_bytes",
+                r.max_header_bytes,
+                128 * 1024,
+                8192,
+                16 << 20,
+            )?,
+            // on by default: idle or slow-loris clients must not hold connections forever
+            header_read_timeout: match &r.header_read_timeout {
+                None => Some(Duration::from_secs(30)),
+                Some(s) if s == "off" => None,
+                v => {
+                    Some(self.positive_duration("server.header_read_timeout", v, Duration::ZERO)?)
+                }
+            },
+            shutdown_timeout: self.duration(
+                "server.shutdown_timeout",
+                &r.shutdown_timeout,
+                Duration::from_secs(10),
+            )?,
+            admin_token: self.admin_token(&r.admin_token, admin_listen)?,
+            trusted_proxies: r
+                .trusted_proxies
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    IpNet::parse(s).ok_or_else(|| {
+                        self.err(
+                            format!("server.trusted_proxies[{i}]"),
+                            format!("{s:?} is not an address or CIDR block (e.g. \"10.0.0.0/8\")"),
+                        )
+                    })
+                })
+                .collect::<VResult<Vec<_>>>()?,
+        })
+    }
+
+    fn admin_token(
+        &self,
+        v: &Option<String>,
+        admin: Option<SocketAddr>,
+    ) -> VResult<Option<AdminToken>> {
+        let p = "server.admin_token";
+        let token = match v.as_deref() {
+            None => None,
+            Some(s) => {
+                let secret = if let Some(name) = s.strip_prefix("env:") {
+                    std::env::var(name).map_err(|_| {
+                        self.err(p, format!("environment variable {name:?} is not set"))
+                    })?
+                } else if let Some(f) = s.strip_prefix("file:") {
+                    let path = self.path(f);
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| self.err(p, format!("cannot read {}: {e}", path.display())))?
+                } else {
+                    return Err(self.err(p, "use \"env:NAME\" or \"file:PATH\" (a token written in the config would leak with it)"));
+                };
+                let secret = secret.trim().to_string();
+                if secret.len() < 16 {
+                    return Err(self.err(p, "the token must be at least 16 characters"));
+                }
+                Some(AdminToken(secret))
+            }
+        };
+        if token.is_none() && admin.is_some_and(|a| !a.ip().is_loopback()) {
+            return Err(self.err(p, "required when admin_listen is not a loopback address"));
+        }
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{parse, GOOD};
+    use super::*;
+
+    fn with_server(extra: &str) -> String {
+        GOOD.replace("threads = 2", &format!("threads = 2\n{extra}"))
+    }
+
+    #[test]
+    fn defaults() {
+        let s = parse(GOOD).expect("valid").server;
+        assert_eq!(
+            s.admin_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9091)))
+        );
+        assert_eq!(s.header_read_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(s.admin_token, None);
+        assert!(s.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn admin_token_comes_from_env_or_file_never_the_config() {
+        let e = parse(&with_server("admin_token = \"0123456789abcdef0123\"")).unwrap_err();
+        assert_eq!(e.path, "server.admin_token", "{e}");
+        let e = parse(&with_server("admin_listen = \"0.0.0.0:9091\"")).unwrap_err();
+        assert_eq!(e.path, "server.admin_token", "{e}");
+        assert!(e.problem.contains("required"), "{e}");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let short = dir.path().join("short");
+        std::fs::write(&short, "short\n").expect("writing token");
+        let e = parse(&with_server(&format!(
+            "admin_token = \"file:{}\"",
+            short.display()
+        )))
+        .unwrap_err();
+        assert!(e.problem.contains("at least 16"), "{e}");
+        let good = dir.path().join("good");
+        std::fs::write(&good, "0123456789abcdef0123\n").expect("writing token");
+        let s = parse(&with_server(&format!(
+            "admin_listen = \"0.0.0.0:9091\"\nadmin_token = \"file:{}\"",
+            good.display()
+        )))
+        .expect("valid")
+        .server;
+        assert_eq!(
+            s.admin_token,
+            Some(AdminToken("0123456789abcdef0123".into())),
+            "read and trimmed"
+        );
+        assert_eq!(
+            format!("{:?}", s.admin_token),
+            "Some(AdminToken(<redacted>))"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_and_timeouts() {
+        let s = parse(&with_server(
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nheader_read_timeout = \"off\"",
+        ))
+        .expect("valid")
+        .server;
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert_eq!(s.header_read_timeout, None);
+        let e = parse(&with_server(
+            "trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]",
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "server.trusted_proxies[1]", "{e}");
+        let e = parse(&with_server("header_read_timeout = \"0s\"")).unwrap_err();
+        assert_eq!(e.path, "server.header_read_timeout", "{e}");
+        let e = parse(&GOOD.replace("listen = [\"127.0.0.1:8080\"]", "listen = []")).unwrap_err();
+        assert_eq!(e.path, "server.listen", "{e}");
+    }
+}
