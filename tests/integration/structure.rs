@@ -79,13 +79,28 @@ fn strip_comments_and_strings(src: &str) -> String {
     out
 }
 
+/// The code before an inline `#[cfg(test)] mod …` (by convention the file's end): a unit-test
+/// module's `super::` is the file itself, and what tests import is not the design's graph.
+fn without_test_module(code: &str) -> String {
+    let mut from = 0;
+    while let Some(at) = code[from..].find("#[cfg(test)]") {
+        let start = from + at;
+        let rest = code[start + "#[cfg(test)]".len()..].trim_start();
+        if rest.starts_with("mod ") || rest.starts_with("pub mod ") {
+            return code[..start].to_string();
+        }
+        from = start + 1;
+    }
+    code.to_string()
+}
+
 /// The files a module imports: every `crate::a::b…` path (in `use` lists too) resolved to the
 /// longest module it names. A module naming its own children (`pub mod x; pub use x::Y`) is
 /// how Rust lays out a folder, not a dependency, so parent → child edges are left out.
 fn edges(mods: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
     let mut graph = BTreeMap::new();
     for (name, src) in mods {
-        let code = strip_comments_and_strings(src);
+        let code = without_test_module(&strip_comments_and_strings(src));
         let mut deps = BTreeSet::new();
         for path in crate_paths(&code, name) {
             let segs: Vec<&str> = path.split("::").collect();
@@ -268,7 +283,10 @@ fn the_cycle_check_sees_a_cycle() {
             "use crate::{b::Thing, d::e::{Y, W}};\n// crate::c in a comment\n",
         ),
         ("b", "fn f() -> crate::a::X { todo!() }"),
-        ("c", "use super::a; const S: &str = \"crate::b\";"),
+        (
+            "c",
+            "use super::a; const S: &str = \"crate::b\";\n#[cfg(test)]\nmod tests { use crate::b; }",
+        ),
         ("d", "pub mod e; pub use e::Y;"),
         ("d::e", "use crate::d::Z;"),
     ]
