@@ -9,12 +9,11 @@ use std::time::Instant;
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::accesslog::Record;
 use crate::auth::{self, AuthError, Verified};
-use crate::budget::Decision;
 use crate::config::RouteAuth;
 use crate::engine::upstream::{ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo};
@@ -97,45 +96,16 @@ async fn budget(
     let Some(b) = &gw.budgets else { return Ok(()) };
     let r = &gw.config.routes[route];
     // keys and limits first (synchronously), then the store (which may be across the network)
-    let Some(plan) = b.plan(
-        route,
-        &r.name,
-        r.cost,
-        ex.identity.as_deref(),
-        headers,
-        ex.client,
-    ) else {
+    let id = ex.identity.as_deref();
+    let Some(plan) = b.plan(route, &r.name, r.cost, id, headers, ex.client) else {
         return Ok(());
     };
-    match b.decide(plan).await {
-        Decision::Admit(headers) => {
-            ex.budget_headers = headers;
-            Ok(())
-        }
-        Decision::Reject {
-            rule,
-            retry_after,
-            headers,
-        } => {
-            let mut refusal = Refusal::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                rule,
-                "over budget: retry later",
-            );
-            refusal.retry_after = Some(retry_after);
-            refusal.headers = vec![(RATELIMIT_POLICY, headers.0), (RATELIMIT, headers.1)];
-            Err(Box::new(refusal))
-        }
-        Decision::StoreUnavailable => Err(Box::new(Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "budget_store_unavailable",
-            "the budget store cannot answer",
-        ))),
-    }
+    ex.budget_headers = b.decide(plan).await.map_err(|r| Box::new(r.into()))?;
+    Ok(())
 }
 
-const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: http::HeaderName = respond::RATELIMIT_POLICY;
+const RATELIMIT: http::HeaderName = respond::RATELIMIT;
 
 /// Step 4a: the request as the upstream gets it.
 fn prepare_upstream(

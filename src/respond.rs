@@ -5,12 +5,17 @@
 use std::borrow::Cow;
 
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::auth::{AuthError, Reason};
+use crate::budget::Rejected;
 use crate::engine::upstream::UpstreamError;
 use crate::engine::Body;
 use crate::routing::RouteError;
+
+/// IETF RateLimit headers (structured fields), on 429s and, when configured, admitted answers.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// A refusal, whatever step produced it.
 #[derive(Debug, Clone)]
@@ -23,7 +28,7 @@ pub struct Refusal {
     pub retry_after: Option<u64>,
     pub allow: Option<String>,
     /// more response headers (RateLimit-Policy / RateLimit on a 429)
-    pub headers: Vec<(http::HeaderName, HeaderValue)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Refusal {
@@ -79,6 +84,33 @@ impl From<RouteError> for Refusal {
                 r.allow = Some(allow);
                 r
             }
+        }
+    }
+}
+
+impl From<Rejected> for Refusal {
+    fn from(r: Rejected) -> Self {
+        match r {
+            // the reason is the rule's name: clients and dashboards tell budgets apart by it
+            Rejected::OverBudget {
+                rule,
+                retry_after,
+                headers: (policy, state),
+            } => {
+                let mut r = Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    rule,
+                    "over budget: retry later",
+                );
+                r.retry_after = Some(retry_after);
+                r.headers = vec![(RATELIMIT_POLICY, policy), (RATELIMIT, state)];
+                r
+            }
+            Rejected::StoreUnavailable => Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "budget_store_unavailable",
+                "the budget store cannot answer",
+            ),
         }
     }
 }
