@@ -146,7 +146,6 @@ fn category(r: &Refusal) -> &'static str {
     match r.status {
         StatusCode::BAD_REQUEST => "bad_request",
         StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::TOO_MANY_REQUESTS => "budget_exceeded",
         StatusCode::BAD_GATEWAY => "bad_gateway",
         StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
