@@ -203,3 +203,51 @@ fn quote_safe(s: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+
+    use super::*;
+
+    async fn answer(r: Rejected) -> (Response<()>, Value) {
+        let resp = refusal(&r.into(), &HeaderValue::from_static("req-1"));
+        let (head, body) = resp.into_parts();
+        let bytes = body.collect().await.expect("a full body").to_bytes();
+        let json = serde_json::from_slice(&bytes).expect("a JSON body");
+        (Response::from_parts(head, ()), json)
+    }
+
+    #[tokio::test]
+    async fn over_budget_is_a_429_named_after_the_rule_with_its_headers() {
+        let (resp, body) = answer(Rejected::OverBudget {
+            rule: "user-daily".into(),
+            retry_after: 7,
+            headers: (
+                HeaderValue::from_static("\"user-daily\";q=5;w=86400"),
+                HeaderValue::from_static("\"user-daily\";r=0;t=7"),
+            ),
+        })
+        .await;
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = resp.headers();
+        assert_eq!(h[RETRY_AFTER], "7");
+        assert_eq!(h[RATELIMIT_POLICY], "\"user-daily\";q=5;w=86400");
+        assert_eq!(h[RATELIMIT], "\"user-daily\";r=0;t=7");
+        assert_eq!(body["error"], "budget_exceeded");
+        assert_eq!(body["reason"], "user-daily");
+        assert_eq!(body["message"], "over budget: retry later");
+        assert_eq!(body["request_id"], "req-1");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_answer_is_a_503_without_budget_headers() {
+        let (resp, body) = answer(Rejected::StoreUnavailable).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().get(RETRY_AFTER).is_none());
+        assert!(resp.headers().get(RATELIMIT).is_none());
+        assert_eq!(body["error"], "service_unavailable");
+        assert_eq!(body["reason"], "budget_store_unavailable");
+    }
+}

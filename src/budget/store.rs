@@ -200,3 +200,24 @@ pub(super) fn log_failure(store: &'static str, op: &'static str, e: &StoreError)
         tracing::warn!(store, op, error = %e, suppressed, "budget store failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_failures_are_logged_at_most_once_a_second_with_a_count_of_the_rest() {
+        let mut w = WarnLimit::default();
+        let t0 = Instant::now();
+        assert_eq!(w.admit(t0), Some(0), "the first failure is logged");
+        assert_eq!(w.admit(t0 + Duration::from_millis(10)), None);
+        assert_eq!(w.admit(t0 + Duration::from_millis(999)), None);
+        assert_eq!(
+            w.admit(t0 + Duration::from_secs(1)),
+            Some(2),
+            "a second later: logged, with the two left out"
+        );
+        assert_eq!(w.admit(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(w.admit(t0 + Duration::from_secs(3)), Some(1));
+    }
+}
