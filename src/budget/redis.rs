@@ -458,3 +458,50 @@ impl RedisStore {
         Ok(n > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limit;
+
+    fn probe(key: &str) -> Probe {
+        Probe {
+            key: key.into(),
+            rate: true,
+            limit: Limit {
+                count: 10,
+                period: Duration::from_secs(1),
+            },
+            burst: 5,
+            cost: 1,
+        }
+    }
+
+    /// A batch of two requests (two rules, then one) cut out of one reply.
+    #[test]
+    fn a_batch_reply_is_cut_into_each_requests_outcome() {
+        let (a, b) = ([probe("r|a"), probe("s|a")], [probe("r|b")]);
+        let reply = [4, 100_000, 0, 0, 900_000, 700_000, 3, 200_000, 0];
+        let out = split(&reply, &[&a, &b]).expect("the reply fits");
+        assert_eq!(out.len(), 2);
+        assert!(!out[0].admitted, "one refusing rule refuses the request");
+        assert_eq!(out[0].evals[1].retry_after_ns, 700_000_000);
+        assert_eq!(out[0].evals[0].reset_ns, 100_000_000, "µs to ns");
+        assert!(out[1].admitted);
+        assert_eq!(out[1].evals[0].remaining, 3);
+    }
+
+    #[test]
+    fn a_reply_that_does_not_fit_the_batch_is_an_error_naming_both_sizes() {
+        let (a, b) = ([probe("r|a")], [probe("r|b")]);
+        for reply in [&[1, 2, 0][..], &[1, 2, 0, 1, 2, 0, 9][..]] {
+            match split(reply, &[&a, &b]) {
+                Err(RedisFailure::Reply { got, expected }) => {
+                    assert_eq!((got, expected), (reply.len(), 6))
+                }
+                Err(e) => panic!("another failure: {e}"),
+                Ok(_) => panic!("a reply of {} values accepted for 6", reply.len()),
+            }
+        }
+    }
+}

@@ -186,3 +186,42 @@ impl Drop for Persist {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{Probe, StoreError};
+    use crate::config::Limit;
+
+    /// The final flush's failure reaches the caller with the file and the cause.
+    #[test]
+    fn a_failed_final_flush_is_returned_with_its_cause() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("budgets.db");
+        let store = Arc::new(MemoryStore::default());
+        let every = Duration::from_secs(3600); // only the final flush runs
+        let persist = Persist::start(&path, store.clone(), every, 0).expect("a new database");
+        let probe = Probe {
+            key: "q|alice".into(),
+            rate: false,
+            limit: Limit {
+                count: 10,
+                period: Duration::from_secs(86_400),
+            },
+            burst: 1,
+            cost: 1,
+        };
+        let now = 1_000_000_000_000;
+        assert!(store.decide(&[probe], now).expect("decided").admitted);
+        // the table goes away under the flusher: its write must fail
+        let other = Connection::open(&path).expect("a second connection");
+        other
+            .execute_batch("DROP TABLE budget_counters")
+            .expect("dropped");
+        let err = persist.shutdown().expect_err("the final flush fails");
+        let text = StoreError::from(err).to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("no such table"), "{text}");
+        assert!(persist.shutdown().is_ok(), "stopped: nothing left to write");
+    }
+}
