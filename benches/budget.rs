@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Instant;
 
-use cc_gateway::budget::{Budgets, Decision};
+use cc_gateway::budget::Budgets;
 use cc_gateway::config::Config;
 use http::{HeaderMap, HeaderValue};
 
@@ -95,10 +95,10 @@ fn run(name: &str, rules: &str, n: u32, keys: u32) -> f64 {
                 panic!("no plan")
             };
             match budgets.decide(plan).await {
-                Decision::Admit(h) => {
+                Ok(h) => {
                     black_box(h);
                 }
-                _ => panic!("rejected"),
+                Err(r) => panic!("rejected: {r:?}"),
             }
         }
         started.elapsed().as_nanos() as f64 / n as f64

@@ -15,6 +15,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::auth::Verifier;
+use crate::budget::{Budgets, QueryError};
+use crate::config::{KeyPart, LimitKind};
 use crate::gateway::Gateway;
 use crate::keysync::{self, Fetcher};
 use crate::metrics::METRICS;
@@ -144,7 +146,7 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         (&Method::POST, "/reload") => reload(a).await,
         (&Method::GET, "/budgets") => match &gw.budgets {
-            Some(b) => json_reply(StatusCode::OK, b.describe()),
+            Some(b) => json_reply(StatusCode::OK, budgets_described(b)),
             None => json_reply(StatusCode::OK, json!({"rules": []})),
         },
         (m @ (&Method::GET | &Method::DELETE), p) if p.starts_with("/budgets/") => {
@@ -222,18 +224,76 @@ async fn budget_key(gw: &Gateway, m: &Method, rest: &str) -> Response<Full<Bytes
             json!({"error": "not_found", "reason": "unknown_rule", "rule": rule}),
         )
     };
+    // A store that cannot answer (already logged by the budgets) is answered as it always has
+    // been: a usage query as an unknown rule, a reset as nothing reset. Issue 11 changes no
+    // answer; a truthful 503 is a decision for its own change.
     if m == Method::DELETE {
         return match b.reset(rule, &key).await {
-            Some(existed) => json_reply(
-                StatusCode::OK,
-                json!({"rule": rule, "key": key, "reset": true, "existed": existed}),
-            ),
-            None => unknown(),
+            Ok(existed) => reset_reply(rule, &key, existed),
+            Err(QueryError::Store(_)) => reset_reply(rule, &key, false),
+            Err(QueryError::UnknownRule) => unknown(),
         };
     }
     match b.usage(rule, &key).await {
-        Some(v) => json_reply(StatusCode::OK, v),
-        None => unknown(),
+        Ok(u) => json_reply(
+            StatusCode::OK,
+            json!({
+                "rule": rule, "key": key,
+                "kind": kind_text(u.kind),
+                "limit": u.limit.to_string(),
+                "capacity": u.capacity,
+                "used": u.used(),
+                "remaining": u.remaining,
+                "reset_seconds": u.reset_seconds,
+            }),
+        ),
+        Err(QueryError::UnknownRule | QueryError::Store(_)) => unknown(),
+    }
+}
+
+fn reset_reply(rule: &str, key: &str, existed: bool) -> Response<Full<Bytes>> {
+    json_reply(
+        StatusCode::OK,
+        json!({"rule": rule, "key": key, "reset": true, "existed": existed}),
+    )
+}
+
+/// `GET /budgets`: the store and every rule as configured.
+fn budgets_described(b: &Budgets) -> serde_json::Value {
+    let rules: Vec<_> = b
+        .rules()
+        .iter()
+        .map(|r| {
+            let rate = r.kind == LimitKind::Rate;
+            json!({
+                "name": r.name,
+                "kind": kind_text(r.kind),
+                "limit": r.limit.map(|l| l.to_string()),
+                "burst": rate.then_some(r.burst),
+                "cost": r.cost,
+                "key": r.key.iter().map(key_part_text).collect::<Vec<_>>(),
+                "tiers": r.tiers.as_ref().map(|t| t.claim.clone()),
+                "overrides": r.overrides.len(),
+            })
+        })
+        .collect();
+    json!({ "store": b.store_shown(), "rules": rules })
+}
+
+fn kind_text(k: LimitKind) -> &'static str {
+    match k {
+        LimitKind::Rate => "rate",
+        LimitKind::Quota => "quota",
+    }
+}
+
+/// A key part as the config writes it.
+fn key_part_text(k: &KeyPart) -> String {
+    match k {
+        KeyPart::Claim(c) => format!("claim:{c}"),
+        KeyPart::Header(h) => format!("header:{h}"),
+        KeyPart::Route => "route".into(),
+        KeyPart::ClientIp => "client_ip".into(),
     }
 }
 

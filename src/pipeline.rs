@@ -10,12 +10,11 @@ use std::time::Instant;
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::accesslog::Record;
 use crate::auth::{self, AuthError, Verified};
-use crate::budget::Decision;
 use crate::config::{Route, RouteAuth};
 use crate::engine::upstream::{ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo, Handler};
@@ -23,7 +22,7 @@ use crate::forward::{self, X_REQUEST_ID};
 use crate::gateway::{Gateway, WorkerHandler, WorkerSnapshot};
 use crate::metrics::METRICS;
 use crate::respond::{self, Refusal};
-use crate::routing;
+use crate::routing::{self, RouteRef};
 
 /// Serves one request with worker snapshot `w` (held until the request is logged).
 pub async fn handle(
@@ -51,7 +50,7 @@ pub async fn handle(
     }
 
     // 3. budget (only verified requests get here: bad tokens never consume budget)
-    if let Err(r) = budget(gw, route.index, req.headers(), &mut ex).await {
+    if let Err(r) = budget(gw, route, req.headers(), &mut ex).await {
         return ex.refuse(*r);
     }
 
@@ -97,52 +96,23 @@ async fn authenticate(
 /// Step 3: every budget rule of the route must admit the request.
 async fn budget(
     gw: &Gateway,
-    route: usize,
+    route: RouteRef<'_>,
     headers: &http::HeaderMap,
     ex: &mut Exchange,
 ) -> Result<(), Box<Refusal>> {
     let Some(b) = &gw.budgets else { return Ok(()) };
-    let r = &gw.config.routes[route];
+    let r = route.route;
     // keys and limits first (synchronously), then the store (which may be across the network)
-    let Some(plan) = b.plan(
-        route,
-        &r.name,
-        r.cost,
-        ex.identity.as_deref(),
-        headers,
-        ex.client,
-    ) else {
+    let id = ex.identity.as_deref();
+    let Some(plan) = b.plan(route.index, &r.name, r.cost, id, headers, ex.client) else {
         return Ok(());
     };
-    match b.decide(plan).await {
-        Decision::Admit(headers) => {
-            ex.budget_headers = headers;
-            Ok(())
-        }
-        Decision::Reject {
-            rule,
-            retry_after,
-            headers,
-        } => {
-            let mut refusal = Refusal::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                rule,
-                "over budget: retry later",
-            );
-            refusal.retry_after = Some(retry_after);
-            refusal.headers = vec![(RATELIMIT_POLICY, headers.0), (RATELIMIT, headers.1)];
-            Err(Box::new(refusal))
-        }
-        Decision::StoreUnavailable => Err(Box::new(Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "budget_store_unavailable",
-            "the budget store cannot answer",
-        ))),
-    }
+    ex.budget_headers = b.decide(plan).await.map_err(|r| Box::new(r.into()))?;
+    Ok(())
 }
 
-const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: http::HeaderName = respond::RATELIMIT_POLICY;
+const RATELIMIT: http::HeaderName = respond::RATELIMIT;
 
 /// The request as the upstream gets it (step 4a's result).
 struct UpstreamRequest {

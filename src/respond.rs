@@ -5,12 +5,17 @@
 use std::borrow::Cow;
 
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::auth::{AuthError, Reason};
+use crate::budget::Rejected;
 use crate::engine::upstream::UpstreamError;
 use crate::engine::Body;
 use crate::routing::RouteError;
+
+/// IETF RateLimit headers (structured fields), on 429s and, when configured, admitted answers.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// A refusal, whatever step produced it.
 #[derive(Debug, Clone)]
@@ -23,7 +28,7 @@ pub struct Refusal {
     pub retry_after: Option<u64>,
     pub allow: Option<String>,
     /// more response headers (RateLimit-Policy / RateLimit on a 429)
-    pub headers: Vec<(http::HeaderName, HeaderValue)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Refusal {
@@ -83,6 +88,33 @@ impl From<RouteError> for Refusal {
     }
 }
 
+impl From<Rejected> for Refusal {
+    fn from(r: Rejected) -> Self {
+        match r {
+            // the reason is the rule's name: clients and dashboards tell budgets apart by it
+            Rejected::OverBudget {
+                rule,
+                retry_after,
+                headers: (policy, state),
+            } => {
+                let mut r = Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    rule,
+                    "over budget: retry later",
+                );
+                r.retry_after = Some(retry_after);
+                r.headers = vec![(RATELIMIT_POLICY, policy), (RATELIMIT, state)];
+                r
+            }
+            Rejected::StoreUnavailable => Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "budget_store_unavailable",
+                "the budget store cannot answer",
+            ),
+        }
+    }
+}
+
 impl From<&UpstreamError> for Refusal {
     fn from(e: &UpstreamError) -> Self {
         match e {
@@ -114,7 +146,6 @@ fn category(r: &Refusal) -> &'static str {
     match r.status {
         StatusCode::BAD_REQUEST => "bad_request",
         StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::TOO_MANY_REQUESTS => "budget_exceeded",
         StatusCode::BAD_GATEWAY => "bad_gateway",
         StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
@@ -171,4 +202,52 @@ fn quote_safe(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+
+    use super::*;
+
+    async fn answer(r: Rejected) -> (Response<()>, Value) {
+        let resp = refusal(&r.into(), &HeaderValue::from_static("req-1"));
+        let (head, body) = resp.into_parts();
+        let bytes = body.collect().await.expect("a full body").to_bytes();
+        let json = serde_json::from_slice(&bytes).expect("a JSON body");
+        (Response::from_parts(head, ()), json)
+    }
+
+    #[tokio::test]
+    async fn over_budget_is_a_429_named_after_the_rule_with_its_headers() {
+        let (resp, body) = answer(Rejected::OverBudget {
+            rule: "user-daily".into(),
+            retry_after: 7,
+            headers: (
+                HeaderValue::from_static("\"user-daily\";q=5;w=86400"),
+                HeaderValue::from_static("\"user-daily\";r=0;t=7"),
+            ),
+        })
+        .await;
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = resp.headers();
+        assert_eq!(h[RETRY_AFTER], "7");
+        assert_eq!(h[RATELIMIT_POLICY], "\"user-daily\";q=5;w=86400");
+        assert_eq!(h[RATELIMIT], "\"user-daily\";r=0;t=7");
+        assert_eq!(body["error"], "budget_exceeded");
+        assert_eq!(body["reason"], "user-daily");
+        assert_eq!(body["message"], "over budget: retry later");
+        assert_eq!(body["request_id"], "req-1");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_answer_is_a_503_without_budget_headers() {
+        let (resp, body) = answer(Rejected::StoreUnavailable).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().get(RETRY_AFTER).is_none());
+        assert!(resp.headers().get(RATELIMIT).is_none());
+        assert_eq!(body["error"], "service_unavailable");
+        assert_eq!(body["reason"], "budget_store_unavailable");
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use prometheus::IntCounter;
 
-use super::{Eval, Outcome, Probe};
+use super::{Eval, Outcome, Probe, StoreError};
 use crate::config::Limit;
 
 const SHARDS: usize = 64;
@@ -138,12 +138,12 @@ impl MemoryStore {
         }
     }
 
-    fn lock(&self, i: usize) -> Option<MutexGuard<'_, HashMap<String, Entry>>> {
-        self.shards[i].lock().ok()
+    fn lock(&self, i: usize) -> Result<MutexGuard<'_, HashMap<String, Entry>>, StoreError> {
+        self.shards[i].lock().map_err(|_| StoreError::Poisoned)
     }
 
     /// Decides `probes` at `now` (ns); commits only when every probe admits.
-    pub fn decide(&self, probes: &[Probe], now: i64) -> Option<Outcome> {
+    pub fn decide(&self, probes: &[Probe], now: i64) -> Result<Outcome, StoreError> {
         if let [p] = probes {
             return self.decide_one(p, now);
         }
@@ -153,7 +153,7 @@ impl MemoryStore {
         order.dedup();
         let mut guards = Vec::with_capacity(order.len());
         for &i in &order {
-            guards.push((i, self.lock(i)?)); // a poisoned shard is a store error
+            guards.push((i, self.lock(i)?));
         }
         let slot = |shard: usize| order.binary_search(&shard).unwrap_or(0);
         let mut evals = Vec::with_capacity(probes.len());
@@ -179,14 +179,14 @@ impl MemoryStore {
                 map.insert(p.key.clone(), entry);
             }
         }
-        Some(Outcome {
+        Ok(Outcome {
             admitted,
             evals: evals.into_iter().map(|(e, _)| e).collect(),
         })
     }
 
     /// The common case, one rule: one lock, one lookup for a known key, no scratch vectors.
-    fn decide_one(&self, p: &Probe, now: i64) -> Option<Outcome> {
+    fn decide_one(&self, p: &Probe, now: i64) -> Result<Outcome, StoreError> {
         let shard = shard_of(&p.key);
         let mut map = self.lock(shard)?;
         let entry = map.get_mut(p.key.as_str());
@@ -205,7 +205,7 @@ impl MemoryStore {
                 }
             }
         }
-        Some(Outcome {
+        Ok(Outcome {
             admitted: eval.admitted,
             evals: vec![eval],
         })
@@ -213,7 +213,7 @@ impl MemoryStore {
 
     /// The state of one key without consuming anything (admin API), judged by the limit last
     /// applied to it (else `probe`'s); returns that limit too.
-    pub fn peek(&self, probe: &Probe, now: i64) -> Option<(Eval, Limit)> {
+    pub fn peek(&self, probe: &Probe, now: i64) -> Result<(Eval, Limit), StoreError> {
         let map = self.lock(shard_of(&probe.key))?;
         let entry = map.get(&probe.key).copied();
         let limit = entry.map(|e| e.limit).unwrap_or(probe.limit);
@@ -222,15 +222,14 @@ impl MemoryStore {
             limit,
             ..probe.clone()
         };
-        Some((evaluate(&p, entry.map(|e| e.cell), now).0, limit))
+        Ok((evaluate(&p, entry.map(|e| e.cell), now).0, limit))
     }
 
-    pub fn reset(&self, key: &str) -> bool {
-        let existed = self
-            .lock(shard_of(key))
-            .is_some_and(|mut m| m.remove(key).is_some());
+    /// Forgets `key`; whether it was held.
+    pub fn reset(&self, key: &str) -> Result<bool, StoreError> {
+        let existed = self.lock(shard_of(key))?.remove(key).is_some();
         self.note_removed(key.to_string());
-        existed
+        Ok(existed)
     }
 
     /// Restores persisted state (at startup), dropping what has expired by `now`.
@@ -259,7 +258,7 @@ impl MemoryStore {
                 continue;
             }
             let shard = shard_of(&key);
-            if let Some(mut m) = self.lock(shard) {
+            if let Ok(mut m) = self.lock(shard) {
                 self.make_room(shard, &mut m, now);
                 m.insert(key, entry);
             }
@@ -270,7 +269,7 @@ impl MemoryStore {
     pub fn drain_changes(&self) -> (Vec<Row>, Vec<String>) {
         let mut rows = Vec::new();
         for i in 0..SHARDS {
-            let Some(mut m) = self.lock(i) else { continue };
+            let Ok(mut m) = self.lock(i) else { continue };
             for (k, e) in m.iter_mut().filter(|(_, e)| e.dirty) {
                 e.dirty = false;
                 let (kind, a, used) = match e.cell {
@@ -298,7 +297,7 @@ impl MemoryStore {
     /// Marks keys changed again (their write failed).
     pub fn mark_dirty(&self, keys: impl Iterator<Item = String>) {
         for k in keys {
-            if let Some(mut m) = self.lock(shard_of(&k)) {
+            if let Ok(mut m) = self.lock(shard_of(&k)) {
                 if let Some(e) = m.get_mut(&k) {
                     e.dirty = true;
                 }
@@ -407,7 +406,10 @@ mod tests {
     }
 
     fn keys(s: &MemoryStore) -> usize {
-        (0..SHARDS).filter_map(|i| s.lock(i)).map(|m| m.len()).sum()
+        (0..SHARDS)
+            .filter_map(|i| s.lock(i).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Live keys beyond max_keys: the store stays bounded and counts what it evicted.

@@ -120,17 +120,40 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Why Redis gave no decision (cloned to every request of a failed batch).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RedisFailure {
+    #[error("cannot connect: {0}")]
+    Connect(Arc<redis::RedisError>),
+    #[error("cannot connect: no connection within {0:?}")]
+    ConnectTimeout(Duration),
+    /// the last attempt failed less than `RECONNECT_EVERY` ago
+    #[error("{0} (next attempt at most {RECONNECT_EVERY:?} after the last)")]
+    Backoff(Box<RedisFailure>),
+    #[error("no answer within {0:?} (store_timeout)")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Command(Arc<redis::RedisError>),
+    #[error("the script answered {got} values for {expected}")]
+    Reply { got: usize, expected: usize },
+    /// the worker's batch driver ended (its runtime is shutting down)
+    #[error("this worker's batch driver has stopped")]
+    DriverGone,
+    #[error("no Tokio runtime on this thread to run the batch driver")]
+    NoRuntime,
+}
+
 /// One decision waiting for its batch.
 struct Job {
     probes: Vec<Probe>,
-    reply: oneshot::Sender<Option<Outcome>>,
+    reply: oneshot::Sender<Result<Outcome, RedisFailure>>,
 }
 
 thread_local! {
     /// This worker's batch queue: (store id, sender to its driver task).
     static QUEUE: RefCell<Option<(u64, mpsc::UnboundedSender<Job>)>> = const { RefCell::new(None) };
-    /// The admin API's connection (it is not batched): (store id, connection, last failure).
-    static ADMIN_CONN: RefCell<(u64, Option<ConnectionManager>, Option<Instant>)> = const { RefCell::new((0, None, None)) };
+    /// The admin API's connection (it is not batched): (store id, connection).
+    static ADMIN_CONN: RefCell<(u64, Conn)> = const { RefCell::new((0, Conn { conn: None, failed: None })) };
 }
 
 /// What a batch driver needs, shared by every worker's driver.
@@ -146,10 +169,11 @@ pub struct RedisStore {
 }
 
 /// A connection that is made on first use and remade after failures, rate-limited.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Conn {
     conn: Option<ConnectionManager>,
-    failed_at: Option<Instant>,
+    /// the last attempt's failure, and when (the cause of every refusal until the next one)
+    failed: Option<(Instant, RedisFailure)>,
 }
 
 impl Shared {
@@ -157,15 +181,14 @@ impl Shared {
         self.timeout.max(Duration::from_millis(250))
     }
 
-    async fn connect(&self, slot: &mut Conn) -> Option<ConnectionManager> {
+    async fn connect(&self, slot: &mut Conn) -> Result<ConnectionManager, RedisFailure> {
         if let Some(c) = &slot.conn {
-            return Some(c.clone());
+            return Ok(c.clone());
         }
-        if slot
-            .failed_at
-            .is_some_and(|t| t.elapsed() < RECONNECT_EVERY)
-        {
-            return None;
+        if let Some((at, why)) = &slot.failed {
+            if at.elapsed() < RECONNECT_EVERY {
+                return Err(RedisFailure::Backoff(Box::new(why.clone())));
+            }
         }
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout()))
@@ -173,27 +196,24 @@ impl Shared {
             .set_number_of_retries(2)
             .set_max_delay(RECONNECT_EVERY);
         let connect = ConnectionManager::new_with_config(self.client.clone(), cfg);
-        slot.conn = match tokio::time::timeout(self.connect_timeout(), connect).await {
-            Ok(Ok(c)) => Some(c),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "budget store: cannot connect to Redis");
-                None
-            }
-            Err(_) => None,
+        let made = match tokio::time::timeout(self.connect_timeout(), connect).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(RedisFailure::Connect(Arc::new(e))),
+            Err(_) => Err(RedisFailure::ConnectTimeout(self.connect_timeout())),
         };
-        slot.failed_at = slot.conn.is_none().then(Instant::now);
-        slot.conn.clone()
+        slot.conn = made.as_ref().ok().cloned();
+        slot.failed = made.as_ref().err().map(|e| (Instant::now(), e.clone()));
+        made
     }
 
     /// One script call deciding `decisions` — each a request's probes — (or, without `commit`,
-    /// only looking); None when Redis
-    /// does not answer (in time, or sensibly).
+    /// only looking).
     async fn call(
         &self,
         conn: &mut ConnectionManager,
         decisions: &[&[Probe]],
         commit: bool,
-    ) -> Option<Vec<Outcome>> {
+    ) -> Result<Vec<Outcome>, RedisFailure> {
         // the distinct limit specs of the batch (usually one per rule), then references to them
         let mut specs: Vec<Spec> = Vec::new();
         let mut refs: Vec<usize> = Vec::new();
@@ -223,11 +243,8 @@ impl Shared {
         let reply: Vec<i64> = match tokio::time::timeout(self.timeout, inv.invoke_async(conn)).await
         {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "budget store: Redis error");
-                return None;
-            }
-            Err(_) => return None,
+            Ok(Err(e)) => return Err(RedisFailure::Command(Arc::new(e))),
+            Err(_) => return Err(RedisFailure::Timeout(self.timeout)),
         };
         split(&reply, decisions)
     }
@@ -249,14 +266,18 @@ impl Spec {
     }
 }
 
-/// Cuts a batch's reply into each decision's outcome; None if it does not fit the batch.
-fn split(reply: &[i64], decisions: &[&[Probe]]) -> Option<Vec<Outcome>> {
+/// Cuts a batch's reply into each decision's outcome; an error if it does not fit the batch.
+fn split(reply: &[i64], decisions: &[&[Probe]]) -> Result<Vec<Outcome>, RedisFailure> {
+    let misfit = || RedisFailure::Reply {
+        got: reply.len(),
+        expected: 3 * decisions.iter().map(|d| d.len()).sum::<usize>(),
+    };
     let mut rest = reply;
     let mut outcomes = Vec::with_capacity(decisions.len());
     for probes in decisions {
         let n = 3 * probes.len();
         if rest.len() < n {
-            return None;
+            return Err(misfit());
         }
         let (mine, tail) = rest.split_at(n);
         rest = tail;
@@ -275,15 +296,21 @@ fn split(reply: &[i64], decisions: &[&[Probe]]) -> Option<Vec<Outcome>> {
             evals,
         });
     }
-    rest.is_empty().then_some(outcomes)
+    match rest.is_empty() {
+        true => Ok(outcomes),
+        false => Err(misfit()),
+    }
 }
 
 /// A worker's batch driver: one script call in flight; whatever queued meanwhile is the next
 /// batch. Ends when the store is dropped or replaced (its queue's sender goes away).
 async fn drive(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Job>) {
     let mut slot = Conn::default();
-    // connect before the first decision needs it
-    shared.connect(&mut slot).await;
+    // connect before the first decision needs it (a failure here has no request to answer:
+    // it is logged here, once)
+    if let Err(e) = shared.connect(&mut slot).await {
+        super::store::log_failure("redis", "connect", &e.into());
+    }
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
         batch.push(first);
@@ -299,21 +326,22 @@ async fn drive(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Job>) {
             continue;
         }
         let outcomes = match shared.connect(&mut slot).await {
-            Some(mut conn) => {
+            Ok(mut conn) => {
                 let decisions: Vec<&[Probe]> = batch.iter().map(|j| j.probes.as_slice()).collect();
                 shared.call(&mut conn, &decisions, true).await
             }
-            None => None,
+            Err(e) => Err(e),
         };
+        // each request's failure is logged by its own decision (rate-limited there)
         match outcomes {
-            Some(outcomes) => {
+            Ok(outcomes) => {
                 for (job, outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = job.reply.send(Some(outcome));
+                    let _ = job.reply.send(Ok(outcome));
                 }
             }
-            None => {
+            Err(e) => {
                 for job in batch.drain(..) {
-                    let _ = job.reply.send(None);
+                    let _ = job.reply.send(Err(e.clone()));
                 }
             }
         }
@@ -334,35 +362,40 @@ impl RedisStore {
 
     /// This worker's batch queue, its driver started (on this thread's runtime) if there is
     /// none for this store yet or it has ended.
-    fn queue(&self) -> mpsc::UnboundedSender<Job> {
+    fn queue(&self) -> Result<mpsc::UnboundedSender<Job>, RedisFailure> {
         QUEUE.with(|q| {
             let mut q = q.borrow_mut();
             if let Some((id, tx)) = q.as_ref() {
                 if *id == self.id && !tx.is_closed() {
-                    return tx.clone();
+                    return Ok(tx.clone());
                 }
             }
+            let runtime =
+                tokio::runtime::Handle::try_current().map_err(|_| RedisFailure::NoRuntime)?;
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(drive(self.shared.clone(), rx));
+            runtime.spawn(drive(self.shared.clone(), rx));
             *q = Some((self.id, tx.clone()));
-            tx
+            Ok(tx)
         })
     }
 
     /// Starts this worker's driver, which connects at once.
-    pub fn warm(&self) {
-        self.queue();
+    pub fn warm(&self) -> Result<(), RedisFailure> {
+        self.queue().map(drop)
     }
 
     /// Queues a decision on this worker's driver and waits for it, at most `store_timeout` in
     /// all.
-    async fn submit(&self, probes: Vec<Probe>) -> Option<Outcome> {
+    async fn submit(&self, probes: Vec<Probe>) -> Result<Outcome, RedisFailure> {
         let (reply, answer) = oneshot::channel();
-        self.queue().send(Job { probes, reply }).ok()?;
-        tokio::time::timeout(self.shared.timeout, answer)
-            .await
-            .ok()?
-            .ok()?
+        self.queue()?
+            .send(Job { probes, reply })
+            .map_err(|_| RedisFailure::DriverGone)?;
+        match tokio::time::timeout(self.shared.timeout, answer).await {
+            Ok(Ok(decided)) => decided,
+            Ok(Err(_)) => Err(RedisFailure::DriverGone),
+            Err(_) => Err(RedisFailure::Timeout(self.shared.timeout)),
+        }
     }
 
     fn stored(probes: &[Probe], cost: Option<u64>) -> Vec<Probe> {
@@ -376,45 +409,99 @@ impl RedisStore {
             .collect()
     }
 
-    pub async fn decide(&self, probes: &[Probe]) -> Option<Outcome> {
+    pub async fn decide(&self, probes: &[Probe]) -> Result<Outcome, RedisFailure> {
         self.submit(Self::stored(probes, None)).await
     }
 
     /// The admin API's connection (the admin listener has its own runtime, no batch driver).
-    async fn admin_conn(&self) -> Option<ConnectionManager> {
+    async fn admin_conn(&self) -> Result<ConnectionManager, RedisFailure> {
+        // a copy: no borrow of the thread-local across the await
         let mut slot = ADMIN_CONN.with(|c| {
             let c = c.borrow();
             match c.0 == self.id {
-                true => Conn {
-                    conn: c.1.clone(),
-                    failed_at: c.2,
-                },
+                true => c.1.clone(),
                 false => Conn::default(),
             }
         });
         let conn = self.shared.connect(&mut slot).await;
-        ADMIN_CONN.with(|c| *c.borrow_mut() = (self.id, slot.conn, slot.failed_at));
+        ADMIN_CONN.with(|c| *c.borrow_mut() = (self.id, slot));
         conn
     }
 
-    pub async fn peek(&self, probe: &Probe) -> Option<Eval> {
+    pub async fn peek(&self, probe: &Probe) -> Result<Eval, RedisFailure> {
         let mut conn = self.admin_conn().await?;
         let probes = Self::stored(std::slice::from_ref(probe), Some(0));
         let outcome = self.shared.call(&mut conn, &[&probes], false).await?;
-        outcome.into_iter().next()?.evals.into_iter().next()
+        // `split` answered one outcome of one eval for the one probe
+        outcome
+            .into_iter()
+            .next()
+            .and_then(|o| o.evals.into_iter().next())
+            .ok_or(RedisFailure::Reply {
+                got: 0,
+                expected: 3,
+            })
     }
 
-    pub async fn reset(&self, key: &str) -> Option<bool> {
+    pub async fn reset(&self, key: &str) -> Result<bool, RedisFailure> {
         let mut conn = self.admin_conn().await?;
+        let timeout = self.shared.connect_timeout();
         let n: i64 = tokio::time::timeout(
-            self.shared.connect_timeout(),
+            timeout,
             redis::cmd("DEL")
                 .arg(format!("{PREFIX}{key}"))
                 .query_async(&mut conn),
         )
         .await
-        .ok()?
-        .ok()?;
-        Some(n > 0)
+        .map_err(|_| RedisFailure::Timeout(timeout))?
+        .map_err(|e| RedisFailure::Command(Arc::new(e)))?;
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limit;
+
+    fn probe(key: &str) -> Probe {
+        Probe {
+            key: key.into(),
+            rate: true,
+            limit: Limit {
+                count: 10,
+                period: Duration::from_secs(1),
+            },
+            burst: 5,
+            cost: 1,
+        }
+    }
+
+    /// A batch of two requests (two rules, then one) cut out of one reply.
+    #[test]
+    fn a_batch_reply_is_cut_into_each_requests_outcome() {
+        let (a, b) = ([probe("r|a"), probe("s|a")], [probe("r|b")]);
+        let reply = [4, 100_000, 0, 0, 900_000, 700_000, 3, 200_000, 0];
+        let out = split(&reply, &[&a, &b]).expect("the reply fits");
+        assert_eq!(out.len(), 2);
+        assert!(!out[0].admitted, "one refusing rule refuses the request");
+        assert_eq!(out[0].evals[1].retry_after_ns, 700_000_000);
+        assert_eq!(out[0].evals[0].reset_ns, 100_000_000, "µs to ns");
+        assert!(out[1].admitted);
+        assert_eq!(out[1].evals[0].remaining, 3);
+    }
+
+    #[test]
+    fn a_reply_that_does_not_fit_the_batch_is_an_error_naming_both_sizes() {
+        let (a, b) = ([probe("r|a")], [probe("r|b")]);
+        for reply in [&[1, 2, 0][..], &[1, 2, 0, 1, 2, 0, 9][..]] {
+            match split(reply, &[&a, &b]) {
+                Err(RedisFailure::Reply { got, expected }) => {
+                    assert_eq!((got, expected), (reply.len(), 6))
+                }
+                Err(e) => panic!("another failure: {e}"),
+                Ok(_) => panic!("a reply of {} values accepted for 6", reply.len()),
+            }
+        }
     }
 }

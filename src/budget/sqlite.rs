@@ -14,16 +14,30 @@ use super::memory::{MemoryStore, Row};
 use crate::metrics::METRICS;
 
 #[derive(Debug, thiserror::Error)]
-#[error("budget store {path}: {source}")]
-pub struct SqliteError {
-    pub path: String,
-    #[source]
-    pub source: rusqlite::Error,
+pub enum SqliteError {
+    /// opening, creating, reading or writing the database
+    #[error("budget store {path}: {source}")]
+    Db {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("budget store {path}: cannot start the thread that writes it: {source}")]
+    Spawn {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("budget store {path}: the thread that writes it panicked; the last counters are not written")]
+    Panicked { path: String },
 }
 
 pub struct Persist {
+    /// the file, as errors name it
+    path: String,
     stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// the flusher; it ends with the final flush's result
+    thread: Mutex<Option<std::thread::JoinHandle<Result<(), rusqlite::Error>>>>,
 }
 
 fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
@@ -56,10 +70,12 @@ fn load(c: &Connection) -> Result<Vec<Row>, rusqlite::Error> {
     rows.collect()
 }
 
-fn flush(c: &mut Connection, store: &MemoryStore) {
+/// Writes what changed since the last flush, in one transaction. On failure the rows stay
+/// pending (the next flush retries them) and the error is returned with how many there were.
+fn flush(c: &mut Connection, store: &MemoryStore) -> Result<(), (usize, rusqlite::Error)> {
     let (rows, removed) = store.drain_changes();
     if rows.is_empty() && removed.is_empty() {
-        return;
+        return Ok(());
     }
     let started = std::time::Instant::now();
     let result = (|| -> Result<(), rusqlite::Error> {
@@ -82,14 +98,15 @@ fn flush(c: &mut Connection, store: &MemoryStore) {
         .budget_store_duration
         .with_label_values(&["sqlite"])
         .observe(started.elapsed().as_secs_f64());
-    if let Err(e) = result {
+    result.map_err(|e| {
         METRICS
             .budget_store_errors
             .with_label_values(&["sqlite"])
             .inc();
-        tracing::error!(error = %e, rows = rows.len(), "budget store flush failed; will retry");
+        let n = rows.len();
         store.mark_dirty(rows.into_iter().map(|r| r.0));
-    }
+        (n, e)
+    })
 }
 
 impl Persist {
@@ -100,7 +117,7 @@ impl Persist {
         every: Duration,
         now_ns: i64,
     ) -> Result<Persist, SqliteError> {
-        let err = |source| SqliteError {
+        let err = |source| SqliteError::Db {
             path: path.display().to_string(),
             source,
         };
@@ -117,36 +134,94 @@ impl Persist {
                     Ok(g) => cv.wait_timeout(g, every).map(|(g, _)| *g).unwrap_or(true),
                     Err(_) => true,
                 };
-                flush(&mut conn, &store);
-                if stopping {
-                    return;
+                match flush(&mut conn, &store) {
+                    // the final flush's failure goes to `shutdown`, which reports it
+                    result if stopping => return result.map_err(|(_, e)| e),
+                    Ok(()) => {}
+                    // a background failure that the next flush retries: one line per interval
+                    Err((rows, e)) => {
+                        tracing::error!(error = %e, rows, "budget store flush failed; will retry")
+                    }
                 }
             })
-            .map_err(|e| SqliteError {
+            .map_err(|source| SqliteError::Spawn {
                 path: path.display().to_string(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                source,
             })?;
         Ok(Persist {
+            path: path.display().to_string(),
             stop,
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    /// Final flush and stop (idempotent).
-    pub fn shutdown(&self) {
+    /// Final flush and stop (idempotent: once stopped, there is nothing left to write).
+    pub fn shutdown(&self) -> Result<(), SqliteError> {
         let (lock, cv) = &*self.stop;
         if let Ok(mut g) = lock.lock() {
             *g = true;
         }
         cv.notify_all();
-        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = t.join();
+        let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) else {
+            return Ok(());
+        };
+        match t.join() {
+            Ok(flushed) => flushed.map_err(|source| SqliteError::Db {
+                path: self.path.clone(),
+                source,
+            }),
+            Err(_) => Err(SqliteError::Panicked {
+                path: self.path.clone(),
+            }),
         }
     }
 }
 
 impl Drop for Persist {
+    /// The store replaced by a reload (or the process ending without `flush`) still writes its
+    /// last counters; a failure then has no caller to go to, so it is logged here.
     fn drop(&mut self) {
-        self.shutdown();
+        if let Err(e) = self.shutdown() {
+            super::store::log_failure("sqlite", "flush", &e.into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{Probe, StoreError};
+    use crate::config::Limit;
+
+    /// The final flush's failure reaches the caller with the file and the cause.
+    #[test]
+    fn a_failed_final_flush_is_returned_with_its_cause() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("budgets.db");
+        let store = Arc::new(MemoryStore::default());
+        let every = Duration::from_secs(3600); // only the final flush runs
+        let persist = Persist::start(&path, store.clone(), every, 0).expect("a new database");
+        let probe = Probe {
+            key: "q|alice".into(),
+            rate: false,
+            limit: Limit {
+                count: 10,
+                period: Duration::from_secs(86_400),
+            },
+            burst: 1,
+            cost: 1,
+        };
+        let now = 1_000_000_000_000;
+        assert!(store.decide(&[probe], now).expect("decided").admitted);
+        // the table goes away under the flusher: its write must fail
+        let other = Connection::open(&path).expect("a second connection");
+        other
+            .execute_batch("DROP TABLE budget_counters")
+            .expect("dropped");
+        let err = persist.shutdown().expect_err("the final flush fails");
+        let text = StoreError::from(err).to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("no such table"), "{text}");
+        assert!(persist.shutdown().is_ok(), "stopped: nothing left to write");
     }
 }

@@ -31,6 +31,18 @@ pub enum BudgetStore {
     Redis(String),
 }
 
+/// The store as config writes it and as it may be shown anywhere (`check`, admin API, logs):
+/// a Redis password is `***`.
+impl std::fmt::Display for BudgetStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BudgetStore::Memory => f.write_str("memory"),
+            BudgetStore::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            BudgetStore::Redis(u) => f.write_str(&crate::budget::redact::redact_url(u)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnStoreError {
     Allow,

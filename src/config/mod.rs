@@ -37,10 +37,6 @@ pub use routes::{Route, RouteAuth};
 pub use server::{AdminToken, Server};
 pub use upstreams::Upstream;
 
-// the stores own URL redaction; re-exported so `config::redact_url` keeps working
-pub use crate::budget::redact::redact_url;
-// forwarding owns the address-block type; re-exported so `config::IpNet` keeps working
-pub use crate::forward::ipnet::IpNet;
 use raw::RawConfig;
 
 /// A refused configuration: which file, which key, what is wrong.

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::raw::RawServer;
-use super::{IpNet, VResult, Validator};
+use super::{VResult, Validator};
+use crate::forward::ipnet::IpNet;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Server {

@@ -1,6 +1,6 @@
 //! The human summary `cc-gateway check` prints after a config passes.
 
-use super::{redact_url, BudgetStore, Config, LimitKind, RouteAuth};
+use super::{Config, LimitKind, RouteAuth};
 
 impl Config {
     /// A short human summary (for `cc-gateway check`).
@@ -56,11 +56,7 @@ impl Config {
         }
         if let Some(b) = &self.budgets {
             // config words, so what `check` prints can be pasted back into the file
-            let store = match &b.store {
-                BudgetStore::Memory => "memory".to_string(),
-                BudgetStore::Sqlite(p) => format!("sqlite://{}", p.display()),
-                BudgetStore::Redis(u) => redact_url(u),
-            };
+            let store = b.store.to_string();
             let _ = writeln!(
                 s,
                 "budgets ({}, store = {store:?}, on_store_error = {:?}):",
