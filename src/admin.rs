@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::auth::Verifier;
-use crate::budget::{Budgets, QueryError};
+use crate::budget::{Budgets, QueryError, StoreError};
 use crate::config::{KeyPart, LimitKind};
 use crate::gateway::Gateway;
 use crate::keysync::{self, Fetcher};
@@ -224,13 +224,20 @@ async fn budget_key(gw: &Gateway, m: &Method, rest: &str) -> Response<Full<Bytes
             json!({"error": "not_found", "reason": "unknown_rule", "rule": rule}),
         )
     };
-    // A store that cannot answer (already logged by the budgets) is answered as it always has
-    // been: a usage query as an unknown rule, a reset as nothing reset. Issue 11 changes no
-    // answer; a truthful 503 is a decision for its own change.
+    // A store that cannot answer (the cause is logged by the budgets) is a 503 with the
+    // request path's reason: an operator resetting a key during an outage must not read
+    // "nothing to reset", nor "unknown rule" for a rule that exists.
+    let unavailable = |e: &StoreError| {
+        json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "service_unavailable", "reason": "budget_store_unavailable",
+                   "message": e.to_string()}),
+        )
+    };
     if m == Method::DELETE {
         return match b.reset(rule, &key).await {
             Ok(existed) => reset_reply(rule, &key, existed),
-            Err(QueryError::Store(_)) => reset_reply(rule, &key, false),
+            Err(QueryError::Store(e)) => unavailable(&e),
             Err(QueryError::UnknownRule) => unknown(),
         };
     }
@@ -247,7 +254,8 @@ async fn budget_key(gw: &Gateway, m: &Method, rest: &str) -> Response<Full<Bytes
                 "reset_seconds": u.reset_seconds,
             }),
         ),
-        Err(QueryError::UnknownRule | QueryError::Store(_)) => unknown(),
+        Err(QueryError::Store(e)) => unavailable(&e),
+        Err(QueryError::UnknownRule) => unknown(),
     }
 }
 

@@ -6,7 +6,9 @@
 
 use std::path::Path;
 
-use crate::common::budgets::{shared_rate, used};
+use http::Method;
+
+use crate::common::budgets::{admin, shared_rate, used};
 use crate::common::redis::RedisServer;
 use crate::common::wait::DEADLINE;
 use crate::common::*;
@@ -139,6 +141,22 @@ async fn redis_outage_deny_answers_503() {
     redis.stop();
     let r = fx.send(Fixture::ai_req(&t)).await;
     assert_error(&r, 503, "budget_store_unavailable");
+    // the admin API says the store is down, not "unknown rule" or "nothing to reset"
+    for method in [Method::GET, Method::DELETE] {
+        let r = admin(&fx.gw, method.clone(), "/budgets/shared/anything", None).await;
+        assert_eq!(
+            r.status,
+            503,
+            "{method} during the outage: {}",
+            r.describe()
+        );
+        assert_eq!(
+            r.json()["reason"],
+            "budget_store_unavailable",
+            "{}",
+            r.describe()
+        );
+    }
 }
 
 /// Fires one request per `users` entry at once, each on its own connection (so one worker
