@@ -2,6 +2,7 @@
 
 pub mod alg;
 pub mod cache;
+mod claims;
 pub mod identity;
 pub mod jwk;
 pub mod jwt;
