@@ -6,6 +6,7 @@
 //! the network, see `store.rs`). A refusal is a [`Rejected`], which `respond` turns into the
 //! 429 or 503 answer; the admin API reads [`Usage`] and the configured rules.
 
+mod failure_log;
 mod keys;
 pub mod memory;
 mod plan;
@@ -205,14 +206,14 @@ impl Budgets {
     /// request). Call on the worker's runtime.
     pub fn warm(&self) {
         if let Err(e) = self.store.warm() {
-            store::log_failure(self.store.label(), "warm", &e);
+            failure_log::log_failure(self.store.label(), "warm", &e);
         }
     }
 
     /// Writes pending counters now (shutdown).
     pub fn flush(&self) {
         if let Err(e) = self.store.flush() {
-            store::log_failure(self.store.label(), "flush", &e);
+            failure_log::log_failure(self.store.label(), "flush", &e);
         }
     }
 
@@ -228,7 +229,7 @@ impl Budgets {
             Ok(o) => o,
             Err(e) => {
                 self.store_errors.inc();
-                store::log_failure(self.store.label(), "decide", &e);
+                failure_log::log_failure(self.store.label(), "decide", &e);
                 return match self.cfg.on_store_error {
                     OnStoreError::Allow => Ok(None),
                     OnStoreError::Deny => Err(Rejected::StoreUnavailable),
@@ -309,7 +310,7 @@ impl Budgets {
         let limit = plan::limit_for::<crate::auth::Verified>(r, key, None);
         let p = plan::probe(r, keys::stored_key(r, key), limit, 0);
         let (e, limit) = self.store.peek(&p).await.inspect_err(|e| {
-            store::log_failure(self.store.label(), "peek", e);
+            failure_log::log_failure(self.store.label(), "peek", e);
         })?;
         Ok(Usage {
             kind: r.kind,
@@ -327,7 +328,7 @@ impl Budgets {
             .store
             .reset(&keys::stored_key(r, key))
             .await
-            .inspect_err(|e| store::log_failure(self.store.label(), "reset", e))?;
+            .inspect_err(|e| failure_log::log_failure(self.store.label(), "reset", e))?;
         Ok(existed)
     }
 

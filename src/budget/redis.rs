@@ -309,7 +309,7 @@ async fn drive(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Job>) {
     // connect before the first decision needs it (a failure here has no request to answer:
     // it is logged here, once)
     if let Err(e) = shared.connect(&mut slot).await {
-        super::store::log_failure("redis", "connect", &e.into());
+        super::failure_log::log_failure("redis", "connect", &e);
     }
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {

@@ -182,7 +182,7 @@ impl Drop for Persist {
     /// last counters; a failure then has no caller to go to, so it is logged here.
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            super::store::log_failure("sqlite", "flush", &e.into());
+            super::failure_log::log_failure("sqlite", "flush", &e);
         }
     }
 }
