@@ -18,4 +18,5 @@ pub mod reload;
 pub mod respond;
 pub mod routing;
 pub mod server;
+pub mod tls;
 pub mod token;

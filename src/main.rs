@@ -132,6 +132,7 @@ struct MintArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cc_gateway::tls::install_provider();
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
