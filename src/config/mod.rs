@@ -20,6 +20,7 @@ mod references;
 mod routes;
 mod server;
 mod summary;
+mod tls;
 mod upstreams;
 
 use std::fmt;
@@ -35,6 +36,7 @@ pub use issuers::{Issuer, KeySource};
 pub use log::{AccessLog, Log, LogFormat};
 pub use routes::{Route, RouteAuth};
 pub use server::{AdminToken, Server};
+pub use tls::{CertificateFiles, ClientAuth, ServerTls, TlsVersion};
 pub use upstreams::Upstream;
 
 use raw::RawConfig;

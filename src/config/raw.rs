@@ -34,6 +34,25 @@ pub struct RawServer {
     pub shutdown_timeout: Option<String>,
     pub admin_token: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub tls: Option<RawServerTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub listen: Option<Vec<String>>,
+    pub certificates: Option<Vec<RawCertificate>>,
+    pub min_version: Option<String>,
+    pub client_auth: Option<String>,
+    pub client_ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+    pub server_names: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::raw::RawServer;
-use super::{VResult, Validator};
+use super::{ServerTls, VResult, Validator};
 use crate::forward::ipnet::IpNet;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +18,8 @@ pub struct Server {
     pub admin_token: Option<AdminToken>,
     /// peers whose `X-Forwarded-*` are believed (load balancers in front of the gateway)
     pub trusted_proxies: Vec<IpNet>,
+    /// `[server.tls]`: TLS listeners and certificates (`None`: plaintext only)
+    pub tls: Option<ServerTls>,
 }
 
 /// The admin bearer token, read from the environment or a file at load time.
@@ -32,8 +34,11 @@ impl std::fmt::Debug for AdminToken {
 
 impl Validator {
     pub(super) fn server(&self, r: RawServer) -> VResult<Server> {
+        let tls = r.tls.map(|t| self.server_tls(t)).transpose()?;
         let listen = match r.listen {
             None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            // a TLS-only gateway serves no plaintext
+            Some(v) if v.is_empty() && tls.is_some() => Vec::new(),
             Some(v) if v.is_empty() => {
                 return Err(self.err("server.listen", "needs at least one address"))
             }
@@ -90,6 +95,7 @@ impl Validator {
                     })
                 })
                 .collect::<VResult<Vec<_>>>()?,
+            tls,
         })
     }
 

@@ -10,17 +10,23 @@ pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 
 pub use body::Body;
 
-/// Where a request came from.
-#[derive(Clone, Copy, Debug)]
+/// Where a request came from. Built once per connection; each request gets a clone (an `Arc`
+/// clone at most).
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// accepted on a TLS listener
+    pub tls: bool,
+    /// the client certificate verified in the handshake, if the client sent one
+    pub client_cert: Option<Arc<crate::tls::peer::ClientCert>>,
 }
 
 /// What the engine calls for each request. One instance per worker thread.

@@ -1,0 +1,1 @@
+//! Client certificates (`client_auth`) and route `client_cert` rules.
