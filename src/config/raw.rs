@@ -103,6 +103,14 @@ pub struct RawRoute {
     pub methods: Option<Vec<String>>,
     pub issuers: Option<Vec<String>>,
     pub cost: Option<i64>,
+    pub client_cert: Option<RawClientCertRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCertRule {
+    pub uris: Option<Vec<String>>,
+    pub dns: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

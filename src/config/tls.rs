@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::raw::{RawCertificate, RawServerTls};
-use super::{VResult, Validator};
+use super::raw::{RawCertificate, RawClientCertRule, RawServerTls};
+use super::{Route, Server, VResult, Validator};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerTls {
@@ -42,6 +42,51 @@ pub enum ClientAuth {
     Optional,
     /// a handshake without a certificate chaining to `client_ca` fails
     Require,
+}
+
+/// A route's `client_cert = { uris, dns }`: the certificate must carry one of these URI SANs
+/// or DNS SANs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientCertRule {
+    pub uris: Vec<UriPattern>,
+    /// lower-case DNS names, matched exactly
+    pub dns: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UriPattern {
+    Exact(String),
+    /// written `spiffe://td/ns/ops/*`: held as `spiffe://td/ns/ops/`; matches one or more
+    /// further path segments, none empty, `.` or `..`
+    Under(String),
+}
+
+impl UriPattern {
+    pub fn matches(&self, uri: &str) -> bool {
+        match self {
+            UriPattern::Exact(u) => u == uri,
+            UriPattern::Under(prefix) => uri.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .split('/')
+                        .all(|s| !s.is_empty() && s != "." && s != "..")
+                    && !rest.contains(['?', '#'])
+            }),
+        }
+    }
+}
+
+impl ClientCertRule {
+    /// The first of the certificate's URI SANs a `uris` pattern admits; else whether a DNS
+    /// SAN is listed (`Some(None)`); `None` when nothing matches.
+    pub fn admit<'c>(&self, uris: &'c [String], dns: &[String]) -> Option<Option<&'c str>> {
+        if let Some(u) = uris.iter().find(|u| self.uris.iter().any(|p| p.matches(u))) {
+            return Some(Some(u.as_str()));
+        }
+        dns.iter()
+            .any(|d| self.dns.iter().any(|n| n.eq_ignore_ascii_case(d)))
+            .then_some(None)
+    }
 }
 
 impl TlsVersion {
@@ -168,6 +213,82 @@ impl Validator {
     }
 }
 
+impl Validator {
+    pub(super) fn client_cert_rule(
+        &self,
+        route: &str,
+        r: RawClientCertRule,
+    ) -> VResult<ClientCertRule> {
+        let at = |k: &str, j: usize| format!("{route}.client_cert.{k}[{j}]");
+        let uris = r
+            .uris
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(j, u)| {
+                let bad = |why: &str| self.err(at("uris", j), format!("{u:?}: {why}"));
+                let (scheme, rest) = u.split_once("://").ok_or_else(|| {
+                    bad("not a URI (e.g. \"spiffe://example.org/ns/ci/sa/runner\")")
+                })?;
+                if scheme.is_empty() || rest.is_empty() || u.contains(char::is_whitespace) {
+                    return Err(bad(
+                        "not a URI (e.g. \"spiffe://example.org/ns/ci/sa/runner\")",
+                    ));
+                }
+                match u.strip_suffix("/*") {
+                    Some(prefix) if !prefix.contains('*') => {
+                        Ok(UriPattern::Under(format!("{prefix}/")))
+                    }
+                    _ if u.contains('*') => {
+                        Err(bad("'*' is only allowed as a final \"/*\" segment"))
+                    }
+                    _ => Ok(UriPattern::Exact(u)),
+                }
+            })
+            .collect::<VResult<Vec<_>>>()?;
+        let dns = r
+            .dns
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(j, n)| {
+                let n = n.to_ascii_lowercase();
+                if is_server_name(&n) && !n.starts_with("*.") {
+                    Ok(n)
+                } else {
+                    Err(self.err(at("dns", j), format!("{n:?} is not a DNS name")))
+                }
+            })
+            .collect::<VResult<Vec<_>>>()?;
+        if uris.is_empty() && dns.is_empty() {
+            return Err(self.err(
+                format!("{route}.client_cert"),
+                "needs at least one entry in uris or dns",
+            ));
+        }
+        Ok(ClientCertRule { uris, dns })
+    }
+
+    /// A `client_cert` rule no request could ever pass is a mistake, not a policy.
+    pub(super) fn client_cert_rules_need_client_auth(
+        &self,
+        routes: &[Route],
+        server: &Server,
+    ) -> VResult<()> {
+        let on = server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_auth != ClientAuth::Off);
+        match routes.iter().position(|r| r.client_cert.is_some()) {
+            Some(i) if !on => Err(self.err(
+                format!("routes[{i}].client_cert"),
+                "needs [server.tls] with client_auth = \"optional\" or \"require\"",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A DNS name as SNI carries it, optionally with one leading `*.` label.
 fn is_server_name(n: &str) -> bool {
     let rest = n.strip_prefix("*.").unwrap_or(n);
@@ -274,6 +395,105 @@ mod tests {
             let e = parse(&with_tls(table)).unwrap_err();
             assert_eq!(e.path, path, "{table}: {e}");
         }
+    }
+
+    const MTLS: &str = "listen = [\"127.0.0.1:1\"]\ncertificates = [{ cert = \"a\", key = \"b\" }]\nclient_auth = \"optional\"\nclient_ca = \"ca.pem\"";
+
+    fn with_rule(tls: &str, rule: &str) -> String {
+        with_tls(tls).replace(
+            "scopes = [\"code_suggestions\"]",
+            &format!("scopes = [\"code_suggestions\"]\nclient_cert = {rule}"),
+        )
+    }
+
+    #[test]
+    fn client_cert_rules() {
+        let c = parse(&with_rule(
+            MTLS,
+            "{ uris = [\"spiffe://example.org/ns/ci/sa/runner\", \"spiffe://example.org/ns/ops/*\"], dns = [\"LB.internal\"] }",
+        ))
+        .expect("valid");
+        let rule = c.routes[0].client_cert.clone().expect("rule");
+        assert_eq!(
+            rule.uris,
+            vec![
+                UriPattern::Exact("spiffe://example.org/ns/ci/sa/runner".into()),
+                UriPattern::Under("spiffe://example.org/ns/ops/".into())
+            ]
+        );
+        assert_eq!(rule.dns, vec!["lb.internal".to_string()]);
+
+        let cases = [
+            (MTLS, "{ uris = [] }", "routes[0].client_cert"),
+            (
+                MTLS,
+                "{ uris = [\"not a uri\"] }",
+                "routes[0].client_cert.uris[0]",
+            ),
+            (
+                MTLS,
+                "{ uris = [\"spiffe://x/*/y\"] }",
+                "routes[0].client_cert.uris[0]",
+            ),
+            (
+                MTLS,
+                "{ dns = [\"*.wild\"] }",
+                "routes[0].client_cert.dns[0]",
+            ),
+            (
+                MTLS,
+                "{ dns = [\"a\"], ip = [] }",
+                "routes[0].client_cert.ip",
+            ),
+            (MIN, "{ dns = [\"a\"] }", "routes[0].client_cert"),
+        ];
+        for (tls, rule, path) in cases {
+            let e = parse(&with_rule(tls, rule)).unwrap_err();
+            assert_eq!(e.path, path, "{rule}: {e}");
+        }
+        let e = parse(&GOOD.replace(
+            "scopes = [\"code_suggestions\"]",
+            "scopes = [\"code_suggestions\"]\nclient_cert = { dns = [\"a\"] }",
+        ))
+        .unwrap_err();
+        assert!(e.problem.contains("client_auth"), "{e}");
+    }
+
+    #[test]
+    fn spiffe_patterns_match_exactly_or_one_or_more_segments() {
+        let exact = UriPattern::Exact("spiffe://example.org/ns/ci/sa/runner".into());
+        assert!(exact.matches("spiffe://example.org/ns/ci/sa/runner"));
+        assert!(!exact.matches("spiffe://example.org/ns/ci/sa/runner/x"));
+        assert!(!exact.matches("spiffe://example.org/ns/ci/sa/runne"));
+        let under = UriPattern::Under("spiffe://example.org/ns/ops/".into());
+        assert!(under.matches("spiffe://example.org/ns/ops/sa"));
+        assert!(under.matches("spiffe://example.org/ns/ops/sa/deployer"));
+        for no in [
+            "spiffe://example.org/ns/ops",
+            "spiffe://example.org/ns/ops/",
+            "spiffe://example.org/ns/opsx/sa",
+            "spiffe://example.org/ns/ops//sa",
+            "spiffe://example.org/ns/ops/sa/",
+            "spiffe://example.org/ns/ops/../ci",
+            "spiffe://example.org/ns/ops/sa?x",
+            "spiffe://evil.org/ns/ops/sa",
+        ] {
+            assert!(!under.matches(no), "{no}");
+        }
+        let rule = ClientCertRule {
+            uris: vec![under],
+            dns: vec!["lb.internal".into()],
+        };
+        let uris = vec![
+            "spiffe://x/y".to_string(),
+            "spiffe://example.org/ns/ops/a".to_string(),
+        ];
+        assert_eq!(
+            rule.admit(&uris, &[]),
+            Some(Some("spiffe://example.org/ns/ops/a"))
+        );
+        assert_eq!(rule.admit(&[], &["LB.internal".to_string()]), Some(None));
+        assert_eq!(rule.admit(&uris[..1], &["other".to_string()]), None);
     }
 
     #[test]

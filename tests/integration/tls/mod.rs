@@ -48,6 +48,11 @@ impl Ca {
         }
     }
 
+    /// The CA certificate, PEM (a `client_ca` file).
+    pub fn issuer_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
     pub fn der(&self) -> CertificateDer<'static> {
         self.issuer.der().clone()
     }

@@ -62,6 +62,7 @@ async fn h1_and_h2_over_tls_serve_like_plaintext_and_resume_sessions() {
     // plaintext listeners are unchanged
     let r = fx.send(Req::get("/public/x")).await;
     assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(echoed_header(&r.json(), "x-forwarded-proto"), vec!["http"]);
 
     // a client that does not trust the certificate fails the handshake
     let other = Ca::new("other CA");
