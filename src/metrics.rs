@@ -34,6 +34,7 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub tls_certificate_expiry: IntGaugeVec,
+    pub proxy_protocol_errors: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs (a cached-token hop) to a minute (a long completion).
@@ -213,6 +214,14 @@ impl Metrics {
                     &["cert"],
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            proxy_protocol_errors: reg(
+                &r,
+                counter_vec(
+                    "proxy_protocol_errors_total",
+                    "Connections closed for their PROXY protocol header, by reason (untrusted/malformed/truncated/timeout).",
+                    &["reason"],
+                ),
             ),
             registry: r,
         }

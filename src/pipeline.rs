@@ -443,4 +443,14 @@ impl Handler for WorkerHandler {
     ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
         handle(self.snapshot(), req, conn)
     }
+
+    fn trusts_proxy(&self, peer: std::net::IpAddr) -> bool {
+        self.snapshot()
+            .gw
+            .config
+            .server
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(peer))
+    }
 }

@@ -163,5 +163,8 @@ fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str> {
     if bound.tls.as_ref().map(|t| &t.listen) != new.tls.as_ref().map(|t| &t.listen) {
         keys.push("server.tls.listen");
     }
+    if bound.proxy_protocol != new.proxy_protocol {
+        keys.push("server.proxy_protocol");
+    }
     keys
 }

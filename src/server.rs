@@ -72,7 +72,16 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         max_header_bytes: config.server.max_header_bytes,
         header_read_timeout: config.server.header_read_timeout,
         shutdown_timeout: config.server.shutdown_timeout,
+        proxy_protocol: config.server.proxy_protocol,
     };
+    if config.server.proxy_protocol {
+        // every reason's series from startup, for alerts
+        for e in crate::engine::proxy_protocol::ProxyError::ALL {
+            crate::metrics::METRICS
+                .proxy_protocol_errors
+                .with_label_values(&[e.reason()]);
+        }
+    }
     // built here so a reload can reach every worker; each serves on its own thread
     let handlers: Vec<Arc<WorkerHandler>> = (0..per_worker.len())
         .map(|_| Arc::new(WorkerHandler::new(gw.clone())))

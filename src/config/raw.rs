@@ -35,6 +35,7 @@ pub struct RawServer {
     pub admin_token: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub tls: Option<RawServerTls>,
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

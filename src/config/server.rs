@@ -20,6 +20,8 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     /// `[server.tls]`: TLS listeners and certificates (`None`: plaintext only)
     pub tls: Option<ServerTls>,
+    /// every connection starts with a PROXY protocol header from a `trusted_proxies` peer
+    pub proxy_protocol: bool,
 }
 
 /// The admin bearer token, read from the environment or a file at load time.
@@ -96,6 +98,17 @@ impl Validator {
                 })
                 .collect::<VResult<Vec<_>>>()?,
             tls,
+            proxy_protocol: r.proxy_protocol.unwrap_or(false),
+        })
+        .and_then(|s| {
+            if s.proxy_protocol && s.trusted_proxies.is_empty() {
+                // every connection would be refused
+                return Err(self.err(
+                    "server.proxy_protocol",
+                    "needs server.trusted_proxies: the load balancers allowed to send the header",
+                ));
+            }
+            Ok(s)
         })
     }
 
@@ -208,5 +221,18 @@ mod tests {
         assert_eq!(e.path, "server.header_read_timeout", "{e}");
         let e = parse(&GOOD.replace("listen = [\"127.0.0.1:8080\"]", "listen = []")).unwrap_err();
         assert_eq!(e.path, "server.listen", "{e}");
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies() {
+        assert!(!parse(GOOD).expect("valid").server.proxy_protocol);
+        let e = parse(&with_server("proxy_protocol = true")).unwrap_err();
+        assert_eq!(e.path, "server.proxy_protocol", "{e}");
+        let s = parse(&with_server(
+            "proxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]",
+        ))
+        .expect("valid")
+        .server;
+        assert!(s.proxy_protocol);
     }
 }

@@ -5,11 +5,12 @@
 
 pub mod body;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod upstream;
 pub mod worker;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::{Request, Response};
@@ -34,6 +35,12 @@ pub trait Handler: Send + Sync + 'static {
     /// Called once on each worker thread, inside its runtime, before it accepts connections:
     /// the place to start per-worker background work (connections to warm, say).
     fn started(&self) {}
+
+    /// May `peer` send a PROXY protocol header (`server.proxy_protocol`)? Asked per
+    /// connection, so a reload's `trusted_proxies` apply to the next one.
+    fn trusts_proxy(&self, _peer: IpAddr) -> bool {
+        false
+    }
 
     fn handle(
         self: std::sync::Arc<Self>,

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::listener::Listening;
+use super::proxy_protocol::{self, ProxyError};
 use super::{ConnInfo, Handler};
 use crate::metrics::METRICS;
 use crate::tls::server::TlsServer;
@@ -25,6 +26,8 @@ pub struct ServeOptions {
     pub max_header_bytes: usize,
     pub header_read_timeout: Option<Duration>,
     pub shutdown_timeout: Duration,
+    /// every connection starts with a PROXY protocol header (`server.proxy_protocol`)
+    pub proxy_protocol: bool,
 }
 
 /// The running worker threads (one per entry of the listeners); `shutdown` stops accepting
@@ -115,6 +118,7 @@ async fn run_worker<H: Handler>(
             listener,
             tls,
             opts.header_read_timeout,
+            opts.proxy_protocol,
             handler.clone(),
             builder.clone(),
             graceful.clone(),
@@ -143,6 +147,7 @@ async fn accept_loop<H: Handler>(
     listener: TcpListener,
     tls: Option<Arc<TlsServer>>,
     handshake_timeout: Option<Duration>,
+    proxy_protocol: bool,
     handler: Arc<H>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
@@ -152,7 +157,7 @@ async fn accept_loop<H: Handler>(
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (mut stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning
@@ -162,7 +167,7 @@ async fn accept_loop<H: Handler>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo {
+        let mut conn_info = ConnInfo {
             peer,
             local,
             tls: tls.is_some(),
@@ -176,6 +181,21 @@ async fn accept_loop<H: Handler>(
         );
         tokio::spawn(async move {
             METRICS.connections.inc();
+            if proxy_protocol {
+                match proxy_header(&mut stream, &*h, peer, handshake_timeout).await {
+                    Ok(Some(client)) => conn_info.peer = client,
+                    Ok(None) => {}
+                    Err(e) => {
+                        METRICS
+                            .proxy_protocol_errors
+                            .with_label_values(&[e.reason()])
+                            .inc();
+                        tracing::debug!(peer = %peer, error = %e, "connection closed");
+                        METRICS.connections.dec();
+                        return;
+                    }
+                }
+            }
             match tls {
                 None => serve(stream, conn_info, h, &builder, watcher).await,
                 Some(tls) => {
@@ -191,6 +211,26 @@ async fn accept_loop<H: Handler>(
             }
             METRICS.connections.dec();
         });
+    }
+}
+
+/// The PROXY header of a connection from `peer`, bounded by `timeout`: the client's address
+/// (the connection's peer from now on), or `None` to keep `peer`.
+async fn proxy_header<H: Handler>(
+    stream: &mut tokio::net::TcpStream,
+    h: &H,
+    peer: std::net::SocketAddr,
+    timeout: Option<Duration>,
+) -> Result<Option<std::net::SocketAddr>, ProxyError> {
+    if !h.trusts_proxy(peer.ip()) {
+        return Err(ProxyError::Untrusted);
+    }
+    let read = proxy_protocol::read_header(stream);
+    match timeout {
+        Some(t) => tokio::time::timeout(t, read)
+            .await
+            .unwrap_or(Err(ProxyError::Timeout)),
+        None => read.await,
     }
 }
 

@@ -17,6 +17,7 @@ use crate::common::fixture::q;
 use crate::common::*;
 
 mod client_cert;
+mod proxy_protocol;
 mod server;
 
 /// A test CA that signs server and client certificates.
