@@ -106,6 +106,17 @@ async fn optional_client_certificates_and_spiffe_rules() {
     .await;
     assert_eq!(r.status, 200, "{}", r.describe());
     assert_eq!(echoed_header(&r.json(), "x-cc-client-uri"), vec![RUNNER]);
+    // a resumed session still carries the certificate's identities
+    let runner_client = with(&runner);
+    let _ = send_tls(addr, SNI, runner_client.clone(), Req::get("/public/x")).await;
+    let s = connect(addr, SNI, runner_client).await.expect("handshake");
+    assert_eq!(
+        s.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let r = send_over(s, Req::get("/mtls/x")).await;
+    assert_eq!(r.status, 200, "resumed: {}", r.describe());
+    assert_eq!(echoed_header(&r.json(), "x-cc-client-uri"), vec![RUNNER]);
 
     // `/*`: one or more segments under the prefix
     let deployer = client_leaf(

@@ -384,6 +384,51 @@ async fn a_bad_pair_an_unreadable_or_expired_file_is_kept_out() {
 }
 
 #[tokio::test]
+async fn a_reload_applies_new_certificate_files_and_versions() {
+    let ca = Ca::new("test CA");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (c1, k1) = ca.leaf("one", &[SNI], &[]).write(dir.path(), "one");
+    let two = ca.leaf("two", &[SNI], &[]);
+    let (c2, k2) = two.write(dir.path(), "two");
+    let fx = tls_fixture(tls_line(&[(&c1, &k1, &[])], ""), "").await;
+    let addr = tls_addr(&fx.gw);
+    let text = std::fs::read_to_string(&fx.config_path).expect("config");
+    let new_line = tls_line(&[(&c2, &k2, &[])], ", min_version = \"1.3\"");
+    let text = text.replace(&tls_line(&[(&c1, &k1, &[])], ""), &new_line);
+    std::fs::write(&fx.config_path, text).expect("config");
+    let r = fx.gw.admin_post("/reload").await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let s = connect(addr, SNI, client(&ca, None))
+        .await
+        .expect("handshake");
+    assert_eq!(served(&s), two.der, "the new file");
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    drop(s);
+    let tls12 = client_config(
+        &[ca.der()],
+        None,
+        &[b"http/1.1"],
+        &[&rustls::version::TLS12],
+    );
+    assert!(
+        connect(addr, SNI, tls12).await.is_err(),
+        "min_version applied"
+    );
+    let m = fx.metrics().await;
+    let series = |c: &Path| {
+        let label = format!("cert=\"{}\"", c.display());
+        m.lines().any(|l| {
+            l.starts_with("cc_gateway_tls_certificate_expiry_seconds{") && l.contains(&label)
+        })
+    };
+    assert!(series(&c2), "the new file's expiry: {m}");
+    assert!(!series(&c1), "the old file's series is gone: {m}");
+}
+
+#[tokio::test]
 async fn check_describes_certificates_and_refuses_a_key_that_does_not_match() {
     let ca = Ca::new("test CA");
     let dir = tempfile::tempdir().expect("temp dir");
