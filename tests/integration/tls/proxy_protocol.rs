@@ -14,7 +14,7 @@ async fn pp_fixture(ca: &Ca, trusted: &str) -> (Fixture, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let (c, k) = ca.leaf("edge", &[SNI], &[]).write(dir.path(), "edge");
     let server = format!(
-        "{}\nproxy_protocol = true\ntrusted_proxies = [{}]\nheader_read_timeout = \"1s\"",
+        "{}\nproxy_protocol = true\ntrusted_proxies = [{}]\nheader_read_timeout = \"2s\"",
         tls_line(&[(&c, &k, &[])], ""),
         q(trusted)
     );

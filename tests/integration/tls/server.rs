@@ -167,7 +167,7 @@ async fn min_version_13_refuses_a_tls12_only_client() {
 #[tokio::test]
 async fn a_stalled_handshake_neither_blocks_accepting_nor_lives_past_header_read_timeout() {
     let ca = Ca::new("test CA");
-    let (fx, _certs) = serving(&ca, "", "header_read_timeout = \"3s\"").await;
+    let (fx, _certs) = serving(&ca, "", "header_read_timeout = \"5s\"").await;
     let addr = tls_addr(&fx.gw);
     // connections that never say hello, on every worker's socket in all likelihood
     let mut stalled = Vec::new();
