@@ -31,6 +31,10 @@ pub struct Metrics {
     pub budget_store_duration: HistogramVec,
     pub budget_store_errors: IntCounterVec,
     pub budget_keys_evicted: IntCounterVec,
+    pub tls_handshakes: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
+    pub tls_certificate_expiry: IntGaugeVec,
+    pub proxy_protocol_errors: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs (a cached-token hop) to a minute (a long completion).
@@ -182,6 +186,41 @@ impl Metrics {
                     "budget_keys_evicted_total",
                     "Budget keys dropped while still counting because budgets.max_keys was reached (their budget starts afresh).",
                     &["store"],
+                ),
+            ),
+            tls_handshakes: reg(
+                &r,
+                counter_vec(
+                    "tls_handshakes_total",
+                    "TLS handshakes on the TLS listeners, by result (ok/error/timeout).",
+                    &["result"],
+                ),
+            ),
+            tls_reloads: reg(
+                &r,
+                counter_vec(
+                    "tls_reloads_total",
+                    "Re-reads of the TLS certificate, key and client CA files (reload or file change), by result (ok/error).",
+                    &["result"],
+                ),
+            ),
+            tls_certificate_expiry: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tls_certificate_expiry_seconds",
+                        "Seconds until the served certificate expires, by certificate file.",
+                    ),
+                    &["cert"],
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            proxy_protocol_errors: reg(
+                &r,
+                counter_vec(
+                    "proxy_protocol_errors_total",
+                    "Connections closed for their PROXY protocol header, by reason (untrusted/malformed/truncated/timeout).",
+                    &["reason"],
                 ),
             ),
             registry: r,

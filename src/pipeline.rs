@@ -31,7 +31,7 @@ pub async fn handle(
     conn: ConnInfo,
 ) -> Response<Body> {
     let gw = &w.gw;
-    let mut ex = Exchange::begin(&w, &req, conn);
+    let mut ex = Exchange::begin(&w, &req, &conn);
 
     // 1. route
     let route = match gw.router.select(req.method(), req.uri().path()) {
@@ -40,7 +40,17 @@ pub async fn handle(
     };
     ex.route = Some(route.index);
 
-    // 2. authenticate and authorize
+    // 2. authenticate and authorize: the client certificate (on routes with a rule), then
+    // the token (skipped on public routes)
+    if let Some(rule) = &route.route.client_cert {
+        match auth::client_cert::check(rule, conn.client_cert.as_deref(), conn.tls) {
+            Ok(uri) => ex.client_uri = uri.and_then(|u| HeaderValue::from_str(u).ok()),
+            Err(e) => {
+                gw.auth_failures.inc(e.reason);
+                return ex.refuse(e.into());
+            }
+        }
+    }
     match authenticate(gw, route.route, &req).await {
         Ok(identity) => ex.identity = identity,
         Err(e) => {
@@ -163,7 +173,21 @@ fn prepare_upstream(
         head.headers.insert(HOST, h.clone());
     }
     gw.identity.apply(&mut head.headers, ex.identity.as_deref());
+    if let Some(uri) = ex.client_uri.take() {
+        // after `apply`, which removed any client-sent header under the identity prefix
+        let name = format!("{}client-uri", gw.config.auth.identity_header_prefix);
+        if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+            head.headers.insert(name, uri);
+        }
+    }
+    let proto_from_proxy = ex.trusted_peer && head.headers.contains_key("x-forwarded-proto");
     forward::set_forwarded(&mut head.headers, ex.peer, host, ex.trusted_peer);
+    if ex.tls && !proto_from_proxy {
+        head.headers.insert(
+            http::HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("https"),
+        );
+    }
     head.headers.insert(X_REQUEST_ID, ex.request_id.clone());
     head.version = Version::HTTP_11;
     let (body, counter) = ReqBody::from_client(body);
@@ -212,10 +236,14 @@ struct Exchange {
     bytes_in: Option<Arc<AtomicU64>>,
     /// RateLimit-Policy / RateLimit for an admitted response
     budget_headers: Option<(HeaderValue, HeaderValue)>,
+    /// the client certificate's URI SAN the route's `client_cert` rule admitted
+    client_uri: Option<HeaderValue>,
+    /// the client connected to a TLS listener (`X-Forwarded-Proto: https`)
+    tls: bool,
 }
 
 impl Exchange {
-    fn begin(w: &Arc<WorkerSnapshot>, req: &Request<Incoming>, conn: ConnInfo) -> Self {
+    fn begin(w: &Arc<WorkerSnapshot>, req: &Request<Incoming>, conn: &ConnInfo) -> Self {
         let gw = &w.gw;
         Exchange {
             snapshot: w.clone(),
@@ -245,6 +273,8 @@ impl Exchange {
             identity: None,
             bytes_in: None,
             budget_headers: None,
+            client_uri: None,
+            tls: conn.tls,
         }
     }
 
@@ -412,5 +442,15 @@ impl Handler for WorkerHandler {
         conn: ConnInfo,
     ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
         handle(self.snapshot(), req, conn)
+    }
+
+    fn trusts_proxy(&self, peer: std::net::IpAddr) -> bool {
+        self.snapshot()
+            .gw
+            .config
+            .server
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(peer))
     }
 }

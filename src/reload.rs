@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError};
 use crate::gateway::{BuildError, Gateway, WorkerHandler};
 use crate::keysync::{self, Fetcher};
 use crate::metrics::METRICS;
+use crate::tls::server::{TlsError, TlsServer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -24,6 +25,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// What a successful reload did.
@@ -48,6 +51,9 @@ pub struct Live {
     /// settings stay bound until a restart, whatever later files say
     started_with: Arc<Config>,
     refreshers: Vec<tokio::task::AbortHandle>,
+    /// the TLS listeners' certificates (when the process started with `[server.tls]`): a
+    /// reload re-reads their files
+    pub tls: Option<Arc<TlsServer>>,
 }
 
 impl Live {
@@ -56,6 +62,7 @@ impl Live {
         gw: Arc<Gateway>,
         workers: Vec<Arc<WorkerHandler>>,
         fetcher: Arc<Fetcher>,
+        tls: Option<Arc<TlsServer>>,
     ) -> Self {
         Live {
             path,
@@ -65,6 +72,7 @@ impl Live {
             fetcher,
             generation: 1,
             refreshers: Vec::new(),
+            tls,
         }
     }
 
@@ -103,11 +111,23 @@ impl Live {
     fn try_reload(&mut self) -> Result<Reloaded, ReloadError> {
         let config = Arc::new(Config::load(&self.path)?);
         let restart_needed = restart_needed(&self.started_with, &config);
+        // certificates are re-read on every reload, changed or not; a refusal keeps both the
+        // running certificates and the running config
+        let tls = match (&self.tls, &config.server.tls) {
+            (Some(t), Some(settings)) => Some(t.prepare(settings).inspect_err(|e| {
+                TlsServer::refused(e, "reload");
+            })?),
+            _ => None,
+        };
         let gw = Arc::new(Gateway::build(config, Some(&self.gateway()))?);
         for w in &self.workers {
             w.install(gw.clone());
         }
         self.current.store(gw);
+        if let (Some(t), Some(p)) = (&self.tls, tls) {
+            t.install(p);
+            METRICS.tls_reloads.with_label_values(&["ok"]).inc();
+        }
         self.start_refreshers();
         self.generation += 1;
         Ok(Reloaded {
@@ -138,6 +158,13 @@ fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str> {
     }
     if bound.shutdown_timeout != new.shutdown_timeout {
         keys.push("server.shutdown_timeout");
+    }
+    // certificates, versions and client auth apply at reload; the TLS sockets do not
+    if bound.tls.as_ref().map(|t| &t.listen) != new.tls.as_ref().map(|t| &t.listen) {
+        keys.push("server.tls.listen");
+    }
+    if bound.proxy_protocol != new.proxy_protocol {
+        keys.push("server.proxy_protocol");
     }
     keys
 }

@@ -127,6 +127,7 @@ mod tests {
             auth: RouteAuth::Required,
             methods,
             issuers: None,
+            client_cert: None,
             cost: None,
         }
     }

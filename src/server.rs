@@ -10,6 +10,7 @@ use crate::engine::worker::{ServeOptions, WorkerThreads};
 use crate::gateway::{BuildError, Gateway, WorkerHandler};
 use crate::keysync::Fetcher;
 use crate::reload::Live;
+use crate::tls::server::{TlsError, TlsServer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -19,12 +20,16 @@ pub enum ServerError {
     Build(#[from] BuildError),
     #[error("cannot start runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The addresses actually bound (ports 0 resolved).
 pub struct Bound {
     pub listen: Vec<std::net::SocketAddr>,
     pub admin: Option<std::net::SocketAddr>,
+    /// the TLS listeners (`[server.tls]`)
+    pub tls: Vec<std::net::SocketAddr>,
 }
 
 /// Runs the gateway until SIGTERM or SIGINT.
@@ -37,7 +42,21 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
     let config = Arc::new(config);
     let gw = Arc::new(Gateway::build(config.clone(), None)?);
 
-    let (per_worker, bound) = listener::bind_all(&config.server.listen, config.server.threads)?;
+    // certificates are read before anything is bound: a bad one fails startup cleanly
+    let tls = match &config.server.tls {
+        Some(t) => Some((t, TlsServer::new(t)?)),
+        None => None,
+    };
+    let listener::WorkerSockets {
+        per_worker,
+        plain: bound,
+        tls: tls_bound,
+    } = listener::bind_workers(
+        &config.server.listen,
+        tls.as_ref().map(|(t, s)| (&t.listen[..], s.clone())),
+        config.server.threads,
+    )?;
+    let tls = tls.map(|(_, s)| s);
     let admin_listener = config
         .server
         .admin_listen
@@ -53,7 +72,16 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         max_header_bytes: config.server.max_header_bytes,
         header_read_timeout: config.server.header_read_timeout,
         shutdown_timeout: config.server.shutdown_timeout,
+        proxy_protocol: config.server.proxy_protocol,
     };
+    if config.server.proxy_protocol {
+        // every reason's series from startup, for alerts
+        for e in crate::engine::proxy_protocol::ProxyError::ALL {
+            crate::metrics::METRICS
+                .proxy_protocol_errors
+                .with_label_values(&[e.reason()]);
+        }
+    }
     // built here so a reload can reach every worker; each serves on its own thread
     let handlers: Vec<Arc<WorkerHandler>> = (0..per_worker.len())
         .map(|_| Arc::new(WorkerHandler::new(gw.clone())))
@@ -67,7 +95,16 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     rt.block_on(async {
         let fetcher = Arc::new(Fetcher::new());
-        let mut live = Live::new(config.source.clone(), gw, handlers, fetcher.clone());
+        let mut live = Live::new(
+            config.source.clone(),
+            gw,
+            handlers,
+            fetcher.clone(),
+            tls.clone(),
+        );
+        if let Some(t) = &tls {
+            tokio::spawn(crate::tls::watch::run(t.clone(), crate::tls::watch::POLL));
+        }
         // keys load in the background: startup does not wait for them (/readyz does)
         live.start_refreshers();
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadReply>(4);
@@ -81,18 +118,26 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
             tokio::spawn(admin::serve(l, Arc::new(admin)));
         }
         let listen: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
-        // the one stable startup line (scripts and tests wait for it)
+        let tls_listen: Vec<String> = tls_bound.iter().map(|a| a.to_string()).collect();
+        // the one stable startup line (scripts and tests wait for it); `tls=` only when TLS
+        // listeners exist, after the fields older readers know
         eprintln!(
-            "cc-gateway ready listen={} admin={}",
+            "cc-gateway ready listen={} admin={}{}",
             listen.join(","),
             admin_addr
                 .map(|a| a.to_string())
-                .unwrap_or_else(|| "off".into())
+                .unwrap_or_else(|| "off".into()),
+            if tls_listen.is_empty() {
+                String::new()
+            } else {
+                format!(" tls={}", tls_listen.join(","))
+            }
         );
-        tracing::info!(listen = %listen.join(","), threads = config.server.threads, "serving");
+        tracing::info!(listen = %listen.join(","), tls = %tls_listen.join(","), threads = config.server.threads, "serving");
         on_ready(&Bound {
             listen: bound.clone(),
             admin: admin_addr,
+            tls: tls_bound.clone(),
         });
         control_loop(&mut live, &mut reload_rx).await;
         tracing::info!("shutting down: no new connections, draining open ones");

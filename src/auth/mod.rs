@@ -3,6 +3,7 @@
 pub mod alg;
 pub mod cache;
 mod claims;
+pub mod client_cert;
 pub mod identity;
 pub mod jwk;
 pub mod jwt;

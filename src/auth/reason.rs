@@ -18,10 +18,14 @@ pub enum Reason {
     HeaderMismatch,
     InsufficientScope,
     KeysUnavailable,
+    /// the route needs a client certificate and the connection has none (or is plaintext)
+    ClientCertRequired,
+    /// the client certificate carries none of the route's identities
+    ClientCertNotAllowed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::TokenTooLarge,
@@ -35,6 +39,8 @@ impl Reason {
         Reason::HeaderMismatch,
         Reason::InsufficientScope,
         Reason::KeysUnavailable,
+        Reason::ClientCertRequired,
+        Reason::ClientCertNotAllowed,
     ];
 
     pub fn code(self) -> &'static str {
@@ -52,12 +58,16 @@ impl Reason {
             Reason::HeaderMismatch => "header_mismatch",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::KeysUnavailable => "keys_unavailable",
+            Reason::ClientCertRequired => "client_cert_required",
+            Reason::ClientCertNotAllowed => "client_cert_not_allowed",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            Reason::InsufficientScope => StatusCode::FORBIDDEN,
+            Reason::InsufficientScope
+            | Reason::ClientCertRequired
+            | Reason::ClientCertNotAllowed => StatusCode::FORBIDDEN,
             // our keys are missing: our fault, not the client's; retry later
             Reason::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
@@ -68,7 +78,10 @@ impl Reason {
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {
             Reason::InsufficientScope => Some("insufficient_scope"),
-            Reason::KeysUnavailable => None,
+            // not about the bearer token: no challenge
+            Reason::KeysUnavailable | Reason::ClientCertRequired | Reason::ClientCertNotAllowed => {
+                None
+            }
             _ => Some("invalid_token"),
         }
     }

@@ -20,6 +20,7 @@ mod references;
 mod routes;
 mod server;
 mod summary;
+mod tls;
 mod upstreams;
 
 use std::fmt;
@@ -35,6 +36,7 @@ pub use issuers::{Issuer, KeySource};
 pub use log::{AccessLog, Log, LogFormat};
 pub use routes::{Route, RouteAuth};
 pub use server::{AdminToken, Server};
+pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
 pub use upstreams::Upstream;
 
 use raw::RawConfig;
@@ -172,6 +174,7 @@ impl Validator {
         let upstreams = self.upstreams(raw.upstreams)?;
         let issuers = self.issuers(raw.issuers)?;
         let routes = self.routes(raw.routes, &upstreams, &issuers)?;
+        self.client_cert_rules_need_client_auth(&routes, &server)?;
         let budgets = raw.budgets.map(|b| self.budgets(b, &routes)).transpose()?;
         Ok(Config {
             source: source.to_path_buf(),

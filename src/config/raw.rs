@@ -34,6 +34,26 @@ pub struct RawServer {
     pub shutdown_timeout: Option<String>,
     pub admin_token: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub tls: Option<RawServerTls>,
+    pub proxy_protocol: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub listen: Option<Vec<String>>,
+    pub certificates: Option<Vec<RawCertificate>>,
+    pub min_version: Option<String>,
+    pub client_auth: Option<String>,
+    pub client_ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+    pub server_names: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +104,14 @@ pub struct RawRoute {
     pub methods: Option<Vec<String>>,
     pub issuers: Option<Vec<String>>,
     pub cost: Option<i64>,
+    pub client_cert: Option<RawClientCertRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCertRule {
+    pub uris: Option<Vec<String>>,
+    pub dns: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,8 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{AccessLog, BudgetStore, Config, ConfigError, KeySource};
+use super::{AccessLog, BudgetStore, Config, ConfigError, KeySource, ServerTls};
 use crate::auth::jwk::parse_jwks;
+use crate::tls::certs::{self, CertError};
+use crate::tls::pem::{self, PemError};
 
 impl Config {
     /// Opens and parses what the config references: every `jwks_file` (with the parser the
@@ -40,8 +42,52 @@ impl Config {
         if let AccessLog::File(file) = &self.log.access {
             parent_dir(file).map_err(|problem| err("log.access".into(), problem))?;
         }
+        if let Some(tls) = &self.server.tls {
+            server_tls(tls).map_err(|(path, problem)| err(path, problem))?;
+        }
         Ok(self)
     }
+}
+
+/// Every certificate loads as `run` loads it (chain, matching key, not expired) and the
+/// client CA is a usable bundle; the key path of the file at fault comes back with the problem.
+fn server_tls(tls: &ServerTls) -> Result<(), (String, String)> {
+    let provider = crate::tls::provider();
+    for (i, c) in tls.certificates.iter().enumerate() {
+        let at = |k: &str| format!("server.tls.certificates[{i}].{k}");
+        certs::load(&c.cert, &c.key, &provider).map_err(|e| {
+            let key_at_fault = match &e {
+                CertError::KeyMismatch { .. } | CertError::Key { .. } => true,
+                CertError::Pem(PemError::Read { path, .. } | PemError::Invalid { path, .. }) => {
+                    *path == c.key
+                }
+                CertError::Parse { .. } | CertError::Expired { .. } => false,
+            };
+            let what = if key_at_fault { "key" } else { "cert" };
+            (at(what), absolute_in(&e.to_string(), &[&c.cert, &c.key]))
+        })?;
+    }
+    if let Some(ca) = &tls.client_ca {
+        pem::root_store(ca).map_err(|e| {
+            (
+                "server.tls.client_ca".to_string(),
+                absolute_in(&e.to_string(), &[ca]),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `msg` with the files it names written as absolute paths.
+fn absolute_in(msg: &str, files: &[&PathBuf]) -> String {
+    let mut out = msg.to_string();
+    for f in files {
+        let abs = absolute(f);
+        if abs != **f && !out.contains(&abs.display().to_string()) {
+            out = out.replace(&f.display().to_string(), &abs.display().to_string());
+        }
+    }
+    out
 }
 
 /// The store's directory must exist (the gateway creates the file, not directories); an

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use http::Method;
 
 use super::raw::RawRoute;
-use super::{Issuer, Upstream, VResult, Validator};
+use super::{ClientCertRule, Issuer, Upstream, VResult, Validator};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteAuth {
@@ -28,6 +28,8 @@ pub struct Route {
     pub issuers: Option<Vec<usize>>,
     /// budget units a request on this route costs (overrides each rule's `cost`)
     pub cost: Option<u64>,
+    /// the client certificate identities this route admits (`None`: no certificate needed)
+    pub client_cert: Option<ClientCertRule>,
 }
 
 impl Validator {
@@ -151,6 +153,10 @@ impl Validator {
             if auth == RouteAuth::Required && issuers.is_empty() {
                 return Err(self.err(format!("{p}.auth"), "requires tokens but no [[issuers]] are configured (set auth = \"public\" or add an issuer)"));
             }
+            let client_cert = r
+                .client_cert
+                .map(|c| self.client_cert_rule(&p, c))
+                .transpose()?;
             let mut sorted_methods = methods.clone();
             if let Some(m) = &mut sorted_methods {
                 m.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -173,6 +179,7 @@ impl Validator {
                 auth,
                 methods,
                 issuers: route_issuers,
+                client_cert,
                 cost: r
                     .cost
                     .map(|c| {

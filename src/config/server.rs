@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::raw::RawServer;
-use super::{VResult, Validator};
+use super::{ServerTls, VResult, Validator};
 use crate::forward::ipnet::IpNet;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +18,10 @@ pub struct Server {
     pub admin_token: Option<AdminToken>,
     /// peers whose `X-Forwarded-*` are believed (load balancers in front of the gateway)
     pub trusted_proxies: Vec<IpNet>,
+    /// `[server.tls]`: TLS listeners and certificates (`None`: plaintext only)
+    pub tls: Option<ServerTls>,
+    /// every connection starts with a PROXY protocol header from a `trusted_proxies` peer
+    pub proxy_protocol: bool,
 }
 
 /// The admin bearer token, read from the environment or a file at load time.
@@ -32,8 +36,11 @@ impl std::fmt::Debug for AdminToken {
 
 impl Validator {
     pub(super) fn server(&self, r: RawServer) -> VResult<Server> {
+        let tls = r.tls.map(|t| self.server_tls(t)).transpose()?;
         let listen = match r.listen {
             None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            // a TLS-only gateway serves no plaintext
+            Some(v) if v.is_empty() && tls.is_some() => Vec::new(),
             Some(v) if v.is_empty() => {
                 return Err(self.err("server.listen", "needs at least one address"))
             }
@@ -90,6 +97,18 @@ impl Validator {
                     })
                 })
                 .collect::<VResult<Vec<_>>>()?,
+            tls,
+            proxy_protocol: r.proxy_protocol.unwrap_or(false),
+        })
+        .and_then(|s| {
+            if s.proxy_protocol && s.trusted_proxies.is_empty() {
+                // every connection would be refused
+                return Err(self.err(
+                    "server.proxy_protocol",
+                    "needs server.trusted_proxies: the load balancers allowed to send the header",
+                ));
+            }
+            Ok(s)
         })
     }
 
@@ -202,5 +221,18 @@ mod tests {
         assert_eq!(e.path, "server.header_read_timeout", "{e}");
         let e = parse(&GOOD.replace("listen = [\"127.0.0.1:8080\"]", "listen = []")).unwrap_err();
         assert_eq!(e.path, "server.listen", "{e}");
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies() {
+        assert!(!parse(GOOD).expect("valid").server.proxy_protocol);
+        let e = parse(&with_server("proxy_protocol = true")).unwrap_err();
+        assert_eq!(e.path, "server.proxy_protocol", "{e}");
+        let s = parse(&with_server(
+            "proxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]",
+        ))
+        .expect("valid")
+        .server;
+        assert!(s.proxy_protocol);
     }
 }

@@ -1,6 +1,6 @@
 //! The human summary `cc-gateway check` prints after a config passes.
 
-use super::{Config, LimitKind, RouteAuth};
+use super::{Config, LimitKind, RouteAuth, ServerTls};
 
 impl Config {
     /// A short human summary (for `cc-gateway check`).
@@ -18,6 +18,9 @@ impl Config {
                 .unwrap_or_else(|| "off".into()),
             counted(self.server.threads, "thread", "threads")
         );
+        if let Some(t) = &self.server.tls {
+            tls_summary(&mut s, t);
+        }
         let _ = writeln!(s, "issuers ({}):", self.issuers.len());
         for i in &self.issuers {
             let algs: Vec<&str> = i.algorithms.iter().map(|a| a.name()).collect();
@@ -77,6 +80,39 @@ impl Config {
             }
         }
         s
+    }
+}
+
+/// The TLS listeners and each certificate as it is on disk now: subject, SANs, expiry.
+fn tls_summary(s: &mut String, t: &ServerTls) {
+    use std::fmt::Write;
+    let listen: Vec<String> = t.listen.iter().map(|a| a.to_string()).collect();
+    let _ = writeln!(
+        s,
+        "tls: listen {}, min_version {:?}, client_auth {:?}",
+        listen.join(", "),
+        t.min_version.as_str(),
+        t.client_auth.as_str()
+    );
+    let provider = crate::tls::provider();
+    for (i, c) in t.certificates.iter().enumerate() {
+        let names = if c.server_names.is_empty() {
+            "default".to_string()
+        } else {
+            format!("server_names [{}]", c.server_names.join(", "))
+        };
+        let _ = writeln!(s, "  certificate {} ({names})", c.cert.display());
+        let _ = match crate::tls::certs::load(&c.cert, &c.key, &provider) {
+            Ok(l) => writeln!(
+                s,
+                "    subject {}  SANs [{}]  expires {} (in {} days)",
+                l.info.subject,
+                l.info.sans.join(", "),
+                l.info.not_after_text(),
+                (l.info.not_after - crate::tls::certs::unix_now()) / 86_400
+            ),
+            Err(e) => writeln!(s, "    server.tls.certificates[{i}]: {e}"),
+        };
     }
 }
 

@@ -55,6 +55,53 @@ pub fn bind_all(
     Ok((per_worker, bound))
 }
 
+/// One worker's listening socket, with the TLS it terminates (`None`: plaintext).
+pub struct Listening {
+    pub socket: std::net::TcpListener,
+    pub tls: Option<std::sync::Arc<crate::tls::server::TlsServer>>,
+}
+
+/// What [`bind_workers`] bound: each worker's sockets and the addresses (ports 0 resolved).
+pub struct WorkerSockets {
+    pub per_worker: Vec<Vec<Listening>>,
+    pub plain: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+}
+
+/// Binds `workers` sockets for each plaintext address and each TLS address, and returns each
+/// worker's sockets, plaintext first.
+pub fn bind_workers(
+    plain: &[SocketAddr],
+    tls: Option<(&[SocketAddr], std::sync::Arc<crate::tls::server::TlsServer>)>,
+    workers: usize,
+) -> Result<WorkerSockets, BindError> {
+    let (plain_socks, plain_bound) = bind_all(plain, workers)?;
+    let mut out: Vec<Vec<Listening>> = plain_socks
+        .into_iter()
+        .map(|v| {
+            v.into_iter()
+                .map(|socket| Listening { socket, tls: None })
+                .collect()
+        })
+        .collect();
+    let mut tls_bound = Vec::new();
+    if let Some((addrs, server)) = tls {
+        let (socks, bound) = bind_all(addrs, workers)?;
+        for (w, v) in out.iter_mut().zip(socks) {
+            w.extend(v.into_iter().map(|socket| Listening {
+                socket,
+                tls: Some(server.clone()),
+            }));
+        }
+        tls_bound = bound;
+    }
+    Ok(WorkerSockets {
+        per_worker: out,
+        plain: plain_bound,
+        tls: tls_bound,
+    })
+}
+
 /// A single (non-reuseport) listener, for the admin endpoint.
 pub fn bind_single(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
     bind_one(addr, false)

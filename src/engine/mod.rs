@@ -5,22 +5,29 @@
 
 pub mod body;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod upstream;
 pub mod worker;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 
 pub use body::Body;
 
-/// Where a request came from.
-#[derive(Clone, Copy, Debug)]
+/// Where a request came from. Built once per connection; each request gets a clone (an `Arc`
+/// clone at most).
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// accepted on a TLS listener
+    pub tls: bool,
+    /// the client certificate verified in the handshake, if the client sent one
+    pub client_cert: Option<Arc<crate::tls::peer::ClientCert>>,
 }
 
 /// What the engine calls for each request. One instance per worker thread.
@@ -28,6 +35,12 @@ pub trait Handler: Send + Sync + 'static {
     /// Called once on each worker thread, inside its runtime, before it accepts connections:
     /// the place to start per-worker background work (connections to warm, say).
     fn started(&self) {}
+
+    /// May `peer` send a PROXY protocol header (`server.proxy_protocol`)? Asked per
+    /// connection, so a reload's `trusted_proxies` apply to the next one.
+    fn trusts_proxy(&self, _peer: IpAddr) -> bool {
+        false
+    }
 
     fn handle(
         self: std::sync::Arc<Self>,

@@ -1,5 +1,7 @@
 //! Worker threads: each runs a current-thread tokio runtime that accepts on its own listeners
-//! and serves HTTP/1.1 and HTTP/2 (h2c prior knowledge) connections, with upgrades.
+//! and serves HTTP/1.1 and HTTP/2 (h2c prior knowledge, or h2 by ALPN over TLS) connections,
+//! with upgrades. On a TLS listener the handshake runs in the connection's task, never in the
+//! accept loop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,12 +9,16 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::listener::Listening;
+use super::proxy_protocol::{self, ProxyError};
 use super::{ConnInfo, Handler};
 use crate::metrics::METRICS;
+use crate::tls::server::TlsServer;
 
 /// Connection-level settings shared by all workers.
 #[derive(Clone, Debug)]
@@ -20,6 +26,8 @@ pub struct ServeOptions {
     pub max_header_bytes: usize,
     pub header_read_timeout: Option<Duration>,
     pub shutdown_timeout: Duration,
+    /// every connection starts with a PROXY protocol header (`server.proxy_protocol`)
+    pub proxy_protocol: bool,
 }
 
 /// The running worker threads (one per entry of the listeners); `shutdown` stops accepting
@@ -35,7 +43,7 @@ impl WorkerThreads {
     /// accepts — so whatever the handler spawns at `started` (and the connections its pools
     /// open later) lives on that runtime.
     pub fn start<H, F>(
-        listeners: Vec<Vec<std::net::TcpListener>>,
+        listeners: Vec<Vec<Listening>>,
         opts: ServeOptions,
         handler_for: F,
     ) -> std::io::Result<WorkerThreads>
@@ -78,7 +86,7 @@ impl WorkerThreads {
 
 async fn run_worker<H: Handler>(
     handler: Arc<H>,
-    socks: Vec<std::net::TcpListener>,
+    socks: Vec<Listening>,
     opts: ServeOptions,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -98,8 +106,8 @@ async fn run_worker<H: Handler>(
     let builder = Arc::new(builder);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accepts = tokio::task::JoinSet::new();
-    for std_l in socks {
-        let listener = match TcpListener::from_std(std_l) {
+    for Listening { socket, tls } in socks {
+        let listener = match TcpListener::from_std(socket) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "cannot register listener");
@@ -108,6 +116,9 @@ async fn run_worker<H: Handler>(
         };
         accepts.spawn(accept_loop(
             listener,
+            tls,
+            opts.header_read_timeout,
+            opts.proxy_protocol,
             handler.clone(),
             builder.clone(),
             graceful.clone(),
@@ -131,8 +142,12 @@ async fn run_worker<H: Handler>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop<H: Handler>(
     listener: TcpListener,
+    tls: Option<Arc<TlsServer>>,
+    handshake_timeout: Option<Duration>,
+    proxy_protocol: bool,
     handler: Arc<H>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
@@ -142,7 +157,7 @@ async fn accept_loop<H: Handler>(
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (mut stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning
@@ -152,23 +167,91 @@ async fn accept_loop<H: Handler>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo { peer, local };
-        let h = handler.clone();
-        let svc = service_fn(move |req| {
-            let fut = h.clone().handle(req, conn_info);
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let mut conn_info = ConnInfo {
+            peer,
+            local,
+            tls: tls.is_some(),
+            client_cert: None,
+        };
+        let (h, builder, watcher, tls) = (
+            handler.clone(),
+            builder.clone(),
+            graceful.watcher(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
             METRICS.connections.inc();
-            // errors on one connection (client gone, bad request) end that connection only
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            if proxy_protocol {
+                match proxy_header(&mut stream, &*h, peer, handshake_timeout).await {
+                    Ok(Some(client)) => conn_info.peer = client,
+                    Ok(None) => {}
+                    Err(e) => {
+                        METRICS
+                            .proxy_protocol_errors
+                            .with_label_values(&[e.reason()])
+                            .inc();
+                        tracing::debug!(peer = %peer, error = %e, "connection closed");
+                        METRICS.connections.dec();
+                        return;
+                    }
+                }
+            }
+            match tls {
+                None => serve(stream, conn_info, h, &builder, watcher).await,
+                Some(tls) => {
+                    if let Some((stream, client_cert)) = tls.accept(stream, handshake_timeout).await
+                    {
+                        let conn_info = ConnInfo {
+                            client_cert,
+                            ..conn_info
+                        };
+                        serve(stream, conn_info, h, &builder, watcher).await;
+                    }
+                }
             }
             METRICS.connections.dec();
         });
+    }
+}
+
+/// The PROXY header of a connection from `peer`, bounded by `timeout`: the client's address
+/// (the connection's peer from now on), or `None` to keep `peer`.
+async fn proxy_header<H: Handler>(
+    stream: &mut tokio::net::TcpStream,
+    h: &H,
+    peer: std::net::SocketAddr,
+    timeout: Option<Duration>,
+) -> Result<Option<std::net::SocketAddr>, ProxyError> {
+    if !h.trusts_proxy(peer.ip()) {
+        return Err(ProxyError::Untrusted);
+    }
+    let read = proxy_protocol::read_header(stream);
+    match timeout {
+        Some(t) => tokio::time::timeout(t, read)
+            .await
+            .unwrap_or(Err(ProxyError::Timeout)),
+        None => read.await,
+    }
+}
+
+/// Serves HTTP on an established (plaintext or TLS) connection until it ends.
+async fn serve<H, IO>(
+    io: IO,
+    conn_info: ConnInfo,
+    h: Arc<H>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    H: Handler,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let fut = h.clone().handle(req, conn_info.clone());
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    // errors on one connection (client gone, bad request) end that connection only
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

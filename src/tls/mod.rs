@@ -1,7 +1,15 @@
 //! TLS, both sides: the one crypto provider (aws-lc-rs) and the PEM files certificates, keys
 //! and CAs are read from. Server (downstream) and client (upstream) configs build on these.
+//!
+//! Downstream: `certs` (a served certificate, checked), `server` (the listeners' rustls config,
+//! swapped whole at reload and rotation, and the handshake), `watch` (the files polled for
+//! rotation), `peer` (a client certificate's identities).
 
+pub mod certs;
+pub mod peer;
 pub mod pem;
+pub mod server;
+pub mod watch;
 
 use std::sync::Arc;
 
