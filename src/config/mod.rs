@@ -35,7 +35,7 @@ pub use issuers::{Issuer, KeySource};
 pub use log::{AccessLog, Log, LogFormat};
 pub use routes::{Route, RouteAuth};
 pub use server::{AdminToken, Server};
-pub use upstreams::Upstream;
+pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};
 
 use raw::RawConfig;
 

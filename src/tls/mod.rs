@@ -1,6 +1,7 @@
 //! TLS, both sides: the one crypto provider (aws-lc-rs) and the PEM files certificates, keys
 //! and CAs are read from. Server (downstream) and client (upstream) configs build on these.
 
+pub mod client;
 pub mod pem;
 
 use std::sync::Arc;

@@ -19,3 +19,4 @@ mod jwks;
 mod operations;
 mod routing;
 mod structure;
+mod upstream_tls;
