@@ -15,6 +15,7 @@ mod check;
 mod cli;
 mod examples;
 mod fuzz;
+mod grpc;
 mod jwks;
 mod operations;
 mod routing;
