@@ -40,6 +40,7 @@ impl Config {
         if let AccessLog::File(file) = &self.log.access {
             parent_dir(file).map_err(|problem| err("log.access".into(), problem))?;
         }
+        super::upstreams::check_tls_files(&self.upstreams).map_err(|(k, p)| err(k, p))?;
         Ok(self)
     }
 }

@@ -48,6 +48,31 @@ pub struct Upstream {
     pub http2_keepalive_timeout: Duration,
 }
 
+/// For `check`: each TLS upstream's files (CA bundle or the system roots, client certificate
+/// and key, and that the key belongs to the certificate) build a client config, as the first
+/// connection will. Returns the key path and the problem.
+pub(super) fn check_tls_files(upstreams: &[Upstream]) -> Result<(), (String, String)> {
+    for (i, u) in upstreams.iter().enumerate() {
+        let Some(t) = &u.tls else { continue };
+        let files = crate::tls::client::ClientTlsFiles {
+            ca: t.ca.as_ref().map(|p| absolute(p)),
+            client_cert: t
+                .client_cert
+                .as_ref()
+                .map(|(c, k)| (absolute(c), absolute(k))),
+            alpn: Vec::new(),
+        };
+        crate::tls::client::build(&files)
+            .map_err(|e| (format!("upstreams[{i}].tls"), e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Paths in `check`'s messages are absolute: it often runs from another directory.
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 impl Validator {
     pub(super) fn upstreams(&self, raws: Vec<RawUpstream>) -> VResult<Vec<Upstream>> {
         let mut seen = HashSet::new();

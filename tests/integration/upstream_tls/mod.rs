@@ -300,3 +300,65 @@ async fn mtls_with_client_cert_and_rotation_of_the_client_cert() {
     .await;
     assert_eq!(r.text(), "HTTP/2.0 client_cert=true");
 }
+
+/// `check` builds each TLS upstream's client config as the first connection will: a missing
+/// CA file or a client key that does not belong to its certificate is refused, naming the key
+/// path and the file.
+#[test]
+fn check_refuses_unusable_upstream_tls_files() {
+    use crate::common::fixture::{standard_config, write_config};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("clients CA");
+    let a = ca.client("a");
+    let b = ca.client("b");
+    let cert = write(dir.path(), "gw.pem", &a.cert_pem);
+    let wrong_key = write(dir.path(), "other.key", &b.key_pem);
+    let right_key = write(dir.path(), "gw.key", &a.key_pem);
+    let missing = dir.path().join("missing-ca.pem");
+    let config = |tls: String| {
+        let extra =
+            format!("[[upstreams]]\nname = \"tls\"\nendpoints = [\"127.0.0.1:1\"]\ntls = {tls}\n");
+        standard_config(
+            dir.path(),
+            "https://gitlab.example",
+            "jwks_uri = \"https://gitlab.example/oauth/discovery/keys\"",
+            "127.0.0.1:5052".parse().unwrap(),
+            &Opts {
+                extra,
+                ..Opts::default()
+            },
+        )
+    };
+    let cases = [
+        (
+            format!("{{ ca = {} }}", s(&missing)),
+            "missing-ca.pem: cannot read",
+        ),
+        (
+            format!(
+                "{{ client_cert = {}, client_key = {} }}",
+                s(&cert),
+                s(&wrong_key)
+            ),
+            "other.key",
+        ),
+    ];
+    for (tls, problem) in cases {
+        let path = write_config(dir.path(), &config(tls));
+        let o = run_check(&path, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{}", describe_output(&o));
+        assert!(
+            err.contains("upstreams[1].tls: ") && err.contains(problem),
+            "{}",
+            describe_output(&o)
+        );
+    }
+    let ok = format!(
+        "{{ client_cert = {}, client_key = {} }}",
+        s(&cert),
+        s(&right_key)
+    );
+    let o = run_check(&write_config(dir.path(), &config(ok)), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
+}
