@@ -362,3 +362,46 @@ fn check_refuses_unusable_upstream_tls_files() {
     let o = run_check(&write_config(dir.path(), &config(ok)), &[]);
     assert_eq!(o.status.code(), Some(0), "{}", describe_output(&o));
 }
+
+/// The `ca` file rotated as a Kubernetes secret mount does it (a symlink swapped to a new
+/// directory): new connections trust the new CA without a reload.
+#[tokio::test]
+async fn ca_rotation_by_symlink_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Ca::new("old CA");
+    let new = Ca::new("new CA");
+    std::fs::create_dir(dir.path().join("v1")).unwrap();
+    std::fs::create_dir(dir.path().join("v2")).unwrap();
+    write(&dir.path().join("v1"), "ca.pem", &old.pem);
+    write(&dir.path().join("v2"), "ca.pem", &new.pem);
+    let data = dir.path().join("..data");
+    std::os::unix::fs::symlink("v1", &data).unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::os::unix::fs::symlink("..data/ca.pem", &ca_file).unwrap();
+
+    // the upstream's certificate is already from the new CA
+    let leaf = new.server(&[NAME]);
+    let up = TlsUpstream::start(UpOpts {
+        leaf: &leaf,
+        client_ca: None,
+        alpn: &[],
+    })
+    .await;
+    let keys = format!("tls = {{ sni = \"{NAME}\", ca = {} }}", s(&ca_file));
+    let fx = gateway(up.addr, &keys).await;
+    let r = fx.send(Req::get("/tls/x")).await;
+    assert_error(&r, 502, "upstream_tls_error");
+
+    let tmp = dir.path().join("..data_tmp");
+    std::os::unix::fs::symlink("v2", &tmp).unwrap();
+    std::fs::rename(&tmp, &data).unwrap();
+    wait_until("the new CA trusted", DEADLINE, || async {
+        let r = fx.send(Req::get("/tls/x")).await;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(r.describe())
+        }
+    })
+    .await;
+}
