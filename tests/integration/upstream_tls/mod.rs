@@ -1,4 +1,4 @@
-//! Upstream TLS and mTLS (`[[upstreams]] tls = { … }`, `protocol`): real rustls upstreams on
+//! Upstream TLS and mTLS (`[[upstreams]] tls = { … }`), `protocol` and HTTP/2 keepalive: real rustls upstreams on
 //! loopback with certificates made in the test. Every verification failure is a 502
 //! `upstream_tls_error` counted as `upstream_errors_total{kind="tls"}`, never a fallback.
 
@@ -404,4 +404,31 @@ async fn ca_rotation_by_symlink_swap() {
         }
     })
     .await;
+}
+
+/// `http2_keepalive_*`: an HTTP/2 upstream that goes silent (here: accepts and never answers,
+/// not even a PING) is given up when its PING is not answered in time — long before the
+/// request's `read_timeout` — and the request gets `502`, not a hang.
+#[tokio::test]
+async fn unanswered_http2_ping_ends_the_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // accept and hold connections open without reading or writing a byte
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = listener.accept().await {
+            held.push(c);
+        }
+    });
+    let keys = "protocol = \"h2c\"\nread_timeout = \"60s\"\nhttp2_keepalive_interval = \"300ms\"\nhttp2_keepalive_timeout = \"300ms\"";
+    let fx = gateway(addr, keys).await;
+    let started = std::time::Instant::now();
+    let r = fx.send(Req::get("/tls/x")).await;
+    assert_error(&r, 502, "upstream_unavailable");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    holder.abort();
 }
