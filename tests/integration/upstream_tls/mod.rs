@@ -1,5 +1,5 @@
-//! Upstream TLS and mTLS (`[[upstreams]] tls = { … }`), `protocol` and HTTP/2 keepalive: real rustls upstreams on
-//! loopback with certificates made in the test. Every verification failure is a 502
+//! Upstream TLS and mTLS (`[[upstreams]] tls = { … }`), `protocol` and HTTP/2 keepalive: real
+//! rustls upstreams on loopback with certificates made in the test. Every verification failure is a 502
 //! `upstream_tls_error` counted as `upstream_errors_total{kind="tls"}`, never a fallback.
 
 mod pki;
