@@ -1,6 +1,7 @@
 //! Upstream TLS and mTLS (`[[upstreams]] tls = { … }`), `protocol` and HTTP/2 keepalive: real
-//! rustls upstreams on loopback with certificates made in the test. Every verification failure is a 502
-//! `upstream_tls_error` counted as `upstream_errors_total{kind="tls"}`, never a fallback.
+//! rustls upstreams on loopback with certificates made in the test. Every verification failure
+//! is a 502 `upstream_tls_error` counted as `upstream_errors_total{kind="tls"}`, never a
+//! fallback.
 
 mod pki;
 mod server;
