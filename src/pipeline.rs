@@ -164,7 +164,21 @@ fn prepare_upstream(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     };
+    // gRPC needs `te: trailers` end to end; HTTP/2 allows exactly that TE, HTTP/1.1 upstreams
+    // get none (TE is hop-by-hop there)
+    let te_trailers = gw.config.upstreams[r.upstream].protocol
+        != crate::config::UpstreamProtocol::Http1
+        && head.headers.get_all(http::header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
     forward::strip_hop_by_hop(&mut head.headers, upgrade);
+    if te_trailers {
+        head.headers
+            .insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
     if !gw.config.auth.forward_token {
         forward::remove_token(&mut head.headers, &gw.config.auth.token_headers);
     }
@@ -189,6 +203,8 @@ fn prepare_upstream(
         );
     }
     head.headers.insert(X_REQUEST_ID, ex.request_id.clone());
+    // HTTP/1.1 toward every upstream: hyper's HTTP/2 client (h2, h2c, `auto` when ALPN picks
+    // h2) takes it as is, and an HTTP/1.1 connection refuses an HTTP/2 request
     head.version = Version::HTTP_11;
     let (body, counter) = ReqBody::from_client(body);
     ex.bytes_in = counter;

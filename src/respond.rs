@@ -129,6 +129,11 @@ impl From<&UpstreamError> for Refusal {
                 "upstream_unavailable",
                 "the upstream cannot be reached",
             ),
+            UpstreamError::Tls { .. } => Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_tls_error",
+                "TLS to the upstream could not be established",
+            ),
             UpstreamError::Protocol { .. } | UpstreamError::Uri(_) => Refusal::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",

@@ -37,7 +37,7 @@ pub use log::{AccessLog, Log, LogFormat};
 pub use routes::{Route, RouteAuth};
 pub use server::{AdminToken, Server};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
-pub use upstreams::Upstream;
+pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};
 
 use raw::RawConfig;
 

@@ -45,6 +45,7 @@ impl Config {
         if let Some(tls) = &self.server.tls {
             server_tls(tls).map_err(|(path, problem)| err(path, problem))?;
         }
+        super::upstreams::check_tls_files(&self.upstreams).map_err(|(k, p)| err(k, p))?;
         Ok(self)
     }
 }

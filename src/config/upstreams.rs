@@ -1,10 +1,35 @@
-//! `[[upstreams]]`: the backends routes forward to, their endpoints, timeouts and pools.
+//! `[[upstreams]]`: the backends routes forward to, their endpoints, timeouts, pools, protocol
+//! (HTTP/1.1, HTTP/2 over TLS or cleartext) and TLS.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::RawUpstream;
+use super::raw::{RawUpstream, RawUpstreamTls};
 use super::{VResult, Validator};
+
+/// How requests are carried to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (over TLS when `tls` is set)
+    Http1,
+    /// HTTP/2 over TLS, ALPN `h2` required
+    H2,
+    /// HTTP/2 over cleartext TCP, by prior knowledge
+    H2c,
+    /// over TLS, whatever ALPN picks: `h2` or `http/1.1`
+    Auto,
+}
+
+/// `tls = { … }`: TLS to the upstream, always verified. Without `ca` the system roots are
+/// trusted; without `sni` the endpoint's host is the server name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTls {
+    pub sni: Option<String>,
+    pub ca: Option<PathBuf>,
+    /// the client certificate chain and its key, for an upstream that demands mTLS
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
@@ -15,6 +40,37 @@ pub struct Upstream {
     pub read_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    pub protocol: UpstreamProtocol,
+    pub tls: Option<UpstreamTls>,
+    /// HTTP/2 PING while requests are open and the connection has been quiet this long
+    pub http2_keepalive_interval: Duration,
+    /// a PING unanswered this long closes the connection
+    pub http2_keepalive_timeout: Duration,
+}
+
+/// For `check`: each TLS upstream's files (CA bundle or the system roots, client certificate
+/// and key, and that the key belongs to the certificate) build a client config, as the first
+/// connection will. Returns the key path and the problem.
+pub(super) fn check_tls_files(upstreams: &[Upstream]) -> Result<(), (String, String)> {
+    for (i, u) in upstreams.iter().enumerate() {
+        let Some(t) = &u.tls else { continue };
+        let files = crate::tls::client::ClientTlsFiles {
+            ca: t.ca.as_ref().map(|p| absolute(p)),
+            client_cert: t
+                .client_cert
+                .as_ref()
+                .map(|(c, k)| (absolute(c), absolute(k))),
+            alpn: Vec::new(),
+        };
+        crate::tls::client::build(&files)
+            .map_err(|e| (format!("upstreams[{i}].tls"), e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Paths in `check`'s messages are absolute: it often runs from another directory.
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 impl Validator {
@@ -37,8 +93,25 @@ impl Validator {
             for (j, e) in r.endpoints.iter().enumerate() {
                 endpoints.push(self.endpoint(&format!("{p}.endpoints[{j}]"), e)?);
             }
+            let tls = match r.tls {
+                Some(t) => Some(self.upstream_tls(&format!("{p}.tls"), t)?),
+                None => None,
+            };
+            let protocol = self.upstream_protocol(&p, r.protocol.as_deref(), tls.is_some())?;
             out.push(Upstream {
                 name: r.name,
+                protocol,
+                tls,
+                http2_keepalive_interval: self.positive_duration(
+                    &format!("{p}.http2_keepalive_interval"),
+                    &r.http2_keepalive_interval,
+                    Duration::from_secs(20),
+                )?,
+                http2_keepalive_timeout: self.positive_duration(
+                    &format!("{p}.http2_keepalive_timeout"),
+                    &r.http2_keepalive_timeout,
+                    Duration::from_secs(20),
+                )?,
                 endpoints,
                 connect_timeout: self.positive_duration(
                     &format!("{p}.connect_timeout"),
@@ -67,12 +140,86 @@ impl Validator {
         Ok(out)
     }
 
+    fn upstream_protocol(
+        &self,
+        p: &str,
+        protocol: Option<&str>,
+        tls: bool,
+    ) -> VResult<UpstreamProtocol> {
+        let path = format!("{p}.protocol");
+        let protocol = match protocol.unwrap_or("http1") {
+            "http1" => UpstreamProtocol::Http1,
+            "h2" => UpstreamProtocol::H2,
+            "h2c" => UpstreamProtocol::H2c,
+            "auto" => UpstreamProtocol::Auto,
+            other => {
+                return Err(self.err(
+                    path,
+                    format!("{other:?}: expected \"http1\", \"h2\", \"h2c\" or \"auto\""),
+                ))
+            }
+        };
+        match (protocol, tls) {
+            (UpstreamProtocol::H2 | UpstreamProtocol::Auto, false) => Err(self.err(
+                path,
+                "needs TLS (ALPN): add tls = {} (or use \"h2c\" for cleartext HTTP/2)",
+            )),
+            (UpstreamProtocol::H2c, true) => Err(self.err(
+                path,
+                "\"h2c\" is cleartext HTTP/2: use \"h2\" or \"auto\" with tls",
+            )),
+            _ => Ok(protocol),
+        }
+    }
+
+    fn upstream_tls(&self, p: &str, t: RawUpstreamTls) -> VResult<UpstreamTls> {
+        let sni = match t.sni {
+            Some(s) => {
+                // the name the certificate must carry: a DNS name or an IP address
+                if rustls::pki_types::ServerName::try_from(s.as_str()).is_err() {
+                    return Err(self.err(
+                        format!("{p}.sni"),
+                        format!("{s:?} is not a DNS name or IP address"),
+                    ));
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        let file = |key: &str, v: &Option<String>| -> VResult<Option<PathBuf>> {
+            match v.as_deref() {
+                Some("") => Err(self.err(format!("{p}.{key}"), "must not be empty")),
+                Some(f) => Ok(Some(self.path(f))),
+                None => Ok(None),
+            }
+        };
+        let ca = file("ca", &t.ca)?;
+        let client_cert = match (
+            file("client_cert", &t.client_cert)?,
+            file("client_key", &t.client_key)?,
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(self.err(format!("{p}.client_key"), "needed with client_cert"))
+            }
+            (None, Some(_)) => {
+                return Err(self.err(format!("{p}.client_cert"), "needed with client_key"))
+            }
+        };
+        Ok(UpstreamTls {
+            sni,
+            ca,
+            client_cert,
+        })
+    }
+
     fn endpoint(&self, path: &str, e: &str) -> VResult<String> {
         let e = e.trim();
         if e.contains("://") {
             return Err(self.err(
                 path,
-                format!("{e:?}: give \"host:port\" without a scheme (plain HTTP/1.1 upstreams)"),
+                format!("{e:?}: give \"host:port\" without a scheme (TLS is `tls = {{}}`)"),
             ));
         }
         let auth: http::uri::Authority = e
@@ -117,5 +264,70 @@ mod tests {
         assert_eq!(parse(&dup).unwrap_err().path, "upstreams[1].name");
         let zero = GOOD.replace("name = \"up\"", "name = \"up\"\nread_timeout = \"0s\"");
         assert_eq!(parse(&zero).unwrap_err().path, "upstreams[0].read_timeout");
+    }
+
+    fn with(keys: &str) -> String {
+        GOOD.replace("name = \"up\"", &format!("name = \"up\"\n{keys}"))
+    }
+
+    #[test]
+    fn protocol_and_tls_defaults() {
+        let u = &parse(GOOD).expect("valid").upstreams[0];
+        assert_eq!(u.protocol, UpstreamProtocol::Http1);
+        assert_eq!(u.tls, None);
+        assert_eq!(u.http2_keepalive_interval, Duration::from_secs(20));
+        assert_eq!(u.http2_keepalive_timeout, Duration::from_secs(20));
+        let u = parse(&with("tls = {}\nprotocol = \"auto\""))
+            .expect("valid")
+            .upstreams[0]
+            .clone();
+        assert_eq!(u.protocol, UpstreamProtocol::Auto);
+        assert_eq!(u.tls, Some(UpstreamTls::default()));
+        let u = parse(&with(
+            "tls = { sni = \"b.internal\", ca = \"/ca.pem\", client_cert = \"/c.pem\", client_key = \"/k.pem\" }",
+        ))
+        .expect("valid")
+        .upstreams[0]
+            .clone();
+        let t = u.tls.expect("tls");
+        assert_eq!(t.sni.as_deref(), Some("b.internal"));
+        assert_eq!(t.ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(
+            t.client_cert,
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
+        );
+        assert_eq!(
+            parse(&with("protocol = \"h2c\"")).expect("valid").upstreams[0].protocol,
+            UpstreamProtocol::H2c
+        );
+    }
+
+    #[test]
+    fn protocol_and_tls_mistakes_are_refused() {
+        let cases = [
+            ("protocol = \"h3\"", "upstreams[0].protocol"),
+            ("protocol = \"h2\"", "upstreams[0].protocol"),
+            ("protocol = \"auto\"", "upstreams[0].protocol"),
+            ("protocol = \"h2c\"\ntls = {}", "upstreams[0].protocol"),
+            ("tls = { sni = \"not a name\" }", "upstreams[0].tls.sni"),
+            (
+                "tls = { client_cert = \"/c.pem\" }",
+                "upstreams[0].tls.client_key",
+            ),
+            (
+                "tls = { client_key = \"/k.pem\" }",
+                "upstreams[0].tls.client_cert",
+            ),
+            ("tls = { ca = \"\" }", "upstreams[0].tls.ca"),
+            ("tls = { insecure = true }", "upstreams[0].tls"),
+            (
+                "http2_keepalive_interval = \"0s\"",
+                "upstreams[0].http2_keepalive_interval",
+            ),
+        ];
+        for (keys, path) in cases {
+            let e = parse(&with(keys)).unwrap_err();
+            assert!(e.path.starts_with(path), "{keys}: {e}");
+        }
     }
 }

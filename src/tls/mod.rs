@@ -6,6 +6,7 @@
 //! rotation), `peer` (a client certificate's identities).
 
 pub mod certs;
+pub mod client;
 pub mod peer;
 pub mod pem;
 pub mod server;
