@@ -1,6 +1,8 @@
 //! Responses we generate ourselves: every refusal is JSON
 //! `{"error", "reason", "message", "request_id"}` with a stable `reason`; 401/403 carry an
-//! RFC 6750 `WWW-Authenticate` challenge.
+//! RFC 6750 `WWW-Authenticate` challenge. A gRPC request (`content-type: application/grpc…`)
+//! gets the same refusal as a gRPC trailers-only response instead (`grpc_refusal`): gRPC
+//! clients read `grpc-status`, not HTTP statuses or JSON bodies.
 
 use std::borrow::Cow;
 
@@ -168,6 +170,86 @@ pub fn refusal(r: &Refusal, request_id: &HeaderValue) -> Response<Body> {
     *resp.status_mut() = r.status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    refusal_headers(r, h);
+    resp
+}
+
+/// Is this a gRPC request (`application/grpc`, `application/grpc+proto`, …)? Its refusals are
+/// answered gRPC-style.
+pub fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .get(..16)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
+    })
+}
+
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// gRPC status codes the gateway answers with.
+pub mod grpc_code {
+    pub const UNKNOWN: u16 = 2;
+    pub const DEADLINE_EXCEEDED: u16 = 4;
+    pub const PERMISSION_DENIED: u16 = 7;
+    pub const RESOURCE_EXHAUSTED: u16 = 8;
+    pub const UNIMPLEMENTED: u16 = 12;
+    pub const INTERNAL: u16 = 13;
+    pub const UNAVAILABLE: u16 = 14;
+    pub const UNAUTHENTICATED: u16 = 16;
+}
+
+/// The gRPC status of a refusal. gRPC's HTTP-to-gRPC mapping (doc/http-grpc-status-mapping.md)
+/// for 400, 401, 403, 404, 502, 503 and other statuses; 429 and 504 say more precisely what
+/// happened than that table's UNAVAILABLE: over budget (RESOURCE_EXHAUSTED, which clients do
+/// not retry blindly) and out of time (DEADLINE_EXCEEDED).
+pub fn grpc_status(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => grpc_code::INTERNAL,
+        401 => grpc_code::UNAUTHENTICATED,
+        403 => grpc_code::PERMISSION_DENIED,
+        404 => grpc_code::UNIMPLEMENTED,
+        429 => grpc_code::RESOURCE_EXHAUSTED,
+        502 | 503 => grpc_code::UNAVAILABLE,
+        504 => grpc_code::DEADLINE_EXCEEDED,
+        _ => grpc_code::UNKNOWN,
+    }
+}
+
+/// The refusal as a gRPC trailers-only response: HTTP 200, `content-type: application/grpc`,
+/// `grpc-status` and `grpc-message: <reason>: <message>` in the one HEADERS frame, no body.
+/// `WWW-Authenticate`, `Retry-After`, `RateLimit-*` stay (as metadata the client can read).
+pub fn grpc_refusal(r: &Refusal) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(GRPC_STATUS, HeaderValue::from(grpc_status(r.status)));
+    h.insert(
+        GRPC_MESSAGE,
+        grpc_message(&format!("{}: {}", r.reason, r.message)),
+    );
+    refusal_headers(r, h);
+    resp
+}
+
+/// `grpc-message` as the gRPC spec (PROTOCOL-HTTP2.md) writes it: the UTF-8 bytes, with `%`
+/// and everything outside printable ASCII (%x20-7E) percent-encoded.
+pub fn grpc_message(s: &str) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        }
+    }
+    // only visible ASCII and spaces remain: always a valid header value
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// The headers a refusal carries whatever its shape (JSON or gRPC).
+fn refusal_headers(r: &Refusal, h: &mut http::HeaderMap) {
     if let Some(err) = r.bearer_error {
         let v = format!(
             "Bearer realm=\"cc-gateway\", error=\"{err}\", error_description=\"{}\"",
@@ -188,7 +270,6 @@ pub fn refusal(r: &Refusal, request_id: &HeaderValue) -> Response<Body> {
             h.insert(http::header::ALLOW, v);
         }
     }
-    resp
 }
 
 /// RFC 6750 §3: error_description is %x20-21 / %x23-5B / %x5D-7E (no `"` or `\`).
@@ -249,5 +330,99 @@ mod tests {
         assert!(resp.headers().get(RATELIMIT).is_none());
         assert_eq!(body["error"], "service_unavailable");
         assert_eq!(body["reason"], "budget_store_unavailable");
+    }
+
+    /// Decodes a `grpc-message` as a gRPC client does.
+    fn decode(v: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < v.len() {
+            if v[i] == b'%' {
+                let hex = std::str::from_utf8(&v[i + 1..i + 3]).expect("hex digits");
+                out.push(u8::from_str_radix(hex, 16).expect("hex byte"));
+                i += 3;
+            } else {
+                out.push(v[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(grpc_message("no_route: plain text"), "no_route: plain text");
+        assert_eq!(grpc_message("100% sure"), "100%25 sure");
+        assert_eq!(grpc_message("a\nb\u{e9}"), "a%0Ab%C3%A9");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn grpc_message_round_trips(s in "\\PC*|[\\x00-\\x7f%]*") {
+            let v = grpc_message(&s);
+            let bytes = v.as_bytes();
+            proptest::prop_assert!(bytes.iter().all(|b| (0x20..=0x7e).contains(b)));
+            proptest::prop_assert_eq!(decode(bytes), s.as_bytes());
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_refusal_is_trailers_only_with_the_http_headers_kept() {
+        let r: Refusal = Rejected::OverBudget {
+            rule: "user-daily".into(),
+            retry_after: 7,
+            headers: (
+                HeaderValue::from_static("\"user-daily\";q=5;w=86400"),
+                HeaderValue::from_static("\"user-daily\";r=0;t=7"),
+            ),
+        }
+        .into();
+        let resp = grpc_refusal(&r);
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers();
+        assert_eq!(h[CONTENT_TYPE], "application/grpc");
+        assert_eq!(h[GRPC_STATUS], "8");
+        assert_eq!(h[GRPC_MESSAGE], "user-daily: over budget: retry later");
+        assert_eq!(h[RETRY_AFTER], "7");
+        assert_eq!(h[RATELIMIT], "\"user-daily\";r=0;t=7");
+        use http_body::Body as _;
+        assert!(resp.body().is_end_stream(), "no body: trailers-only");
+    }
+
+    #[test]
+    fn grpc_status_mapping() {
+        for (http, grpc) in [
+            (400, 13),
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (429, 8),
+            (502, 14),
+            (503, 14),
+            (504, 4),
+            (500, 2),
+        ] {
+            assert_eq!(
+                grpc_status(StatusCode::from_u16(http).unwrap()),
+                grpc,
+                "{http}"
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        let mut h = http::HeaderMap::new();
+        assert!(!is_grpc(&h));
+        for (ct, yes) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("Application/GRPC+json", true),
+            ("application/json", false),
+            ("application/grp", false),
+        ] {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+            assert_eq!(is_grpc(&h), yes, "{ct}");
+        }
     }
 }
