@@ -139,5 +139,10 @@ fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str> {
     if bound.shutdown_timeout != new.shutdown_timeout {
         keys.push("server.shutdown_timeout");
     }
+    if bound.http2_keepalive_interval != new.http2_keepalive_interval
+        || bound.http2_keepalive_timeout != new.http2_keepalive_timeout
+    {
+        keys.push("server.http2_keepalive_interval/http2_keepalive_timeout");
+    }
     keys
 }

@@ -128,6 +128,7 @@ mod tests {
             methods,
             issuers: None,
             cost: None,
+            streams: Default::default(),
         }
     }
 

@@ -53,6 +53,8 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         max_header_bytes: config.server.max_header_bytes,
         header_read_timeout: config.server.header_read_timeout,
         shutdown_timeout: config.server.shutdown_timeout,
+        http2_keepalive_interval: config.server.http2_keepalive_interval,
+        http2_keepalive_timeout: config.server.http2_keepalive_timeout,
     };
     // built here so a reload can reach every worker; each serves on its own thread
     let handlers: Vec<Arc<WorkerHandler>> = (0..per_worker.len())
