@@ -13,6 +13,7 @@ use crate::auth::{AuthError, Reason};
 use crate::budget::Rejected;
 use crate::engine::upstream::UpstreamError;
 use crate::engine::Body;
+use crate::grpc::{self, code as grpc_code, GRPC_MESSAGE, GRPC_STATUS};
 use crate::routing::RouteError;
 
 /// IETF RateLimit headers (structured fields), on 429s and, when configured, admitted answers.
@@ -184,21 +185,6 @@ pub fn is_grpc(h: &http::HeaderMap) -> bool {
     })
 }
 
-pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-
-/// gRPC status codes the gateway answers with.
-pub mod grpc_code {
-    pub const UNKNOWN: u16 = 2;
-    pub const DEADLINE_EXCEEDED: u16 = 4;
-    pub const PERMISSION_DENIED: u16 = 7;
-    pub const RESOURCE_EXHAUSTED: u16 = 8;
-    pub const UNIMPLEMENTED: u16 = 12;
-    pub const INTERNAL: u16 = 13;
-    pub const UNAVAILABLE: u16 = 14;
-    pub const UNAUTHENTICATED: u16 = 16;
-}
-
 /// The gRPC status of a refusal. gRPC's HTTP-to-gRPC mapping (doc/http-grpc-status-mapping.md)
 /// for 400, 401, 403, 404, 502, 503 and other statuses; 429 and 504 say more precisely what
 /// happened than that table's UNAVAILABLE: over budget (RESOURCE_EXHAUSTED, which clients do
@@ -226,26 +212,10 @@ pub fn grpc_refusal(r: &Refusal) -> Response<Body> {
     h.insert(GRPC_STATUS, HeaderValue::from(grpc_status(r.status)));
     h.insert(
         GRPC_MESSAGE,
-        grpc_message(&format!("{}: {}", r.reason, r.message)),
+        grpc::message(&format!("{}: {}", r.reason, r.message)),
     );
     refusal_headers(r, h);
     resp
-}
-
-/// `grpc-message` as the gRPC spec (PROTOCOL-HTTP2.md) writes it: the UTF-8 bytes, with `%`
-/// and everything outside printable ASCII (%x20-7E) percent-encoded.
-pub fn grpc_message(s: &str) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = Vec::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b);
-        } else {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
-        }
-    }
-    // only visible ASCII and spaces remain: always a valid header value
-    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static(""))
 }
 
 /// The headers a refusal carries whatever its shape (JSON or gRPC).
@@ -330,40 +300,6 @@ mod tests {
         assert!(resp.headers().get(RATELIMIT).is_none());
         assert_eq!(body["error"], "service_unavailable");
         assert_eq!(body["reason"], "budget_store_unavailable");
-    }
-
-    /// Decodes a `grpc-message` as a gRPC client does.
-    fn decode(v: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < v.len() {
-            if v[i] == b'%' {
-                let hex = std::str::from_utf8(&v[i + 1..i + 3]).expect("hex digits");
-                out.push(u8::from_str_radix(hex, 16).expect("hex byte"));
-                i += 3;
-            } else {
-                out.push(v[i]);
-                i += 1;
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn grpc_messages_are_percent_encoded() {
-        assert_eq!(grpc_message("no_route: plain text"), "no_route: plain text");
-        assert_eq!(grpc_message("100% sure"), "100%25 sure");
-        assert_eq!(grpc_message("a\nb\u{e9}"), "a%0Ab%C3%A9");
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn grpc_message_round_trips(s in "\\PC*|[\\x00-\\x7f%]*") {
-            let v = grpc_message(&s);
-            let bytes = v.as_bytes();
-            proptest::prop_assert!(bytes.iter().all(|b| (0x20..=0x7e).contains(b)));
-            proptest::prop_assert_eq!(decode(bytes), s.as_bytes());
-        }
     }
 
     #[tokio::test]

@@ -155,12 +155,12 @@ impl Body {
         if grpc {
             let mut t = HeaderMap::new();
             t.insert(
-                crate::respond::GRPC_STATUS,
-                HeaderValue::from(crate::respond::grpc_code::DEADLINE_EXCEEDED),
+                crate::grpc::GRPC_STATUS,
+                HeaderValue::from(crate::grpc::code::DEADLINE_EXCEEDED),
             );
             t.insert(
-                crate::respond::GRPC_MESSAGE,
-                crate::respond::grpc_message(&format!("{}: {e}", e.reason())),
+                crate::grpc::GRPC_MESSAGE,
+                crate::grpc::message(&format!("{}: {e}", e.reason())),
             );
             self.kind = Kind::Trailers(None);
             return Poll::Ready(Some(Ok(Frame::trailers(t))));
