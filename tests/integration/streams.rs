@@ -402,3 +402,33 @@ async fn silent_streams_survive_two_minutes_by_default() {
     };
     tokio::join!(sse_check, ws_check);
 }
+
+/// The kernel's timer on the gateway's side of the connection `client` opened: `/proc/net/tcp`'s
+/// `tr` field (2 is the keepalive timer).
+fn server_side_timer(gw: SocketAddr, client: SocketAddr) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{:04X}", gw.port());
+    let remote = format!("0100007F:{:04X}", client.port());
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str()))
+            .then(|| f.get(5)?.split(':').next()?.parse().ok())?
+    })
+}
+
+#[tokio::test]
+async fn accepted_connections_have_tcp_keepalive() {
+    let fx = fixture(String::new(), "").await;
+    let s = TcpStream::connect(fx.gw.addr).await.expect("connect");
+    let client = s.local_addr().expect("client address");
+    // an idle connection: with SO_KEEPALIVE its only pending timer is the keepalive timer
+    let timer = wait_until("the gateway's side of the connection", DEADLINE, || async {
+        match server_side_timer(fx.gw.addr, client) {
+            Some(2) => Ok(2),
+            other => Err(format!("timer {other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(timer, 2);
+    drop(s);
+}
