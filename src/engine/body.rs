@@ -5,7 +5,8 @@
 //! limits (`Limits`: `idle_timeout`, `timeout`): when one expires, a gRPC stream ends with
 //! `grpc-status: 4` in its trailers (its headers are already sent, and a bare reset would tell
 //! the client nothing), any other body ends with an error (the client sees a truncated
-//! response, never a complete-looking one).
+//! response, never a complete-looking one). A gRPC stream the upstream breaks ends likewise,
+//! with `grpc-status: 14` (UNAVAILABLE).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +30,8 @@ pub struct Body {
     sent: u64,
     on_done: Option<OnDone>,
     limits: Option<Box<Watch>>,
+    /// a gRPC response: ended by trailers, never by an error
+    grpc: bool,
 }
 
 enum Kind {
@@ -50,7 +53,7 @@ pub enum BodyError {
 }
 
 impl BodyError {
-    /// The reason code of a stream limit's cut (access log, `grpc-message`).
+    /// The reason code of a cut (access log, `grpc-message`).
     pub fn reason(&self) -> &'static str {
         match self {
             BodyError::Upstream(_) => "upstream_unavailable",
@@ -91,12 +94,14 @@ impl Body {
             sent: 0,
             on_done: None,
             limits: None,
+            grpc: false,
         }
     }
 
     /// An upstream body under a route's stream limits.
     pub fn upstream_limited(b: Incoming, limits: Limits) -> Self {
         let mut body = Body::upstream(b);
+        body.grpc = limits.grpc;
         if limits.idle.is_some() || limits.deadline.is_some() {
             body.limits = Some(Box::new(Watch {
                 inbound_seen: limits
@@ -119,6 +124,7 @@ impl Body {
             sent: 0,
             on_done: None,
             limits: None,
+            grpc: false,
         }
     }
 
@@ -128,6 +134,7 @@ impl Body {
             sent: 0,
             on_done: None,
             limits: None,
+            grpc: false,
         }
     }
 
@@ -145,23 +152,29 @@ impl Body {
         }
     }
 
-    /// A limit expired: the upstream stream is dropped (which cancels it upstream) and the
-    /// client gets gRPC trailers or an error.
-    fn expire(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    /// A limit expired or the upstream broke: the upstream stream is dropped (which cancels
+    /// it upstream) and the client gets gRPC trailers or an error.
+    fn end(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         tracing::debug!(error = %e, "ending a stream");
-        let grpc = self.limits.as_ref().is_some_and(|w| w.limits.grpc);
         self.limits = None;
-        self.finish_with(false, Some(e.reason()));
-        if grpc {
+        let (code, cut, message) = match &e {
+            // the cause (addresses) stays in our logs, as for a refusal
+            BodyError::Upstream(_) => (
+                crate::grpc::code::UNAVAILABLE,
+                None,
+                "upstream_unavailable: the upstream broke the stream".to_string(),
+            ),
+            _ => (
+                crate::grpc::code::DEADLINE_EXCEEDED,
+                Some(e.reason()),
+                format!("{}: {e}", e.reason()),
+            ),
+        };
+        self.finish_with(false, cut);
+        if self.grpc {
             let mut t = HeaderMap::new();
-            t.insert(
-                crate::grpc::GRPC_STATUS,
-                HeaderValue::from(crate::grpc::code::DEADLINE_EXCEEDED),
-            );
-            t.insert(
-                crate::grpc::GRPC_MESSAGE,
-                crate::grpc::message(&format!("{}: {e}", e.reason())),
-            );
+            t.insert(crate::grpc::GRPC_STATUS, HeaderValue::from(code));
+            t.insert(crate::grpc::GRPC_MESSAGE, crate::grpc::message(&message));
             self.kind = Kind::Trailers(None);
             return Poll::Ready(Some(Ok(Frame::trailers(t))));
         }
@@ -226,11 +239,12 @@ impl HttpBody for Body {
         let this = self.get_mut();
         let r = match &mut this.kind {
             Kind::Upstream(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => return this.end(e.into()),
                 Poll::Ready(r) => Poll::Ready(r.map(|f| f.map_err(BodyError::from))),
                 Poll::Pending => {
                     let expired = this.limits.as_mut().and_then(|w| w.poll_expired(cx));
                     return match expired {
-                        Some(e) => this.expire(e),
+                        Some(e) => this.end(e),
                         None => Poll::Pending,
                     };
                 }

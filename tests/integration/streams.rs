@@ -1,7 +1,8 @@
 //! Long-lived streams: a route's `idle_timeout` ends a stream (SSE, gRPC, WebSocket tunnel)
 //! with no bytes either way for that long — a gRPC stream with `grpc-status: 4` in its
 //! trailers, never a bare reset — and its `timeout` bounds the whole exchange; traffic keeps a
-//! stream alive however long it lasts; HTTP/2 PINGs go to quiet clients. The intervals here are
+//! stream alive however long it lasts; a gRPC stream the upstream breaks ends with
+//! `grpc-status: 14`; HTTP/2 PINGs go to quiet clients and accepted sockets have TCP keepalive. The intervals here are
 //! short so the tests are fast; `silent_streams_survive_two_minutes_by_default` (ignored by
 //! default) checks the default configuration over a 120 s silence.
 
@@ -431,4 +432,51 @@ async fn accepted_connections_have_tcp_keepalive() {
     .await;
     assert_eq!(timer, 2);
     drop(s);
+}
+
+/// An upstream that starts a chunked response, sends one chunk and drops the connection.
+async fn breaks_mid_stream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\n\r\n5\r\n\0\0\0\0\0\r\n")
+                    .await;
+                // then gone, without the last chunk
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_grpc_stream_the_upstream_breaks_ends_with_unavailable_trailers() {
+    let (addr, task) = breaks_mid_stream().await;
+    let fx = fixture(route("brk", addr, ""), "").await;
+    let mut body = grpc_stream(fx.gw.addr, "/brk/pkg.S/Stream")
+        .await
+        .into_body();
+    let (got, end) = drain(&mut body).await;
+    assert_eq!(got, [0u8; 5]);
+    let trailers = end.expect("trailers, not a reset").expect("trailers");
+    assert_eq!(trailers["grpc-status"], "14", "{trailers:?}");
+    assert_eq!(
+        trailers["grpc-message"],
+        "upstream_unavailable: the upstream broke the stream"
+    );
+    // an HTTP/1.1 client of the same upstream sees a truncated body, as before
+    let mut body = h1_get(fx.gw.addr, "/brk/x").await.into_body();
+    let (_, end) = drain(&mut body).await;
+    assert!(end.is_err(), "{end:?}");
+    task.abort();
 }
