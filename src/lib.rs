@@ -11,6 +11,7 @@ pub mod dev;
 pub mod engine;
 pub mod forward;
 pub mod gateway;
+pub mod grpc;
 pub mod keysync;
 pub mod metrics;
 pub mod pipeline;

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use crate::accesslog::Record;
 use crate::auth::{self, AuthError, Verified};
 use crate::config::{Route, RouteAuth};
+use crate::engine::body::Limits;
 use crate::engine::upstream::{ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo, Handler};
 use crate::forward::{self, X_REQUEST_ID};
@@ -23,6 +24,8 @@ use crate::gateway::{Gateway, WorkerHandler, WorkerSnapshot};
 use crate::metrics::METRICS;
 use crate::respond::{self, Refusal};
 use crate::routing::{self, RouteRef};
+
+mod tunnel;
 
 /// Serves one request with worker snapshot `w` (held until the request is logged).
 pub async fn handle(
@@ -69,17 +72,33 @@ pub async fn handle(
     ex.upstream = Some(upstream);
     let forwarded = prepare_upstream(gw, route.route, req, &mut ex);
     let sent = Instant::now();
-    let result = w.upstreams[upstream]
-        .send(forwarded.request, forwarded.path)
-        .await;
+    let exchange = w.upstreams[upstream].send(forwarded.request, forwarded.path);
+    // the route's `timeout` bounds the whole exchange, the wait for the head included
+    let result = match route.route.streams.timeout {
+        None => Ok(exchange.await),
+        Some(t) => tokio::time::timeout_at((ex.start + t).into(), exchange).await,
+    };
     gw.upstream_durations[upstream].observe(sent.elapsed().as_secs_f64());
 
     // 5. respond (6. the log is written when the response body completes)
     match result {
-        Ok((resp, _endpoint)) => ex.respond(resp, forwarded.client_upgrade),
-        Err(e) => {
+        Ok(Ok((resp, _endpoint))) => ex.respond(resp, forwarded.client_upgrade),
+        Ok(Err(e)) => {
             upstream_failed(gw, &ex, upstream, &e);
             ex.refuse((&e).into())
+        }
+        Err(_) => {
+            let name = &gw.config.upstreams[upstream].name;
+            METRICS
+                .upstream_errors
+                .with_label_values(&[name, "timeout"])
+                .inc();
+            tracing::warn!(request_id = ex.request_id.to_str().unwrap_or(""), upstream = %name, "no upstream answer within the route's timeout");
+            ex.refuse(Refusal::new(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            ))
         }
     }
 }
@@ -143,12 +162,13 @@ fn prepare_upstream(
     ex: &mut Exchange,
 ) -> UpstreamRequest {
     let (mut head, body) = req.into_parts();
-    let upgrade = forward::is_upgrade(&head.headers, head.version);
-    let client_upgrade = if upgrade {
-        head.extensions.remove::<hyper::upgrade::OnUpgrade>()
-    } else {
-        None
-    };
+    // only the route's `upgrades` are tunnelled; any other (h2c above all: a tunnel would
+    // carry requests past routing and auth) loses its upgrade headers below and goes up as an
+    // ordinary request, and the client's connection stays HTTP/1.1
+    let upgrade = forward::is_upgrade(&head.headers, head.version)
+        && forward::upgrade_allowed(&head.headers, &r.streams.upgrades);
+    let on_upgrade = head.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let client_upgrade = if upgrade { on_upgrade } else { None };
     let host = head.headers.get(HOST).cloned().or_else(|| {
         head.uri
             .authority()
@@ -256,6 +276,8 @@ struct Exchange {
     client_uri: Option<HeaderValue>,
     /// the client connected to a TLS listener (`X-Forwarded-Proto: https`)
     tls: bool,
+    /// a gRPC request: refusals and stream cuts are answered gRPC-style
+    grpc: bool,
 }
 
 impl Exchange {
@@ -291,11 +313,18 @@ impl Exchange {
             budget_headers: None,
             client_uri: None,
             tls: conn.tls,
+            grpc: respond::is_grpc(req.headers()),
         }
     }
 
+    /// Answers with a refusal: JSON, or gRPC trailers-only to a gRPC client (then the log and
+    /// metrics record the status sent, 200, with the refusal's reason).
     fn refuse(self, r: Refusal) -> Response<Body> {
-        let resp = respond::refusal(&r, &self.request_id);
+        let resp = if self.grpc {
+            respond::grpc_refusal(&r)
+        } else {
+            respond::refusal(&r, &self.request_id)
+        };
         self.finish(resp, Some(r.reason), None)
     }
 
@@ -306,8 +335,32 @@ impl Exchange {
     ) -> Response<Body> {
         let upstream_status = resp.status().as_u16();
         let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(client)) = (switching, client_upgrade) {
-            tunnel(client, hyper::upgrade::on(&mut resp));
+        let (idle, timeout) = self.route.map_or((None, None), |r| {
+            let s = &self.snapshot.gw.config.routes[r].streams;
+            (s.idle_timeout, s.timeout)
+        });
+        let deadline = timeout.map(|t| (self.start + t, t));
+        match (switching, client_upgrade) {
+            (true, Some(client)) => tunnel(client, hyper::upgrade::on(&mut resp), idle, deadline),
+            // the upstream switched protocols unasked (we sent no Upgrade): passing the 101
+            // on would leave the client's connection switched to nothing
+            (true, None) => {
+                let name = self
+                    .upstream
+                    .map(|u| self.snapshot.gw.config.upstreams[u].name.clone())
+                    .unwrap_or_default();
+                METRICS
+                    .upstream_errors
+                    .with_label_values(&[&name, "protocol"])
+                    .inc();
+                tracing::warn!(request_id = self.request_id.to_str().unwrap_or(""), upstream = %name, "upstream answered 101 to a request that asked for no upgrade");
+                return self.refuse(Refusal::new(
+                    http::StatusCode::BAD_GATEWAY,
+                    "upstream_unavailable",
+                    "the upstream failed to answer",
+                ));
+            }
+            _ => {}
         }
         forward::strip_hop_by_hop(resp.headers_mut(), switching);
         // the client's protocol, not the upstream's: hyper answers a response marked HTTP/1.0
@@ -318,7 +371,14 @@ impl Exchange {
             resp.headers_mut().insert(RATELIMIT_POLICY, policy);
             resp.headers_mut().insert(RATELIMIT, state);
         }
-        self.finish(resp.map(Body::upstream), None, Some(upstream_status))
+        let limits = Limits {
+            idle,
+            deadline,
+            inbound: self.bytes_in.clone(),
+            grpc: self.grpc,
+        };
+        let resp = resp.map(|b| Body::upstream_limited(b, limits));
+        self.finish(resp, None, Some(upstream_status))
     }
 
     /// Echoes the request id and arranges for metrics and the access log to be written when
@@ -334,10 +394,10 @@ impl Exchange {
         let status = resp.status().as_u16();
         self.answered = true;
         resp.body_mut()
-            .on_done(Box::new(move |bytes_out, complete| {
+            .on_done(Box::new(move |bytes_out, complete, cut| {
                 self.record(&Outcome {
                     status,
-                    reason: reason.as_deref(),
+                    reason: reason.as_deref().or(cut),
                     upstream_status,
                     bytes_out,
                     complete,
@@ -394,7 +454,8 @@ impl Exchange {
 struct Outcome<'a> {
     /// the status the client got
     status: u16,
-    /// the refusal's reason code (none when the upstream answered)
+    /// the refusal's reason code, or the stream limit that cut an answered stream
+    /// (`stream_idle_timeout`, `stream_timeout`); none otherwise
     reason: Option<&'a str>,
     upstream_status: Option<u16>,
     bytes_out: u64,
@@ -426,8 +487,14 @@ fn version_str(v: Version) -> &'static str {
 }
 
 /// Joins the client's and the upstream's upgraded connections (WebSocket) and copies bytes
-/// both ways until either side closes.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// both ways until either side closes, no byte has crossed either way for `idle`, or the
+/// route's deadline passes (then both connections are closed).
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Option<std::time::Duration>,
+    deadline: Option<(Instant, std::time::Duration)>,
+) {
     tokio::spawn(async move {
         let (c, u) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
@@ -436,9 +503,15 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade
                 return;
             }
         };
-        let mut c = hyper_util::rt::TokioIo::new(c);
+        let activity = tunnel::Activity::new();
+        let mut c = tunnel::Counted::new(hyper_util::rt::TokioIo::new(c), activity.clone());
         let mut u = hyper_util::rt::TokioIo::new(u);
-        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+            why = tunnel::expiry(activity, idle, deadline) => {
+                tracing::debug!(why, "closing a tunnel");
+            }
+        }
     });
 }
 

@@ -166,5 +166,10 @@ fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str> {
     if bound.proxy_protocol != new.proxy_protocol {
         keys.push("server.proxy_protocol");
     }
+    if bound.http2_keepalive_interval != new.http2_keepalive_interval
+        || bound.http2_keepalive_timeout != new.http2_keepalive_timeout
+    {
+        keys.push("server.http2_keepalive_interval/http2_keepalive_timeout");
+    }
     keys
 }

@@ -1,6 +1,8 @@
 //! Responses we generate ourselves: every refusal is JSON
 //! `{"error", "reason", "message", "request_id"}` with a stable `reason`; 401/403 carry an
-//! RFC 6750 `WWW-Authenticate` challenge.
+//! RFC 6750 `WWW-Authenticate` challenge. A gRPC request (`content-type: application/grpc…`)
+//! gets the same refusal as a gRPC trailers-only response instead (`grpc_refusal`): gRPC
+//! clients read `grpc-status`, not HTTP statuses or JSON bodies.
 
 use std::borrow::Cow;
 
@@ -11,6 +13,7 @@ use crate::auth::{AuthError, Reason};
 use crate::budget::Rejected;
 use crate::engine::upstream::UpstreamError;
 use crate::engine::Body;
+use crate::grpc::{self, code as grpc_code, GRPC_MESSAGE, GRPC_STATUS};
 use crate::routing::RouteError;
 
 /// IETF RateLimit headers (structured fields), on 429s and, when configured, admitted answers.
@@ -173,6 +176,55 @@ pub fn refusal(r: &Refusal, request_id: &HeaderValue) -> Response<Body> {
     *resp.status_mut() = r.status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    refusal_headers(r, h);
+    resp
+}
+
+/// Is this a gRPC request (`application/grpc`, `application/grpc+proto`, …)? Its refusals are
+/// answered gRPC-style.
+pub fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .get(..16)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
+    })
+}
+
+/// The gRPC status of a refusal. gRPC's HTTP-to-gRPC mapping (doc/http-grpc-status-mapping.md)
+/// for 400, 401, 403, 404, 502, 503 and other statuses; 429 and 504 say more precisely what
+/// happened than that table's UNAVAILABLE: over budget (RESOURCE_EXHAUSTED, which clients do
+/// not retry blindly) and out of time (DEADLINE_EXCEEDED).
+pub fn grpc_status(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => grpc_code::INTERNAL,
+        401 => grpc_code::UNAUTHENTICATED,
+        403 => grpc_code::PERMISSION_DENIED,
+        404 => grpc_code::UNIMPLEMENTED,
+        429 => grpc_code::RESOURCE_EXHAUSTED,
+        502 | 503 => grpc_code::UNAVAILABLE,
+        504 => grpc_code::DEADLINE_EXCEEDED,
+        _ => grpc_code::UNKNOWN,
+    }
+}
+
+/// The refusal as a gRPC trailers-only response: HTTP 200, `content-type: application/grpc`,
+/// `grpc-status` and `grpc-message: <reason>: <message>` in the one HEADERS frame, no body.
+/// `WWW-Authenticate`, `Retry-After`, `RateLimit-*` stay (as metadata the client can read).
+pub fn grpc_refusal(r: &Refusal) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(GRPC_STATUS, HeaderValue::from(grpc_status(r.status)));
+    h.insert(
+        GRPC_MESSAGE,
+        grpc::message(&format!("{}: {}", r.reason, r.message)),
+    );
+    refusal_headers(r, h);
+    resp
+}
+
+/// The headers a refusal carries whatever its shape (JSON or gRPC).
+fn refusal_headers(r: &Refusal, h: &mut http::HeaderMap) {
     if let Some(err) = r.bearer_error {
         let v = format!(
             "Bearer realm=\"cc-gateway\", error=\"{err}\", error_description=\"{}\"",
@@ -193,7 +245,6 @@ pub fn refusal(r: &Refusal, request_id: &HeaderValue) -> Response<Body> {
             h.insert(http::header::ALLOW, v);
         }
     }
-    resp
 }
 
 /// RFC 6750 §3: error_description is %x20-21 / %x23-5B / %x5D-7E (no `"` or `\`).
@@ -254,5 +305,65 @@ mod tests {
         assert!(resp.headers().get(RATELIMIT).is_none());
         assert_eq!(body["error"], "service_unavailable");
         assert_eq!(body["reason"], "budget_store_unavailable");
+    }
+
+    #[tokio::test]
+    async fn grpc_refusal_is_trailers_only_with_the_http_headers_kept() {
+        let r: Refusal = Rejected::OverBudget {
+            rule: "user-daily".into(),
+            retry_after: 7,
+            headers: (
+                HeaderValue::from_static("\"user-daily\";q=5;w=86400"),
+                HeaderValue::from_static("\"user-daily\";r=0;t=7"),
+            ),
+        }
+        .into();
+        let resp = grpc_refusal(&r);
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers();
+        assert_eq!(h[CONTENT_TYPE], "application/grpc");
+        assert_eq!(h[GRPC_STATUS], "8");
+        assert_eq!(h[GRPC_MESSAGE], "user-daily: over budget: retry later");
+        assert_eq!(h[RETRY_AFTER], "7");
+        assert_eq!(h[RATELIMIT], "\"user-daily\";r=0;t=7");
+        use http_body::Body as _;
+        assert!(resp.body().is_end_stream(), "no body: trailers-only");
+    }
+
+    #[test]
+    fn grpc_status_mapping() {
+        for (http, grpc) in [
+            (400, 13),
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (429, 8),
+            (502, 14),
+            (503, 14),
+            (504, 4),
+            (500, 2),
+        ] {
+            assert_eq!(
+                grpc_status(StatusCode::from_u16(http).unwrap()),
+                grpc,
+                "{http}"
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        let mut h = http::HeaderMap::new();
+        assert!(!is_grpc(&h));
+        for (ct, yes) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("Application/GRPC+json", true),
+            ("application/json", false),
+            ("application/grp", false),
+        ] {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+            assert_eq!(is_grpc(&h), yes, "{ct}");
+        }
     }
 }

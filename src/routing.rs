@@ -129,6 +129,7 @@ mod tests {
             issuers: None,
             client_cert: None,
             cost: None,
+            streams: Default::default(),
         }
     }
 

@@ -73,6 +73,8 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         header_read_timeout: config.server.header_read_timeout,
         shutdown_timeout: config.server.shutdown_timeout,
         proxy_protocol: config.server.proxy_protocol,
+        http2_keepalive_interval: config.server.http2_keepalive_interval,
+        http2_keepalive_timeout: config.server.http2_keepalive_timeout,
     };
     if config.server.proxy_protocol {
         // every reason's series from startup, for alerts

@@ -34,7 +34,7 @@ pub use budgets::{
 };
 pub use issuers::{Issuer, KeySource};
 pub use log::{AccessLog, Log, LogFormat};
-pub use routes::{Route, RouteAuth};
+pub use routes::{Route, RouteAuth, RouteStreams};
 pub use server::{AdminToken, Server};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
 pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};

@@ -34,6 +34,8 @@ pub struct RawServer {
     pub shutdown_timeout: Option<String>,
     pub admin_token: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub http2_keepalive_interval: Option<String>,
+    pub http2_keepalive_timeout: Option<String>,
     pub tls: Option<RawServerTls>,
     pub proxy_protocol: Option<bool>,
 }
@@ -104,6 +106,9 @@ pub struct RawRoute {
     pub methods: Option<Vec<String>>,
     pub issuers: Option<Vec<String>>,
     pub cost: Option<i64>,
+    pub upgrades: Option<Vec<String>>,
+    pub idle_timeout: Option<String>,
+    pub timeout: Option<String>,
     pub client_cert: Option<RawClientCertRule>,
 }
 

@@ -1,6 +1,7 @@
 //! `[[routes]]`: path prefixes to upstreams, with each route's token requirements.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use http::Method;
 
@@ -30,7 +31,37 @@ pub struct Route {
     pub cost: Option<u64>,
     /// the client certificate identities this route admits (`None`: no certificate needed)
     pub client_cert: Option<ClientCertRule>,
+    /// upgrades and long-lived streams (`upgrades`, `idle_timeout`, `timeout`)
+    pub streams: RouteStreams,
 }
+
+/// How a route treats protocol upgrades and long-lived responses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteStreams {
+    /// upgrade protocols (lowercase, without version) tunnelled to the upstream; any other
+    /// `Upgrade` is stripped and the request proxied as an ordinary one
+    pub upgrades: Vec<String>,
+    /// a streamed response or tunnel with no bytes either way for this long is ended
+    /// (None: never)
+    pub idle_timeout: Option<Duration>,
+    /// the whole exchange, from the request's arrival to the response's last byte
+    /// (None: unbounded, the default, so hour-long streams live)
+    pub timeout: Option<Duration>,
+}
+
+impl Default for RouteStreams {
+    fn default() -> Self {
+        RouteStreams {
+            upgrades: vec!["websocket".into()],
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            timeout: None,
+        }
+    }
+}
+
+/// An hour: long enough for agent sessions with quiet gaps, short enough that an abandoned
+/// stream does not hold a connection forever.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Validator {
     pub(super) fn routes(
@@ -187,14 +218,61 @@ impl Validator {
                             .map(|c| c as u64)
                     })
                     .transpose()?,
+                streams: self.route_streams(&p, r.upgrades, r.idle_timeout, r.timeout)?,
             });
         }
         Ok(out)
+    }
+
+    fn route_streams(
+        &self,
+        p: &str,
+        upgrades: Option<Vec<String>>,
+        idle_timeout: Option<String>,
+        timeout: Option<String>,
+    ) -> VResult<RouteStreams> {
+        let d = RouteStreams::default();
+        let upgrades = match upgrades {
+            None => d.upgrades,
+            Some(v) => v
+                .iter()
+                .enumerate()
+                .map(|(j, u)| {
+                    let key = format!("{p}.upgrades[{j}]");
+                    let token = !u.is_empty()
+                        && u.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                    if !token {
+                        return Err(self.err(key, format!("{u:?} is not a protocol name")));
+                    }
+                    let lower = u.to_ascii_lowercase();
+                    if lower == "h2c" {
+                        // an h2c tunnel would carry any number of requests past routing and auth
+                        return Err(self.err(key, "h2c is never tunnelled: clients reach HTTP/2 by prior knowledge (or TLS ALPN)"));
+                    }
+                    Ok(lower)
+                })
+                .collect::<VResult<Vec<_>>>()?,
+        };
+        let optional = |key: &str, v: Option<String>, default: Option<Duration>| match v {
+            None => Ok(default),
+            Some(s) if s.trim() == "off" => Ok(None),
+            v => self
+                .positive_duration(&format!("{p}.{key}"), &v, Duration::ZERO)
+                .map(Some),
+        };
+        Ok(RouteStreams {
+            upgrades,
+            idle_timeout: optional("idle_timeout", idle_timeout, d.idle_timeout)?,
+            timeout: optional("timeout", timeout, d.timeout)?,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::super::tests::{parse, GOOD};
 
     #[test]
@@ -204,5 +282,49 @@ mod tests {
         );
         let e = parse(&dup).unwrap_err();
         assert_eq!(e.path, "routes[1].name");
+    }
+
+    fn with_route(keys: &str) -> String {
+        GOOD.replace(
+            "strip_prefix = true",
+            &format!("strip_prefix = true\n{keys}"),
+        )
+    }
+
+    #[test]
+    fn stream_defaults() {
+        let s = &parse(GOOD).expect("valid").routes[0].streams;
+        assert_eq!(s.upgrades, vec!["websocket".to_string()]);
+        assert_eq!(s.idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(s.timeout, None);
+    }
+
+    #[test]
+    fn stream_keys() {
+        let c = parse(&with_route(
+            "upgrades = []\nidle_timeout = \"90s\"\ntimeout = \"2h\"",
+        ))
+        .expect("valid");
+        let s = &c.routes[0].streams;
+        assert!(s.upgrades.is_empty());
+        assert_eq!(s.idle_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(s.timeout, Some(Duration::from_secs(7200)));
+        let s = &parse(&with_route(
+            "upgrades = [\"WebSocket\"]\nidle_timeout = \"off\"",
+        ))
+        .expect("valid")
+        .routes[0]
+            .streams;
+        assert_eq!(s.upgrades, vec!["websocket".to_string()]);
+        assert_eq!(s.idle_timeout, None);
+        for (keys, path) in [
+            ("upgrades = [\"h2c\"]", "routes[0].upgrades[0]"),
+            ("upgrades = [\"web socket\"]", "routes[0].upgrades[0]"),
+            ("idle_timeout = \"0s\"", "routes[0].idle_timeout"),
+            ("timeout = \"soon\"", "routes[0].timeout"),
+        ] {
+            let e = parse(&with_route(keys)).unwrap_err();
+            assert_eq!(e.path, path, "{keys}: {e}");
+        }
     }
 }

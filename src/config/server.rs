@@ -22,6 +22,11 @@ pub struct Server {
     pub tls: Option<ServerTls>,
     /// every connection starts with a PROXY protocol header from a `trusted_proxies` peer
     pub proxy_protocol: bool,
+    /// HTTP/2 PING toward clients after this long without a frame (None: off), so NATs and
+    /// load balancers in front keep quiet long-lived streams
+    pub http2_keepalive_interval: Option<Duration>,
+    /// a PING unanswered for this long closes the connection
+    pub http2_keepalive_timeout: Duration,
 }
 
 /// The admin bearer token, read from the environment or a file at load time.
@@ -99,6 +104,19 @@ impl Validator {
                 .collect::<VResult<Vec<_>>>()?,
             tls,
             proxy_protocol: r.proxy_protocol.unwrap_or(false),
+            http2_keepalive_interval: match &r.http2_keepalive_interval {
+                Some(s) if s.trim() == "off" => None,
+                v => Some(self.positive_duration(
+                    "server.http2_keepalive_interval",
+                    v,
+                    Duration::from_secs(20),
+                )?),
+            },
+            http2_keepalive_timeout: self.positive_duration(
+                "server.http2_keepalive_timeout",
+                &r.http2_keepalive_timeout,
+                Duration::from_secs(20),
+            )?,
         })
         .and_then(|s| {
             if s.proxy_protocol && s.trusted_proxies.is_empty() {
@@ -166,6 +184,23 @@ mod tests {
         assert_eq!(s.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(s.admin_token, None);
         assert!(s.trusted_proxies.is_empty());
+        assert_eq!(s.http2_keepalive_interval, Some(Duration::from_secs(20)));
+        assert_eq!(s.http2_keepalive_timeout, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn http2_keepalive() {
+        let s = parse(&with_server(
+            "http2_keepalive_interval = \"off\"\nhttp2_keepalive_timeout = \"5s\"",
+        ))
+        .expect("valid")
+        .server;
+        assert_eq!(s.http2_keepalive_interval, None);
+        assert_eq!(s.http2_keepalive_timeout, Duration::from_secs(5));
+        let e = parse(&with_server("http2_keepalive_interval = \"0s\"")).unwrap_err();
+        assert_eq!(e.path, "server.http2_keepalive_interval", "{e}");
+        let e = parse(&with_server("http2_keepalive_timeout = \"off\"")).unwrap_err();
+        assert_eq!(e.path, "server.http2_keepalive_timeout", "{e}");
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct ServeOptions {
     pub shutdown_timeout: Duration,
     /// every connection starts with a PROXY protocol header (`server.proxy_protocol`)
     pub proxy_protocol: bool,
+    /// HTTP/2 PINGs toward clients (None: off) and how long one may go unanswered
+    pub http2_keepalive_interval: Option<Duration>,
+    pub http2_keepalive_timeout: Duration,
 }
 
 /// The running worker threads (one per entry of the listeners); `shutdown` stops accepting
@@ -102,7 +105,11 @@ async fn run_worker<H: Handler>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(opts.max_header_bytes.min(u32::MAX as usize) as u32);
+        .max_header_list_size(opts.max_header_bytes.min(u32::MAX as usize) as u32)
+        // PINGs keep NATs and load balancers from dropping quiet long-lived streams, and
+        // find dead clients
+        .keep_alive_interval(opts.http2_keepalive_interval)
+        .keep_alive_timeout(opts.http2_keepalive_timeout);
     let builder = Arc::new(builder);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accepts = tokio::task::JoinSet::new();
@@ -167,6 +174,7 @@ async fn accept_loop<H: Handler>(
             }
         };
         let _ = stream.set_nodelay(true);
+        tcp_keepalive(&stream);
         let mut conn_info = ConnInfo {
             peer,
             local,
@@ -253,5 +261,18 @@ async fn serve<H, IO>(
     // errors on one connection (client gone, bad request) end that connection only
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// TCP keepalive probes on an accepted connection: a quiet HTTP/1.1 stream or WebSocket
+/// (which has no PING of its own) is not dropped by NATs and load balancers, and a vanished
+/// peer is found. 30 s idle is under the common 60–350 s NAT and LB idle cuts.
+fn tcp_keepalive(stream: &tokio::net::TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
     }
 }

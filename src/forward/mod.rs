@@ -18,6 +18,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+/// the h2c upgrade's settings (RFC 7540 §3.2.1): connection-specific, never forwarded
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Identity header names (`<prefix>Subject` …), built once from the config.
 pub struct IdentityNames {
@@ -108,6 +110,23 @@ pub fn is_upgrade(h: &HeaderMap, version: Version) -> bool {
         })
 }
 
+/// Does `allowed` (a route's `upgrades`, lowercase) cover every protocol the request's
+/// `Upgrade` offers? Versions (`websocket/13`) are ignored; an empty or garbled offer is not
+/// covered. Only covered upgrades are tunnelled: anything else is proxied as an ordinary
+/// request, so no bytes can reach a backend past routing and auth.
+pub fn upgrade_allowed(h: &HeaderMap, allowed: &[String]) -> bool {
+    let mut offered = h
+        .get_all(UPGRADE)
+        .iter()
+        .flat_map(|v| v.to_str().ok().into_iter().flat_map(|s| s.split(',')))
+        .map(|p| p.split('/').next().unwrap_or("").trim())
+        .peekable();
+    if offered.peek().is_none() || h.get_all(UPGRADE).iter().any(|v| v.to_str().is_err()) {
+        return false;
+    }
+    offered.all(|p| !p.is_empty() && allowed.iter().any(|a| a.eq_ignore_ascii_case(p)))
+}
+
 /// Drops hop-by-hop headers (RFC 9110 §7.6.1), keeping `Connection: upgrade` + `Upgrade`
 /// when the exchange is an upgrade.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
@@ -136,6 +155,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     h.remove(KEEP_ALIVE);
     h.remove(PROXY_CONNECTION);
     h.remove(PROXY_AUTHORIZATION);
+    h.remove(HTTP2_SETTINGS);
     h.remove(TE);
     h.remove(TRAILER);
     h.remove(TRANSFER_ENCODING); // hyper re-frames bodies itself
@@ -296,6 +316,34 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert!(!h.contains_key("x-secret") && !h.contains_key(CONNECTION) && !h.contains_key(TE));
         assert!(h.contains_key(X_REQUEST_ID));
+    }
+
+    #[test]
+    fn upgrades_only_as_allowed() {
+        let ws = vec!["websocket".to_string()];
+        let offer = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(UPGRADE, HeaderValue::from_static(v));
+            h
+        };
+        assert!(upgrade_allowed(&offer("websocket"), &ws));
+        assert!(upgrade_allowed(&offer("WebSocket/13"), &ws));
+        assert!(!upgrade_allowed(&offer("h2c"), &ws));
+        assert!(!upgrade_allowed(&offer("websocket, h2c"), &ws));
+        assert!(!upgrade_allowed(&offer(""), &ws));
+        assert!(!upgrade_allowed(&offer(" , "), &ws));
+        assert!(!upgrade_allowed(&offer("websocket"), &[]));
+        assert!(!upgrade_allowed(&HeaderMap::new(), &ws));
+    }
+
+    #[test]
+    fn h2c_upgrade_headers_never_cross() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(HTTP2_SETTINGS, HeaderValue::from_static("AAMAAABkAAQAAP__"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
