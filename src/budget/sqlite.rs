@@ -131,7 +131,12 @@ impl Persist {
             .spawn(move || loop {
                 let (lock, cv) = &*s;
                 let stopping = match lock.lock() {
-                    Ok(g) => cv.wait_timeout(g, every).map(|(g, _)| *g).unwrap_or(true),
+                    // the flag is checked before waiting (and after spurious wake-ups): a stop
+                    // signalled while a flush ran must not be missed for a whole interval
+                    Ok(g) => cv
+                        .wait_timeout_while(g, every, |stop| !*stop)
+                        .map(|(g, _)| *g)
+                        .unwrap_or(true),
                     Err(_) => true,
                 };
                 match flush(&mut conn, &store) {
