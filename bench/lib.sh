@@ -28,7 +28,7 @@ need() {
 
 build_and_mint() {
   cargo build --release -q
-  $BIN token keygen --alg RS256 --key "$RUN/key.pem" --jwks "$RUN/jwks.json" --kid bench >/dev/null
+  $BIN token keygen --force --alg RS256 --key "$RUN/key.pem" --jwks "$RUN/jwks.json" --kid bench >/dev/null
   $BIN token mint --key "$RUN/key.pem" --kid bench --iss $ISS --aud gitlab-ai-gateway --sub warm \
     --scopes code_suggestions --ttl 2h --claim gitlab_realm=saas > "$RUN/warm.txt"
   [ -s "$RUN/cold.txt" ] && [ "$RUN/cold.txt" -nt "$RUN/key.pem" ] || \
