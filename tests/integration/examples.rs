@@ -1,6 +1,7 @@
 //! The shipped example config stays valid: `cc-gateway check` accepts `examples/gateway.toml`
-//! as it is, and with every commented-out optional key switched on (so a comment cannot
-//! advertise a key or value the gateway would refuse).
+//! as it is, and with every commented-out optional key (and commented-out table, such as
+//! `# [server.tls]`) switched on, so a comment cannot advertise a key or value the gateway would
+//! refuse. The TLS files those keys name are generated into the copy: `check` reads them.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,41 @@ fn assert_check_ok(path: &Path, env: &[(&str, &str)]) {
     );
 }
 
+/// The certificates, keys and CA bundles the example's commented-out TLS keys name (relative to
+/// the config), generated with rcgen: `check` loads each one (a key must match its
+/// certificate), so they must be real. A name the example adds but this list lacks fails
+/// `check` with the missing path.
+fn write_tls_files(dir: &Path) {
+    let tls = dir.join("tls");
+    std::fs::create_dir(&tls).expect("creating tls/");
+    let edge_ca = crate::tls::Ca::new("example edge CA");
+    edge_ca
+        .leaf("gateway.example.org", &["gateway.example.org"], &[])
+        .write(&tls, "edge");
+    let clients_ca = crate::tls::Ca::new("example clients CA");
+    std::fs::write(tls.join("clients-ca.pem"), clients_ca.issuer_pem()).expect("clients-ca.pem");
+    let backend_ca = crate::tls::Ca::new("example backend CA");
+    std::fs::write(tls.join("backend-ca.pem"), backend_ca.issuer_pem()).expect("backend-ca.pem");
+    backend_ca
+        .leaf(
+            "cc-gateway",
+            &[],
+            &["spiffe://example.org/ns/edge/sa/cc-gateway"],
+        )
+        .write(&tls, "gw");
+}
+
+/// Is this line a table header, `[x]` / `[[x]]`?
+fn is_header(line: &str) -> bool {
+    line.starts_with('[')
+}
+
+/// `line` without its leading `# ` (or `#`), if it is a comment.
+fn uncomment(line: &str) -> Option<&str> {
+    line.strip_prefix('#')
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+}
+
 /// `key` of a `key = value` line (`None` for anything else).
 fn key_of(line: &str) -> Option<&str> {
     let (key, _) = line.split_once('=')?;
@@ -50,13 +86,15 @@ fn key_of(line: &str) -> Option<&str> {
 }
 
 /// The example with each commented-out `# key = value` line uncommented, unless its table
-/// already sets that key (an alternative value, e.g. a second `level`). Returns the text and
-/// the keys switched on.
+/// already sets that key (an alternative value, e.g. a second `level`), and each commented-out
+/// table header (`# [server.tls]`) uncommented with it, so the keys commented out below it
+/// land in that table. Returns the text and the keys switched on.
 fn with_optional_keys_enabled(text: &str) -> (String, Vec<String>) {
-    // tables in file order ([[issuers]] entries each count): the keys each one sets
+    // tables in file order ([[issuers]] entries each count, commented-out ones too): the keys
+    // each one sets
     let mut set: Vec<HashSet<&str>> = vec![HashSet::new()];
     for line in text.lines() {
-        if line.starts_with('[') {
+        if is_header(line) || uncomment(line).is_some_and(is_header) {
             set.push(HashSet::new());
         } else if let Some(k) = key_of(line) {
             set.last_mut().expect("a table").insert(k);
@@ -66,12 +104,15 @@ fn with_optional_keys_enabled(text: &str) -> (String, Vec<String>) {
     let mut out = String::new();
     let mut enabled = Vec::new();
     for line in text.lines() {
-        if line.starts_with('[') {
+        let uncommented = uncomment(line);
+        if is_header(line) {
             table += 1;
+        } else if let Some(header) = uncommented.filter(|l| is_header(l)) {
+            table += 1;
+            out.push_str(header);
+            out.push('\n');
+            continue;
         }
-        let uncommented = line
-            .strip_prefix('#')
-            .map(|l| l.strip_prefix(' ').unwrap_or(l));
         match uncommented.and_then(|l| key_of(l).map(|k| (l, k))) {
             // `insert` also keeps a key commented twice in one table from being set twice
             Some((l, k)) if set[table].insert(k) => {
@@ -101,7 +142,21 @@ fn the_example_config_passes_check() {
 #[test]
 fn the_example_config_passes_check_with_its_optional_keys_enabled() {
     let (text, enabled) = with_optional_keys_enabled(&example_text());
-    for key in ["threads", "trusted_proxies", "admin_token", "forward_token"] {
+    for key in [
+        "threads",
+        "trusted_proxies",
+        "admin_token",
+        "forward_token",
+        "proxy_protocol",
+        "certificates",
+        "client_auth",
+        "client_cert",
+        "upgrades",
+        "idle_timeout",
+        "timeout",
+        "protocol",
+        "tls",
+    ] {
         assert!(
             enabled.iter().any(|k| k == key),
             "expected the example to offer `# {key} = …` (enabled: {enabled:?})"
@@ -109,7 +164,8 @@ fn the_example_config_passes_check_with_its_optional_keys_enabled() {
     }
     let secret = "example-admin-token-0123456789";
     let env: Vec<(&str, &str)> = env_refs(&text).into_iter().map(|n| (n, secret)).collect();
-    let (_dir, path) = example_copy(&text);
+    let (dir, path) = example_copy(&text);
+    write_tls_files(dir.path());
     assert_check_ok(&path, &env);
 }
 
