@@ -136,7 +136,7 @@ Try it:
   curl -N -H "Authorization: Bearer $TOKEN" {gw}/ai/v2/completions/stream     # SSE, event by event
   curl -sS {gw}/ai/v2/completions                                             # 401 missing_token
   {exe} token inspect --config {cfg} "$TOKEN"    # why 401?
-  {exe} token mint --key {key} --kid {kid} --iss {issuer} --aud gitlab-ai-gateway --sub me --scopes duo_chat --ttl 1h
+  {exe} token mint --key {key} --kid={kid} --iss {issuer} --aud gitlab-ai-gateway --sub me --scopes duo_chat --ttl 1h
 
 Metrics: {admin}/metrics   Health: {admin}/readyz   Access log: stdout
 Stop: Ctrl-C
