@@ -116,7 +116,8 @@ fn token_keygen_add_appends_to_the_jwks_and_refuses_a_duplicate_kid() {
     // a kid the set already has
     let before = read(&jwks);
     let dup = dir.path().join("dup.pem");
-    let o = keygen(&dup, &jwks, &["--add", "--kid", &kids[0]]);
+    // `--kid=…`: a thumbprint may start with `-`, which would read as a flag
+    let o = keygen(&dup, &jwks, &["--add", &format!("--kid={}", kids[0])]);
     assert_refused_naming(&o, &jwks, "duplicate kid");
     assert!(
         String::from_utf8_lossy(&o.stderr).contains(&kids[0]),
