@@ -5,6 +5,7 @@
 //! metadata) after streamed data. The server and the checks of each call kind are shared with
 //! `tls.rs` and with the long-silence test in `streams.rs`.
 
+pub(crate) mod ping_policy;
 mod tls;
 
 use std::net::SocketAddr;
