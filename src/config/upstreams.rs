@@ -48,6 +48,15 @@ pub struct Upstream {
     pub http2_keepalive_timeout: Duration,
 }
 
+/// The default PING interval toward upstreams: 5 minutes, never less. Default gRPC servers
+/// (grpc-go, C-core) count a PING that comes less than 5 minutes after the previous one, while
+/// they send nothing, as a strike and end the connection with `GOAWAY too_many_pings` after
+/// the third — exactly what a silent agent stream does. hyper schedules the next PING from the
+/// last frame read, which includes the previous PONG, so PINGs are always more than this far
+/// apart at the server. NATs are kept open by TCP keepalive (30 s) instead; the client side
+/// (`server.http2_keepalive_interval`, 20 s) is unaffected: client libraries answer PINGs.
+const UPSTREAM_HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(300);
+
 /// For `check`: each TLS upstream's files (CA bundle or the system roots, client certificate
 /// and key, and that the key belongs to the certificate) build a client config, as the first
 /// connection will. Returns the key path and the problem.
@@ -105,7 +114,7 @@ impl Validator {
                 http2_keepalive_interval: self.positive_duration(
                     &format!("{p}.http2_keepalive_interval"),
                     &r.http2_keepalive_interval,
-                    Duration::from_secs(20),
+                    UPSTREAM_HTTP2_KEEPALIVE_INTERVAL,
                 )?,
                 http2_keepalive_timeout: self.positive_duration(
                     &format!("{p}.http2_keepalive_timeout"),
@@ -275,7 +284,8 @@ mod tests {
         let u = &parse(GOOD).expect("valid").upstreams[0];
         assert_eq!(u.protocol, UpstreamProtocol::Http1);
         assert_eq!(u.tls, None);
-        assert_eq!(u.http2_keepalive_interval, Duration::from_secs(20));
+        // PINGs no closer than a default gRPC server's 5-minute policy allows
+        assert_eq!(u.http2_keepalive_interval, Duration::from_secs(300));
         assert_eq!(u.http2_keepalive_timeout, Duration::from_secs(20));
         let u = parse(&with("tls = {}\nprotocol = \"auto\""))
             .expect("valid")

@@ -2,9 +2,10 @@
 //! with no bytes either way for that long — a gRPC stream with `grpc-status: 4` in its
 //! trailers, never a bare reset — and its `timeout` bounds the whole exchange; traffic keeps a
 //! stream alive however long it lasts; a gRPC stream the upstream breaks ends with
-//! `grpc-status: 14`; HTTP/2 PINGs go to quiet clients and accepted sockets have TCP keepalive. The intervals here are
-//! short so the tests are fast; `silent_streams_survive_two_minutes_by_default` (ignored by
-//! default) checks the default configuration over a 120 s silence.
+//! `grpc-status: 14`; HTTP/2 PINGs go to quiet clients and accepted sockets have TCP keepalive.
+//! The intervals here are short so the tests are fast, except in one:
+//! `silent_streams_survive_two_minutes_by_default` checks the default configuration over a
+//! 120 s silence (gRPC, WebSocket and SSE at once, so it costs 120 s of wall time once).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,9 +25,13 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use http::uri::PathAndQuery;
+
 use crate::common::servers::{WsEcho, SSE_FIRST, SSE_SECOND};
 use crate::common::wait::DEADLINE;
 use crate::common::*;
+use crate::grpc;
+use crate::grpc::ping_policy::StrictServer;
 
 /// Generous bound for "the stream was ended": far above the configured limits.
 const ENDED_WITHIN: Duration = Duration::from_secs(10);
@@ -356,19 +361,86 @@ async fn quiet_http2_clients_get_pings_and_dead_ones_are_dropped() {
     );
 }
 
-/// With the default configuration, an SSE stream and a WebSocket that stay silent for 120 s
-/// (beyond common proxies' 60–100 s idle cuts) still deliver their next message. Slow: run it
-/// with `cargo test --test integration silent_streams -- --ignored`.
+/// A gRPC `Held` server stream through the gateway at `gw` (`path`) whose upstream sits behind
+/// `strict`: reads the first message, stays silent for `silence`, then expects the next message
+/// and an OK end, and no GOAWAY from the strict server.
+async fn silent_grpc_stream(
+    gw: SocketAddr,
+    path: &'static str,
+    up: &grpc::GrpcUpstream,
+    strict: &StrictServer,
+    silence: Duration,
+) {
+    let mut g = grpc::h2c_client(gw).await;
+    g.ready().await.expect("gRPC client ready");
+    let mut s = g
+        .server_streaming(
+            tonic::Request::new(grpc::msg("held")),
+            PathAndQuery::from_static(path),
+            grpc::codec(),
+        )
+        .await
+        .expect("gRPC server stream")
+        .into_inner();
+    let first = s.message().await.expect("first message");
+    assert_eq!(first.map(|m| m.text).as_deref(), Some("held-1"), "{path}");
+    tokio::time::sleep(silence).await;
+    up.proceed.notify_one();
+    let next = tokio::time::timeout(ENDED_WITHIN, s.message())
+        .await
+        .expect("the next message in time");
+    let next = next.map(|m| m.map(|m| m.text));
+    assert!(
+        matches!(&next, Ok(Some(t)) if t == "held-2"),
+        "{path}: {next:?} after the silence (PINGs the upstream saw: {}, GOAWAYs: {})",
+        strict.pings(),
+        strict.goaways()
+    );
+    let end = tokio::time::timeout(ENDED_WITHIN, s.message())
+        .await
+        .expect("the end in time");
+    assert!(matches!(end, Ok(None)), "{path} ends OK: {end:?}");
+    assert_eq!(strict.goaways(), 0, "{path}");
+}
+
+/// With the default configuration, a gRPC server stream, an SSE stream and a WebSocket that
+/// stay silent for 120 s (beyond common proxies' 60–100 s idle cuts) still deliver their next
+/// message; all at once, so the test costs 120 s of wall time once.
+///
+/// The gRPC upstreams enforce a default grpc-go / C-core PING policy (5 minutes; GOAWAY
+/// `too_many_pings` at the third strike). A second gRPC stream goes to an upstream whose only
+/// non-default key is a long `pool_idle_timeout`: hyper stops pinging a connection once the pool
+/// has dropped its handle (after `pool_idle_timeout`, 60 s by default, even with a stream open),
+/// which would hide a bad PING interval; with the pool keeping it, the default interval itself
+/// must respect the policy (a 20 s interval fails here, at about 80 s).
 #[tokio::test]
-#[ignore = "waits 120 s: run with --ignored"]
 async fn silent_streams_survive_two_minutes_by_default() {
     const SILENCE: Duration = Duration::from_secs(120);
+    const DEFAULT_POLICY: Duration = Duration::from_secs(300);
     let sse = Sse::start().await;
     let ws = WsEcho::start().await;
-    let extra = format!("{}{}", route("sse", sse.addr, ""), route("ws", ws.addr, ""))
-        .replace("read_timeout = \"30s\"", "");
+    let grpc_up = grpc::start_upstream().await;
+    let strict = StrictServer::start(grpc_up.addr, DEFAULT_POLICY).await;
+    let pooled_up = grpc::start_upstream().await;
+    let pooled_strict = StrictServer::start(pooled_up.addr, DEFAULT_POLICY).await;
+    let extra = format!(
+        "{}{}{}{}protocol = \"h2c\"\npool_idle_timeout = \"1h\"\n",
+        route("sse", sse.addr, ""),
+        route("ws", ws.addr, ""),
+        grpc::grpc_route(strict.addr),
+        route("pooled", pooled_strict.addr, "strip_prefix = true"),
+    )
+    .replace("read_timeout = \"30s\"", "");
     let fx = fixture(extra, "").await;
 
+    let grpc_check = silent_grpc_stream(fx.gw.addr, "/test.Echo/Held", &grpc_up, &strict, SILENCE);
+    let pooled_check = silent_grpc_stream(
+        fx.gw.addr,
+        "/pooled/test.Echo/Held",
+        &pooled_up,
+        &pooled_strict,
+        SILENCE,
+    );
     let sse_check = async {
         let mut body = h1_get(fx.gw.addr, "/sse/s").await.into_body();
         let mut got = Vec::new();
@@ -401,7 +473,7 @@ async fn silent_streams_survive_two_minutes_by_default() {
             "{echoed:?}"
         );
     };
-    tokio::join!(sse_check, ws_check);
+    tokio::join!(grpc_check, pooled_check, sse_check, ws_check);
 }
 
 /// The kernel's timer on the gateway's side of the connection `client` opened: `/proc/net/tcp`'s

@@ -1,7 +1,12 @@
 //! gRPC through the gateway to an HTTP/2 (h2c) upstream: a real tonic client (h2c to the
-//! gateway) and a real tonic server (hand-written prost messages, no protoc), all four call
-//! kinds, with request/response metadata (ASCII and binary), `te: trailers` reaching the
-//! server, and trailers (`grpc-status`, `grpc-message`, custom metadata) after streamed data.
+//! gateway here, TLS h2 in `tls.rs`) and a real tonic server (hand-written prost messages, no
+//! protoc), all four call kinds, with request/response metadata (ASCII and binary),
+//! `te: trailers` reaching the server, and trailers (`grpc-status`, `grpc-message`, custom
+//! metadata) after streamed data. The server and the checks of each call kind are shared with
+//! `tls.rs` and with the long-silence test in `streams.rs`.
+
+pub(crate) mod ping_policy;
+mod tls;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -10,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::uri::PathAndQuery;
+use tokio::sync::Notify;
 use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -18,17 +24,17 @@ use tonic_prost::ProstCodec;
 use crate::common::*;
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Msg {
+pub(crate) struct Msg {
     #[prost(string, tag = "1")]
-    pub text: String,
+    pub(crate) text: String,
 }
 
-fn msg(t: &str) -> Msg {
+pub(crate) fn msg(t: &str) -> Msg {
     Msg { text: t.into() }
 }
 
-type BoxFut<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-type MsgStream = Pin<Box<dyn Stream<Item = Result<Msg, Status>> + Send>>;
+pub(crate) type BoxFut<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+pub(crate) type MsgStream = Pin<Box<dyn Stream<Item = Result<Msg, Status>> + Send>>;
 
 /// Response metadata every handler sets: what the server saw of the request's `te` and
 /// `x-req-bin` (binary) metadata.
@@ -143,10 +149,36 @@ impl tonic::server::StreamingService<Msg> for Bidi {
     }
 }
 
+/// A server stream that sends `<text>-1`, then nothing until the test's `proceed` fires, then
+/// `<text>-2` and OK: a stream that stays silent as long as the test wants.
+struct Held(Arc<Notify>);
+impl tonic::server::ServerStreamingService<Msg> for Held {
+    type Response = Msg;
+    type ResponseStream = MsgStream;
+    type Future = BoxFut<Result<Response<MsgStream>, Status>>;
+    fn call(&mut self, req: Request<Msg>) -> Self::Future {
+        let proceed = self.0.clone();
+        Box::pin(async move {
+            let text = req.into_inner().text;
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(msg(&format!("{text}-1")))).await;
+                proceed.notified().await;
+                let _ = tx.send(Ok(msg(&format!("{text}-2")))).await;
+            });
+            Ok(Response::new(
+                Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as MsgStream,
+            ))
+        })
+    }
+}
+
 /// The hand-written service: what tonic's codegen would produce for
-/// `service Echo { rpc Unary; rpc ServerStream; rpc ClientStream; rpc Bidi }`.
+/// `service Echo { rpc Unary; rpc ServerStream; rpc ClientStream; rpc Bidi; rpc Held }`.
 #[derive(Clone)]
-struct EchoService;
+struct EchoService {
+    proceed: Arc<Notify>,
+}
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for EchoService {
     type Response = http::Response<tonic::body::Body>;
@@ -158,6 +190,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for EchoService {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let proceed = self.proceed.clone();
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(ProstCodec::<Msg, Msg>::default());
             let resp = match req.uri().path() {
@@ -165,6 +198,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for EchoService {
                 "/test.Echo/ServerStream" => grpc.server_streaming(ServerStream, req).await,
                 "/test.Echo/ClientStream" => grpc.client_streaming(ClientStream, req).await,
                 "/test.Echo/Bidi" => grpc.streaming(Bidi, req).await,
+                "/test.Echo/Held" => grpc.server_streaming(Held(proceed), req).await,
                 _ => Status::unimplemented("no such method").into_http(),
             };
             Ok(resp)
@@ -172,9 +206,11 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for EchoService {
     }
 }
 
-struct GrpcUpstream {
-    addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
+pub(crate) struct GrpcUpstream {
+    pub(crate) addr: SocketAddr,
+    pub(crate) connections: Arc<AtomicUsize>,
+    /// releases the second message of every open `Held` call
+    pub(crate) proceed: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -184,10 +220,14 @@ impl Drop for GrpcUpstream {
     }
 }
 
-async fn start_upstream() -> GrpcUpstream {
+pub(crate) async fn start_upstream() -> GrpcUpstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
+    let proceed = Arc::new(Notify::new());
+    let service = EchoService {
+        proceed: proceed.clone(),
+    };
     let n = connections.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |c| {
         n.fetch_add(1, Ordering::SeqCst);
@@ -195,18 +235,20 @@ async fn start_upstream() -> GrpcUpstream {
     });
     let task = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
-            .serve_with_incoming(EchoService, incoming)
+            .serve_with_incoming(service, incoming)
             .await;
     });
     GrpcUpstream {
         addr,
         connections,
+        proceed,
         task,
     }
 }
 
-async fn gateway(up: SocketAddr) -> Fixture {
-    let extra = format!(
+/// The gRPC route and its h2c upstream at `up` (`/test.Echo/`, public), as config text.
+pub(crate) fn grpc_route(up: SocketAddr) -> String {
+    format!(
         r#"
 [[routes]]
 name = "grpc"
@@ -219,24 +261,34 @@ name = "grpc"
 endpoints = ["{up}"]
 protocol = "h2c"
 "#
-    );
+    )
+}
+
+async fn gateway(up: SocketAddr) -> Fixture {
     Fixture::with(Opts {
-        extra,
+        extra: grpc_route(up),
         ..Opts::default()
     })
     .await
 }
 
-async fn client(fx: &Fixture) -> tonic::client::Grpc<tonic::transport::Channel> {
-    let ch = tonic::transport::Channel::from_shared(format!("http://{}", fx.gw.addr))
-        .unwrap()
+pub(crate) type Client = tonic::client::Grpc<tonic::transport::Channel>;
+
+/// A tonic client speaking h2c (prior knowledge) to the plaintext listener at `addr`.
+pub(crate) async fn h2c_client(addr: SocketAddr) -> Client {
+    let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("URI")
         .connect()
         .await
         .expect("h2c to the gateway");
     tonic::client::Grpc::new(ch)
 }
 
-fn codec() -> ProstCodec<Msg, Msg> {
+async fn client(fx: &Fixture) -> Client {
+    h2c_client(fx.gw.addr).await
+}
+
+pub(crate) fn codec() -> ProstCodec<Msg, Msg> {
     ProstCodec::default()
 }
 
@@ -277,11 +329,9 @@ fn assert_final_status(s: &Status) {
     );
 }
 
-#[tokio::test]
-async fn unary_with_metadata_and_an_error_status() {
-    let up = start_upstream().await;
-    let fx = gateway(up.addr).await;
-    let mut g = client(&fx).await;
+/// A unary call with binary metadata, then one the server fails with its own status and
+/// trailing metadata.
+async fn check_unary(g: &mut Client) {
     g.ready().await.unwrap();
     let r = g
         .unary(
@@ -311,11 +361,8 @@ async fn unary_with_metadata_and_an_error_status() {
     );
 }
 
-#[tokio::test]
-async fn server_streaming_then_trailers() {
-    let up = start_upstream().await;
-    let fx = gateway(up.addr).await;
-    let mut g = client(&fx).await;
+/// Three messages, then the final status and trailing metadata as trailers.
+async fn check_server_streaming(g: &mut Client) {
     g.ready().await.unwrap();
     let r = g
         .server_streaming(
@@ -339,11 +386,7 @@ async fn server_streaming_then_trailers() {
     assert_final_status(&status);
 }
 
-#[tokio::test]
-async fn client_streaming() {
-    let up = start_upstream().await;
-    let fx = gateway(up.addr).await;
-    let mut g = client(&fx).await;
+async fn check_client_streaming(g: &mut Client) {
     g.ready().await.unwrap();
     let out = tokio_stream::iter(vec![msg("a"), msg("b"), msg("c")]);
     let r = g
@@ -358,11 +401,9 @@ async fn client_streaming() {
     assert_eq!(r.into_inner().text, "a,b,c");
 }
 
-#[tokio::test]
-async fn bidi_interleaved_with_unary_calls_on_one_upstream_connection() {
-    let up = start_upstream().await;
-    let fx = gateway(up.addr).await;
-    let mut g = client(&fx).await;
+/// A bidi stream answered message by message, with unary calls completing while it is open
+/// (not blocked behind it), then the final status as trailers.
+async fn check_bidi_beside_unary_calls(g: &mut Client) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(4);
     g.ready().await.unwrap();
     let r = {
@@ -401,6 +442,34 @@ async fn bidi_interleaved_with_unary_calls_on_one_upstream_connection() {
     drop(tx);
     let status = s.message().await.expect_err("the final status");
     assert_final_status(&status);
+}
+
+#[tokio::test]
+async fn unary_with_metadata_and_an_error_status() {
+    let up = start_upstream().await;
+    let fx = gateway(up.addr).await;
+    check_unary(&mut client(&fx).await).await;
+}
+
+#[tokio::test]
+async fn server_streaming_then_trailers() {
+    let up = start_upstream().await;
+    let fx = gateway(up.addr).await;
+    check_server_streaming(&mut client(&fx).await).await;
+}
+
+#[tokio::test]
+async fn client_streaming() {
+    let up = start_upstream().await;
+    let fx = gateway(up.addr).await;
+    check_client_streaming(&mut client(&fx).await).await;
+}
+
+#[tokio::test]
+async fn bidi_interleaved_with_unary_calls_on_one_upstream_connection() {
+    let up = start_upstream().await;
+    let fx = gateway(up.addr).await;
+    check_bidi_beside_unary_calls(&mut client(&fx).await).await;
     // one client connection lands on one worker: its calls shared one upstream connection
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
