@@ -6,15 +6,26 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cfg=$(mktemp /tmp/cc-gateway-anchor-XXXXXX.toml)
+# BENCH_TLS=1: the harness's certificate on BENCH_LISTEN, no plaintext listener
+if [ "${BENCH_TLS_CERT:-off}" != off ]; then
+  listen='[]'
+  tls=$'[server.tls]\nlisten = ["'"${BENCH_LISTEN}"$'"]\ncertificates = [{ cert = "'"${BENCH_TLS_CERT}"'", key = "'"${BENCH_TLS_KEY}"$'" }]'
+else
+  listen="[\"${BENCH_LISTEN}\"]"
+  tls=""
+fi
+# BENCH_ACCESS_LOG=1: one JSON line per request to the harness's file
+access=off
+[ "${BENCH_ACCESS_LOG_FILE:-off}" != off ] && access="${BENCH_ACCESS_LOG_FILE}"
 cat > "$cfg" <<CONF
 [server]
-listen = ["${BENCH_LISTEN}"]
+listen = ${listen}
 admin_listen = "127.0.0.1:0"
 threads = ${CC_THREADS:-2}
 [auth]
 token_cache_size = ${CC_TOKEN_CACHE_SIZE:-100000}
 [log]
-access = "off"
+access = "${access}"
 level = "warn"
 [[issuers]]
 name = "bench"
@@ -29,5 +40,6 @@ audience = "${BENCH_AUDIENCE}"
 [[upstreams]]
 name = "ai"
 endpoints = ["${BENCH_UPSTREAM}"]
+${tls}
 CONF
 exec "$here/target/release/cc-gateway" run --config "$cfg"
