@@ -32,9 +32,10 @@ lint: prereqs
 
 ## benchmarks (not tests): see bench/README.md
 bench: prereqs
-	PREREQS_EXTRA="wrk nginx" ./scripts/prereqs.sh
+	PREREQS_EXTRA="wrk nginx h2load:nghttp2-client openssl" ./scripts/prereqs.sh
 	./bench/run.sh
 	./bench/budgets.sh
+	./bench/tls.sh
 
 ## fuzz the token parser for FUZZ_SECONDS (default 60); needs nightly + cargo-fuzz
 fuzz:

@@ -15,8 +15,8 @@ have make || need_pkgs+=(make)
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || need_pkgs+=(procps)
 # the budget tests run a real Redis (spawned on an ephemeral port, stopped by PID)
 have redis-server || need_pkgs+=(redis-server)
-# extra tools for a target, e.g. PREREQS_EXTRA="wrk" for benchmarks
-for p in ${PREREQS_EXTRA:-}; do have "$p" || need_pkgs+=("$p"); done
+# extra tools for a target, e.g. PREREQS_EXTRA="wrk h2load:nghttp2-client" (command[:package])
+for p in ${PREREQS_EXTRA:-}; do have "${p%%:*}" || need_pkgs+=("${p#*:}"); done
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && have apt-get; then
