@@ -45,14 +45,9 @@ pub async fn handle(
 
     // 2. authenticate and authorize: the client certificate (on routes with a rule), then
     // the token (skipped on public routes)
-    if let Some(rule) = &route.route.client_cert {
-        match auth::client_cert::check(rule, conn.client_cert.as_deref(), conn.tls) {
-            Ok(uri) => ex.client_uri = uri.and_then(|u| HeaderValue::from_str(u).ok()),
-            Err(e) => {
-                gw.auth_failures.inc(e.reason);
-                return ex.refuse(e.into());
-            }
-        }
+    if let Err(e) = client_certificate(route.route, &conn, &mut ex) {
+        gw.auth_failures.inc(e.reason);
+        return ex.refuse(e.into());
     }
     match authenticate(gw, route.route, &req).await {
         Ok(identity) => ex.identity = identity,
@@ -75,32 +70,43 @@ pub async fn handle(
     let exchange = w.upstreams[upstream].send(forwarded.request, forwarded.path);
     // the route's `timeout` bounds the whole exchange, the wait for the head included
     let result = match route.route.streams.timeout {
-        None => Ok(exchange.await),
-        Some(t) => tokio::time::timeout_at((ex.start + t).into(), exchange).await,
+        None => exchange.await,
+        Some(t) => tokio::time::timeout_at((ex.start + t).into(), exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(UpstreamError::Timeout {
+                    endpoint: format!(
+                        "upstream {} (the route's timeout)",
+                        upstream_name(gw, upstream)
+                    ),
+                    timeout: t,
+                })
+            }),
     };
     gw.upstream_durations[upstream].observe(sent.elapsed().as_secs_f64());
 
     // 5. respond (6. the log is written when the response body completes)
     match result {
-        Ok(Ok((resp, _endpoint))) => ex.respond(resp, forwarded.client_upgrade),
-        Ok(Err(e)) => {
+        Ok((resp, _endpoint)) => ex.respond(resp, forwarded.client_upgrade),
+        Err(e) => {
             upstream_failed(gw, &ex, upstream, &e);
             ex.refuse((&e).into())
         }
-        Err(_) => {
-            let name = &gw.config.upstreams[upstream].name;
-            METRICS
-                .upstream_errors
-                .with_label_values(&[name, "timeout"])
-                .inc();
-            tracing::warn!(request_id = ex.request_id.to_str().unwrap_or(""), upstream = %name, "no upstream answer within the route's timeout");
-            ex.refuse(Refusal::new(
-                http::StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "the upstream did not answer in time",
-            ))
-        }
     }
+}
+
+fn upstream_name(gw: &Gateway, upstream: usize) -> &str {
+    &gw.config.upstreams[upstream].name
+}
+
+/// Step 2a: a route with a `client_cert` rule admits only the identities it lists; the URI SAN
+/// that matched goes upstream.
+fn client_certificate(r: &Route, conn: &ConnInfo, ex: &mut Exchange) -> Result<(), AuthError> {
+    if let Some(rule) = &r.client_cert {
+        let uri = auth::client_cert::check(rule, conn.client_cert.as_deref(), conn.tls)?;
+        ex.client_uri = uri.and_then(|u| HeaderValue::from_str(u).ok());
+    }
+    Ok(())
 }
 
 /// Step 2: the verified identity (None on public routes).
@@ -236,7 +242,7 @@ fn prepare_upstream(
 }
 
 fn upstream_failed(gw: &Gateway, ex: &Exchange, upstream: usize, e: &UpstreamError) {
-    let name = &gw.config.upstreams[upstream].name;
+    let name = upstream_name(gw, upstream);
     METRICS
         .upstream_errors
         .with_label_values(&[name, e.kind()])
