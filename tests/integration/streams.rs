@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use http::uri::PathAndQuery;
 
-use crate::common::servers::{WsEcho, SSE_FIRST, SSE_SECOND};
+use crate::common::servers::{self, WsEcho, SSE_FIRST, SSE_SECOND};
 use crate::common::wait::DEADLINE;
 use crate::common::*;
 use crate::grpc;
@@ -506,34 +506,14 @@ async fn accepted_connections_have_tcp_keepalive() {
     drop(s);
 }
 
-/// An upstream that starts a chunked response, sends one chunk and drops the connection.
-async fn breaks_mid_stream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\n\r\n5\r\n\0\0\0\0\0\r\n")
-                    .await;
-                // then gone, without the last chunk
-            });
-        }
-    });
-    (addr, task)
-}
-
 #[tokio::test]
 async fn a_grpc_stream_the_upstream_breaks_ends_with_unavailable_trailers() {
-    let (addr, task) = breaks_mid_stream().await;
+    // an upstream that starts a chunked gRPC response, sends one chunk and drops the connection
+    let (addr, task) = servers::canned(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\n\r\n5\r\n\0\0\0\0\0\r\n",
+        false,
+    )
+    .await;
     let fx = fixture(route("brk", addr, ""), "").await;
     let mut body = grpc_stream(fx.gw.addr, "/brk/pkg.S/Stream")
         .await

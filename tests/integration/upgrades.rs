@@ -9,12 +9,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::client::REQUEST_TIMEOUT;
-use crate::common::servers::{echoed_header, WsEcho};
+use crate::common::servers::{self, echoed_header, WsEcho};
 use crate::common::*;
 
 /// One HTTP/1.1 response read off a kept-alive connection (Content-Length bodies only, which
@@ -120,34 +120,14 @@ async fn h2c_upgrade_is_proxied_as_a_plain_request_and_the_connection_stays_http
     );
 }
 
-/// An upstream that answers 101 to anything, as if it took the h2c upgrade the gateway removed.
-async fn always_switching() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
-                    .await;
-                let _ = s.read(&mut chunk).await;
-            });
-        }
-    });
-    (addr, task)
-}
-
 #[tokio::test]
 async fn an_upstream_switching_protocols_unasked_is_a_502() {
-    let (addr, task) = always_switching().await;
+    // an upstream that answers 101 to anything, as if it took the h2c upgrade the gateway removed
+    let (addr, task) = servers::canned(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        true,
+    )
+    .await;
     let fx = Fixture::with(Opts {
         extra: format!(
             "\n[[routes]]\nname = \"sw\"\npath_prefix = \"/sw/\"\nupstream = \"sw\"\nauth = \"public\"\n\n[[upstreams]]\nname = \"sw\"\nendpoints = [\"{addr}\"]\n"

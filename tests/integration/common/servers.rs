@@ -549,6 +549,45 @@ impl Drop for Slow {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Canned raw-socket upstreams
+
+/// Reads one request head (up to the blank line) from `s`; None if the peer closed first.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
+/// An upstream that answers every request head with the bytes of `reply`, verbatim — for
+/// answers no well-behaved server library would give. With `hold`, the connection stays open
+/// until the peer sends more or closes; without, it is dropped right after the reply.
+pub async fn canned(reply: &'static [u8], hold: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncWriteExt;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut s).await.is_none() {
+                    return;
+                }
+                let _ = s.write_all(reply).await;
+                if hold {
+                    let _ = s.read(&mut [0u8; 4096]).await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+// ---------------------------------------------------------------------------------------------
 // HTTP/1.0 upstream
 
 /// An HTTP/1.0 backend as `python3 -m http.server` is one: reads a request head, answers
@@ -575,14 +614,9 @@ impl Http10 {
                 };
                 let s = s.clone();
                 let conn = tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
+                    let Some(head) = read_head(&mut stream).await else {
+                        return;
+                    };
                     let line = String::from_utf8_lossy(&head);
                     let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
                     let resp = format!(
