@@ -156,12 +156,7 @@ async fn unknown_ca_is_upstream_tls_error() {
     let other = Ca::new("someone else");
     let leaf = ca.server(&[NAME]);
     let other_file = write(dir.path(), "other.pem", &other.pem);
-    let up = TlsUpstream::start(UpOpts {
-        leaf: &leaf,
-        client_ca: None,
-        alpn: &[],
-    })
-    .await;
+    let up = TlsUpstream::serving(&leaf).await;
     let keys = format!("tls = {{ sni = \"{NAME}\", ca = {} }}", s(&other_file));
     let fx = gateway(up.addr, &keys).await;
     expect_tls_error(&fx, "UnknownIssuer").await;
@@ -171,12 +166,7 @@ async fn unknown_ca_is_upstream_tls_error() {
 async fn system_roots_do_not_trust_a_private_ca() {
     let ca = Ca::new("backend CA");
     let leaf = ca.server(&["127.0.0.1"]);
-    let up = TlsUpstream::start(UpOpts {
-        leaf: &leaf,
-        client_ca: None,
-        alpn: &[],
-    })
-    .await;
+    let up = TlsUpstream::serving(&leaf).await;
     // `tls = {}`: system roots, the endpoint's host (an IP here) as the name
     let fx = gateway(up.addr, "tls = {}").await;
     expect_tls_error(&fx, "TLS").await;
@@ -189,12 +179,7 @@ async fn name_mismatch_is_upstream_tls_error() {
     let ca = Ca::new("backend CA");
     let leaf = ca.server(&[NAME]);
     let ca_file = write(dir.path(), "ca.pem", &ca.pem);
-    let up = TlsUpstream::start(UpOpts {
-        leaf: &leaf,
-        client_ca: None,
-        alpn: &[],
-    })
-    .await;
+    let up = TlsUpstream::serving(&leaf).await;
     let keys = format!("tls = {{ sni = \"other.test\", ca = {} }}", s(&ca_file));
     let fx = gateway(up.addr, &keys).await;
     expect_tls_error(&fx, "not valid for name").await;
@@ -206,12 +191,7 @@ async fn endpoint_host_is_the_default_name() {
     let ca = Ca::new("backend CA");
     let leaf = ca.server(&["127.0.0.1"]);
     let ca_file = write(dir.path(), "ca.pem", &ca.pem);
-    let up = TlsUpstream::start(UpOpts {
-        leaf: &leaf,
-        client_ca: None,
-        alpn: &[],
-    })
-    .await;
+    let up = TlsUpstream::serving(&leaf).await;
     let fx = gateway(up.addr, &format!("tls = {{ ca = {} }}", s(&ca_file))).await;
     let r = fx.send(Req::get("/tls/x")).await;
     assert_eq!(r.status, 200, "{}", r.describe());
@@ -223,12 +203,7 @@ async fn expired_certificate_is_upstream_tls_error() {
     let ca = Ca::new("backend CA");
     let leaf = ca.expired_server(&[NAME]);
     let ca_file = write(dir.path(), "ca.pem", &ca.pem);
-    let up = TlsUpstream::start(UpOpts {
-        leaf: &leaf,
-        client_ca: None,
-        alpn: &[],
-    })
-    .await;
+    let up = TlsUpstream::serving(&leaf).await;
     let keys = format!("tls = {{ sni = \"{NAME}\", ca = {} }}", s(&ca_file));
     let fx = gateway(up.addr, &keys).await;
     expect_tls_error(&fx, "certificate expired").await;
@@ -382,12 +357,7 @@ async fn ca_rotation_by_symlink_swap() {
 
     // the upstream's certificate is already from the new CA
     let leaf = new.server(&[NAME]);
-    let up = TlsUpstream::start(UpOpts {
-        leaf: &leaf,
-        client_ca: None,
-        alpn: &[],
-    })
-    .await;
+    let up = TlsUpstream::serving(&leaf).await;
     let keys = format!("tls = {{ sni = \"{NAME}\", ca = {} }}", s(&ca_file));
     let fx = gateway(up.addr, &keys).await;
     let r = fx.send(Req::get("/tls/x")).await;

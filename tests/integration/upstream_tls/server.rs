@@ -40,6 +40,16 @@ pub struct Opts<'a> {
 }
 
 impl TlsUpstream {
+    /// A TLS upstream serving `leaf`: no client certificates asked for, no ALPN.
+    pub async fn serving(leaf: &Leaf) -> TlsUpstream {
+        TlsUpstream::start(Opts {
+            leaf,
+            client_ca: None,
+            alpn: &[],
+        })
+        .await
+    }
+
     pub async fn start(o: Opts<'_>) -> TlsUpstream {
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(o.leaf.cert_pem.as_bytes())
