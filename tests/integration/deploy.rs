@@ -537,7 +537,10 @@ fn dockerfile_matches_the_example_config_and_runs_as_non_root() {
     let runtime_start = ins.iter().rposition(|(i, _)| i == "FROM").expect("a FROM");
     let runtime = &ins[runtime_start..];
 
-    // every file copied from the build context exists (paths relative to the repository root)
+    // every file copied from the build context exists (paths relative to the repository root),
+    // and the config directory as the image lays it out passes `check` (a file the example
+    // comes to name but the image lacks fails here)
+    let etc = tempfile::tempdir().expect("temp dir");
     let mut copied_to = Vec::new();
     for (i, args) in &ins {
         if i != "COPY" {
@@ -551,8 +554,18 @@ fn dockerfile_matches_the_example_config_and_runs_as_non_root() {
         }
         for src in sources.iter().filter(|s| !s.starts_with("--")) {
             assert!(repo().join(src).exists(), "COPY {src}: no such file");
+            if *dest == "/etc/cc-gateway/" {
+                let name = Path::new(src).file_name().expect("a file name");
+                std::fs::copy(repo().join(src), etc.path().join(name)).expect("copying");
+            }
         }
     }
+    let o = run_check(&etc.path().join("gateway.toml"), &[]);
+    assert!(
+        o.status.success(),
+        "the image's /etc/cc-gateway does not pass check:\n{}",
+        describe_output(&o)
+    );
 
     // runs as a numeric non-root user (Kubernetes' runAsNonRoot can only check a number)
     let users: Vec<&str> = runtime
