@@ -15,6 +15,8 @@ have make || need_pkgs+=(make)
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || need_pkgs+=(procps)
 # the budget tests run a real Redis (spawned on an ephemeral port, stopped by PID)
 have redis-server || need_pkgs+=(redis-server)
+# the unit file test runs `systemd-analyze verify` on deploy/systemd/cc-gateway.service
+have systemd-analyze || need_pkgs+=(systemd)
 # extra tools for a target, e.g. PREREQS_EXTRA="wrk h2load:nghttp2-client" (command[:package])
 for p in ${PREREQS_EXTRA:-}; do have "${p%%:*}" || need_pkgs+=("${p#*:}"); done
 
@@ -35,6 +37,36 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   else
     echo "prereqs: missing: ${need_pkgs[*]}" >&2
     echo "prereqs: install them with: sudo apt-get install -y ${need_pkgs[*]}" >&2
+    exit 1
+  fi
+fi
+
+# promtool checks and unit-tests deploy/prometheus/alerts.yml (tests/integration/deploy.rs).
+# Debian ships it only inside the `prometheus` package, whose install would also set up and
+# start a Prometheus server: extract the one binary from the downloaded package into a cache
+# directory instead (the test looks there; PROMTOOL=path overrides it).
+promtool_dir="${XDG_CACHE_HOME:-$HOME/.cache}/cc-gateway/promtool"
+if ! have promtool && [ ! -x "$promtool_dir/promtool" ]; then
+  if have apt-get && have dpkg; then
+    echo "prereqs: extracting promtool from Debian's prometheus package into $promtool_dir" >&2
+    tmp=$(mktemp -d)
+    # apt's download sandbox user (_apt) may not write a temp dir made by root: allow it
+    chmod 755 "$tmp"
+    if ! (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1); then
+      # a fresh machine has no package lists yet (only root can fetch them)
+      [ "$(id -u)" = 0 ] && apt-get update -qq >/dev/null
+      (cd "$tmp" && apt-get download -qq prometheus >/dev/null) || {
+        rm -rf "$tmp"
+        echo "prereqs: could not download Debian's prometheus package (for promtool)" >&2
+        exit 1
+      }
+    fi
+    dpkg -x "$tmp"/prometheus_*.deb "$tmp/x"
+    mkdir -p "$promtool_dir"
+    install -m 755 "$tmp/x/usr/bin/promtool" "$promtool_dir/promtool"
+    rm -rf "$tmp"
+  else
+    echo "prereqs: missing: promtool (from Prometheus; put it on PATH or set PROMTOOL)" >&2
     exit 1
   fi
 fi

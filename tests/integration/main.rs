@@ -13,6 +13,7 @@ mod auth;
 mod budgets;
 mod check;
 mod cli;
+mod deploy;
 mod examples;
 mod fuzz;
 mod grpc;
