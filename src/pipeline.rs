@@ -13,17 +13,18 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 
-use crate::accesslog::Record;
+use crate::accesslog::{AiFields, Record};
 use crate::auth::{self, AuthError, Verified};
-use crate::config::{Route, RouteAuth};
-use crate::engine::body::Limits;
+use crate::config::{Route, RouteAuth, RouteKind};
+use crate::engine::body::{Done, Limits};
 use crate::engine::upstream::{ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo, Handler};
 use crate::forward::{self, X_REQUEST_ID};
 use crate::gateway::{Gateway, WorkerHandler, WorkerSnapshot};
-use crate::metrics::METRICS;
+use crate::metrics::{AI, METRICS};
 use crate::respond::{self, Refusal};
 use crate::routing::{self, RouteRef};
+use crate::usage::{Observed, Tap};
 
 mod tunnel;
 
@@ -383,7 +384,23 @@ impl Exchange {
             inbound: self.bytes_in.clone(),
             grpc: self.grpc,
         };
-        let resp = resp.map(|b| Body::upstream_limited(b, limits));
+        let ai = self.route.is_some_and(|r| {
+            self.snapshot.gw.config.routes[r].kind == RouteKind::Ai
+        });
+        let tap = ai.then(|| {
+            let h = resp.headers();
+            Tap::new(
+                h.get(http::header::CONTENT_TYPE).map(HeaderValue::as_bytes),
+                h.get(http::header::CONTENT_ENCODING).map(HeaderValue::as_bytes),
+            )
+        });
+        let resp = resp.map(|b| {
+            let mut body = Body::upstream_limited(b, limits);
+            if let Some(t) = tap {
+                body.tap(t);
+            }
+            body
+        });
         self.finish(resp, None, Some(upstream_status))
     }
 
@@ -400,13 +417,14 @@ impl Exchange {
         let status = resp.status().as_u16();
         self.answered = true;
         resp.body_mut()
-            .on_done(Box::new(move |bytes_out, complete, cut| {
+            .on_done(Box::new(move |done: Done| {
                 self.record(&Outcome {
                     status,
-                    reason: reason.as_deref().or(cut),
+                    reason: reason.as_deref().or(done.cut),
                     upstream_status,
-                    bytes_out,
-                    complete,
+                    bytes_out: done.sent,
+                    complete: done.complete,
+                    usage: done.usage.as_ref(),
                 });
             }));
         resp
@@ -422,12 +440,37 @@ impl Exchange {
                 .unrouted_metrics
                 .record(outcome.status, elapsed.as_secs_f64()),
         }
+        let cost = outcome
+            .usage
+            .and_then(|o| self.ai_usage(gw, o, outcome.upstream_status));
         if gw.access_log.enabled() {
-            self.log(gw, elapsed, outcome);
+            self.log(gw, elapsed, outcome, cost);
         }
     }
 
-    fn log(&self, gw: &Gateway, elapsed: std::time::Duration, outcome: &Outcome<'_>) {
+    /// An AI response's usage into the `cc_gateway_ai_*` metrics; its cost in USD (None: the
+    /// usage is missing or no `[[prices]]` entry matches the model). A provider's error
+    /// answer carries no usage by nature: only a successful one without usage counts as
+    /// `ai_usage_missing_total`.
+    fn ai_usage(&self, gw: &Gateway, o: &Observed, upstream_status: Option<u16>) -> Option<f64> {
+        let route = self.route.map_or("_none", |r| gw.config.routes[r].name.as_str());
+        let cost = o
+            .usage
+            .and_then(|u| gw.config.prices.cost(o.model.as_deref(), &u));
+        let success = upstream_status.is_some_and(|s| (200..300).contains(&s));
+        if o.usage.is_some() || success {
+            AI.record(route, o.model.as_deref(), o.usage.as_ref(), cost);
+        }
+        cost
+    }
+
+    fn log(
+        &self,
+        gw: &Gateway,
+        elapsed: std::time::Duration,
+        outcome: &Outcome<'_>,
+        cost: Option<f64>,
+    ) {
         let cfg = &gw.config;
         let id = self.identity.as_deref();
         gw.access_log.log(&Record {
@@ -452,6 +495,22 @@ impl Exchange {
             bytes_out: outcome.bytes_out,
             reason: outcome.reason,
             incomplete: !outcome.complete,
+            ai: outcome.usage.map(|o| AiFields {
+                model: o.model.as_deref(),
+                input_tokens: o.usage.map(|u| u.input),
+                output_tokens: o.usage.map(|u| u.output),
+                cache_read_tokens: o.usage.map(|u| u.cache_read),
+                cache_write_tokens: o.usage.map(|u| u.cache_write),
+                reasoning_tokens: o.usage.map(|u| u.reasoning),
+                usage_source: if o.usage.is_some() {
+                    "reported"
+                } else {
+                    "missing"
+                },
+                // a float sum of per-million prices: round off the binary noise
+                cost_usd: cost.map(|c| (c * 1e12).round() / 1e12),
+                stream: o.stream,
+            }),
         });
     }
 }
@@ -467,6 +526,8 @@ struct Outcome<'a> {
     bytes_out: u64,
     /// the response body ended normally
     complete: bool,
+    /// what the usage tap saw (AI routes' upstream responses only)
+    usage: Option<&'a Observed>,
 }
 
 impl Drop for Exchange {
@@ -478,6 +539,7 @@ impl Drop for Exchange {
                 upstream_status: None,
                 bytes_out: 0,
                 complete: false,
+                usage: None,
             });
         }
     }
