@@ -384,14 +384,15 @@ impl Exchange {
             inbound: self.bytes_in.clone(),
             grpc: self.grpc,
         };
-        let ai = self.route.is_some_and(|r| {
-            self.snapshot.gw.config.routes[r].kind == RouteKind::Ai
-        });
+        let ai = self
+            .route
+            .is_some_and(|r| self.snapshot.gw.config.routes[r].kind == RouteKind::Ai);
         let tap = ai.then(|| {
             let h = resp.headers();
             Tap::new(
                 h.get(http::header::CONTENT_TYPE).map(HeaderValue::as_bytes),
-                h.get(http::header::CONTENT_ENCODING).map(HeaderValue::as_bytes),
+                h.get(http::header::CONTENT_ENCODING)
+                    .map(HeaderValue::as_bytes),
             )
         });
         let resp = resp.map(|b| {
@@ -416,17 +417,16 @@ impl Exchange {
             .insert(X_REQUEST_ID, self.request_id.clone());
         let status = resp.status().as_u16();
         self.answered = true;
-        resp.body_mut()
-            .on_done(Box::new(move |done: Done| {
-                self.record(&Outcome {
-                    status,
-                    reason: reason.as_deref().or(done.cut),
-                    upstream_status,
-                    bytes_out: done.sent,
-                    complete: done.complete,
-                    usage: done.usage.as_ref(),
-                });
-            }));
+        resp.body_mut().on_done(Box::new(move |done: Done| {
+            self.record(&Outcome {
+                status,
+                reason: reason.as_deref().or(done.cut),
+                upstream_status,
+                bytes_out: done.sent,
+                complete: done.complete,
+                usage: done.usage.as_ref(),
+            });
+        }));
         resp
     }
 
@@ -453,7 +453,9 @@ impl Exchange {
     /// answer carries no usage by nature: only a successful one without usage counts as
     /// `ai_usage_missing_total`.
     fn ai_usage(&self, gw: &Gateway, o: &Observed, upstream_status: Option<u16>) -> Option<f64> {
-        let route = self.route.map_or("_none", |r| gw.config.routes[r].name.as_str());
+        let route = self
+            .route
+            .map_or("_none", |r| gw.config.routes[r].name.as_str());
         let cost = o
             .usage
             .and_then(|u| gw.config.prices.cost(o.model.as_deref(), &u));

@@ -41,7 +41,9 @@ impl Price {
     /// `input` counts cached tokens too (see `usage::Usage`): only its uncached part is
     /// charged at the `input` price.
     pub fn cost(&self, u: &Usage) -> f64 {
-        let uncached = u.input.saturating_sub(u.cache_read.saturating_add(u.cache_write));
+        let uncached = u
+            .input
+            .saturating_sub(u.cache_read.saturating_add(u.cache_write));
         (uncached as f64 * self.input
             + u.cache_read as f64 * self.cache_read
             + u.cache_write as f64 * self.cache_write
@@ -169,8 +171,14 @@ cache_write = 3.75
     fn first_match_wins_and_cost_splits_cached_tokens() {
         let c = parse(&format!("{GOOD}{PRICES}")).expect("valid");
         let p = &c.prices;
-        assert_eq!(p.find(Some("gpt-4o-mini-2024")).map(|p| p.input), Some(0.15));
-        assert_eq!(p.find(Some("gpt-4o-2024-08-06")).map(|p| p.input), Some(2.5));
+        assert_eq!(
+            p.find(Some("gpt-4o-mini-2024")).map(|p| p.input),
+            Some(0.15)
+        );
+        assert_eq!(
+            p.find(Some("gpt-4o-2024-08-06")).map(|p| p.input),
+            Some(2.5)
+        );
         assert_eq!(p.find(Some("llama")), None);
         assert_eq!(p.find(None), None);
         let u = Usage {
@@ -196,7 +204,10 @@ cache_write = 3.75
     #[test]
     fn invalid_prices_name_their_key() {
         for (entry, path) in [
-            ("model = \"x\"\ninput = 1\noutput = 2\ncache_read = 1.5", "prices[0].cache_read"),
+            (
+                "model = \"x\"\ninput = 1\noutput = 2\ncache_read = 1.5",
+                "prices[0].cache_read",
+            ),
             ("model = \"x\"\ninput = -1\noutput = 2", "prices[0].input"),
             ("model = \"\"\ninput = 1\noutput = 2", "prices[0].model"),
             ("model = \"x\"\ninput = 1\noutput = nan", "prices[0].output"),

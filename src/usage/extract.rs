@@ -64,9 +64,14 @@ impl Accum {
         // chat completions and Anthropic at the top; Anthropic's message_start under
         // `message`; Responses API events under `response`; Bedrock ConverseStream's
         // metadata event under `metadata`
-        for holder in [Some(v), nested("message"), nested("response"), nested("metadata")]
-            .into_iter()
-            .flatten()
+        for holder in [
+            Some(v),
+            nested("message"),
+            nested("response"),
+            nested("metadata"),
+        ]
+        .into_iter()
+        .flatten()
         {
             if let Some(u) = holder.get("usage").filter(|u| u.is_object()) {
                 self.usage_object(u);
@@ -94,7 +99,10 @@ impl Accum {
         // the Responses API (input includes cached) or Anthropic (input excludes them)
         if u.get("input_tokens_details").is_some() {
             set(&mut self.input_total, n("input_tokens"));
-            set(&mut self.cache_read, p("/input_tokens_details/cached_tokens"));
+            set(
+                &mut self.cache_read,
+                p("/input_tokens_details/cached_tokens"),
+            );
         } else {
             set(&mut self.input_uncached, n("input_tokens"));
         }

@@ -70,7 +70,9 @@ impl Tap {
             .is_some_and(|e| !e.is_empty() && !e.trim_ascii().eq_ignore_ascii_case(b"identity"));
         let sse = content_type.is_some_and(|t| {
             let essence = t.split(|&b| b == b';').next().unwrap_or_default();
-            essence.trim_ascii().eq_ignore_ascii_case(b"text/event-stream")
+            essence
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"text/event-stream")
         });
         let mode = match (encoded, sse) {
             (true, _) => Mode::Blind,

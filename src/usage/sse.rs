@@ -220,7 +220,10 @@ mod tests {
         let mut s = Scanner::new(cap);
         let mut out = Vec::new();
         let mut push = |e: Event<'_>| {
-            out.push((String::from_utf8_lossy(e.name).into_owned(), e.data.to_vec()))
+            out.push((
+                String::from_utf8_lossy(e.name).into_owned(),
+                e.data.to_vec(),
+            ))
         };
         for c in chunks {
             s.feed(c, &mut push);
@@ -235,7 +238,8 @@ mod tests {
 
     #[test]
     fn events_fields_and_line_ends() {
-        let got = scan(b"event: a\ndata: 1\n\n: comment\r\ndata:2\r\ndata: 3\r\n\r\nevent:x\rdata\r\r");
+        let got =
+            scan(b"event: a\ndata: 1\n\n: comment\r\ndata:2\r\ndata: 3\r\n\r\nevent:x\rdata\r\r");
         assert_eq!(
             got,
             vec![
