@@ -224,7 +224,7 @@ impl Client {
     }
 
     /// Reads to the end of the body.
-    pub async fn to_end(&mut self) {
+    pub async fn read_to_end(&mut self) {
         self.decode();
         while !self.ended {
             assert!(self.fill().await, "connection closed before the body's end");
@@ -242,7 +242,7 @@ pub async fn play(up: &mpsc::UnboundedSender<Step>, client: &mut Client, pieces:
         client.until(sent).await;
     }
     up.send(Step::End).expect("upstream alive");
-    client.to_end().await;
+    client.read_to_end().await;
 }
 
 /// Cuts `all` at `cuts` (offsets, ascending).
