@@ -143,6 +143,7 @@ async fn budget(
     let Some(plan) = b.plan(route.index, &r.name, r.cost, id, headers, ex.client) else {
         return Ok(());
     };
+    ex.metered = b.metered(&plan);
     ex.budget_headers = b.decide(plan).await.map_err(|r| Box::new(r.into()))?;
     Ok(())
 }
@@ -279,6 +280,8 @@ struct Exchange {
     bytes_in: Option<Arc<AtomicU64>>,
     /// RateLimit-Policy / RateLimit for an admitted response
     budget_headers: Option<(HeaderValue, HeaderValue)>,
+    /// the token budget rules the response's usage is charged to
+    metered: Option<crate::budget::Metered>,
     /// the client certificate's URI SAN the route's `client_cert` rule admitted
     client_uri: Option<HeaderValue>,
     /// the client connected to a TLS listener (`X-Forwarded-Proto: https`)
@@ -318,6 +321,7 @@ impl Exchange {
             identity: None,
             bytes_in: None,
             budget_headers: None,
+            metered: None,
             client_uri: None,
             tls: conn.tls,
             grpc: respond::is_grpc(req.headers()),
@@ -462,6 +466,13 @@ impl Exchange {
         let success = upstream_status.is_some_and(|s| (200..300).contains(&s));
         if o.usage.is_some() || success {
             AI.record(route, o.model.as_deref(), o.usage.as_ref(), cost);
+            if let (Some(m), Some(b)) = (&self.metered, &gw.budgets) {
+                let pending = b.charge(m, o.usage.map(|u| u.billable()));
+                // Redis: on this worker's runtime, where its batch driver runs
+                if let (Some(f), Ok(rt)) = (pending, tokio::runtime::Handle::try_current()) {
+                    rt.spawn(f);
+                }
+            }
         }
         cost
     }

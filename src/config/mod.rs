@@ -31,7 +31,7 @@ use std::time::Duration;
 
 pub use auth::{Auth, TokenHeader};
 pub use budgets::{
-    BudgetRule, BudgetStore, Budgets, KeyPart, LimitKind, OnStoreError, Tier, Tiers,
+    BudgetRule, BudgetStore, BudgetUnit, Budgets, KeyPart, LimitKind, OnStoreError, Tier, Tiers,
 };
 pub use issuers::{Issuer, KeySource};
 pub use log::{AccessLog, Log, LogFormat};

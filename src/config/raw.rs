@@ -182,6 +182,7 @@ pub struct RawRule {
     pub tiers: Option<RawTiers>,
     #[serde(default)]
     pub overrides: BTreeMap<String, String>,
+    pub unit: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
