@@ -4,11 +4,13 @@
 //! once the client has received every byte before it, so the gateway really sees those read
 //! boundaries (mid-event, mid-UTF-8 character, between `\r` and `\n`).
 
+mod budgets;
 mod usage;
 
 use std::net::SocketAddr;
 
 use serde_json::Value;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -275,9 +277,48 @@ pub async fn log_line(fx: &Fixture, request_id: &str) -> Value {
     .await
 }
 
+/// Cut points that split `all` every `every` bytes and also inside each 4-byte UTF-8
+/// character and between each `\r` and `\n`.
+pub fn awkward(all: &[u8], every: usize) -> Vec<usize> {
+    let mut cuts: Vec<usize> = (every..all.len()).step_by(every).collect();
+    for (i, w) in all.windows(2).enumerate() {
+        if w == b"\r\n" {
+            cuts.push(i + 1);
+        }
+    }
+    for (i, b) in all.iter().enumerate() {
+        if *b >= 0xF0 {
+            cuts.extend([i + 1, i + 2, i + 3]);
+        }
+    }
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
+}
+
+/// Streams `body` through the gateway in awkward pieces; asserts the client got exactly it.
+pub async fn through(fx: &Fixture, up: &Stepped, ct: &str, body: &[u8], id: &str) -> Value {
+    let script = up.respond(ct);
+    let mut c = Client::get(fx.gw.addr, "/llm/v1/chat/completions", id).await;
+    assert_eq!(c.status, 200);
+    play(&script, &mut c, &cut(body, &awkward(body, 37))).await;
+    assert!(
+        c.body == body,
+        "{id}: the client got different bytes:\n{}",
+        String::from_utf8_lossy(&c.body)
+    );
+    log_line(fx, id).await
+}
+
 /// A fixture with a public `kind = "ai"` route `/llm/` in front of `up`, and `[[prices]]`.
 pub async fn ai_fixture(up: SocketAddr) -> Fixture {
+    ai_fixture_with(up, String::new()).await
+}
+
+/// [`ai_fixture`] with a `[budgets]` table.
+pub async fn ai_fixture_with(up: SocketAddr, budgets: String) -> Fixture {
     Fixture::with(Opts {
+        budgets,
         extra: format!(
             r#"
 [[routes]]

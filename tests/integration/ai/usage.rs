@@ -7,39 +7,6 @@ use serde_json::Value;
 use super::*;
 use crate::common::metrics::has_series;
 
-/// Cut points that split `all` every `every` bytes and also inside each 4-byte UTF-8
-/// character and between each `\r` and `\n`.
-fn awkward(all: &[u8], every: usize) -> Vec<usize> {
-    let mut cuts: Vec<usize> = (every..all.len()).step_by(every).collect();
-    for (i, w) in all.windows(2).enumerate() {
-        if w == b"\r\n" {
-            cuts.push(i + 1);
-        }
-    }
-    for (i, b) in all.iter().enumerate() {
-        if *b >= 0xF0 {
-            cuts.extend([i + 1, i + 2, i + 3]);
-        }
-    }
-    cuts.sort_unstable();
-    cuts.dedup();
-    cuts
-}
-
-/// Streams `body` through the gateway in awkward pieces; asserts the client got exactly it.
-async fn through(fx: &Fixture, up: &Stepped, ct: &str, body: &[u8], id: &str) -> Value {
-    let script = up.respond(ct);
-    let mut c = Client::get(fx.gw.addr, "/llm/v1/chat/completions", id).await;
-    assert_eq!(c.status, 200);
-    play(&script, &mut c, &cut(body, &awkward(body, 37))).await;
-    assert!(
-        c.body == body,
-        "{id}: the client got different bytes:\n{}",
-        String::from_utf8_lossy(&c.body)
-    );
-    log_line(fx, id).await
-}
-
 const USAGE_KEYS: [&str; 5] = [
     "input_tokens",
     "output_tokens",
