@@ -13,19 +13,20 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 
-use crate::accesslog::{AiFields, Record};
+use crate::accesslog::Record;
 use crate::auth::{self, AuthError, Verified};
-use crate::config::{Route, RouteAuth, RouteKind};
+use crate::config::{Route, RouteAuth};
 use crate::engine::body::{Done, Limits};
 use crate::engine::upstream::{ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo, Handler};
 use crate::forward::{self, X_REQUEST_ID};
 use crate::gateway::{Gateway, WorkerHandler, WorkerSnapshot};
-use crate::metrics::{AI, METRICS};
+use crate::metrics::METRICS;
 use crate::respond::{self, Refusal};
 use crate::routing::{self, RouteRef};
-use crate::usage::{Observed, Tap};
+use crate::usage::Observed;
 
+mod ai;
 mod tunnel;
 
 /// Serves one request with worker snapshot `w` (held until the request is logged).
@@ -388,17 +389,9 @@ impl Exchange {
             inbound: self.bytes_in.clone(),
             grpc: self.grpc,
         };
-        let ai = self
+        let tap = self
             .route
-            .is_some_and(|r| self.snapshot.gw.config.routes[r].kind == RouteKind::Ai);
-        let tap = ai.then(|| {
-            let h = resp.headers();
-            Tap::new(
-                h.get(http::header::CONTENT_TYPE).map(HeaderValue::as_bytes),
-                h.get(http::header::CONTENT_ENCODING)
-                    .map(HeaderValue::as_bytes),
-            )
-        });
+            .and_then(|r| ai::tap(self.snapshot.gw.config.routes[r].kind, resp.headers()));
         let resp = resp.map(|b| {
             let mut body = Body::upstream_limited(b, limits);
             if let Some(t) = tap {
@@ -444,37 +437,15 @@ impl Exchange {
                 .unrouted_metrics
                 .record(outcome.status, elapsed.as_secs_f64()),
         }
-        let cost = outcome
-            .usage
-            .and_then(|o| self.ai_usage(gw, o, outcome.upstream_status));
+        let cost = outcome.usage.and_then(|o| {
+            let route = self
+                .route
+                .map_or("_none", |r| gw.config.routes[r].name.as_str());
+            ai::account(gw, route, o, outcome.upstream_status, self.metered.as_ref())
+        });
         if gw.access_log.enabled() {
             self.log(gw, elapsed, outcome, cost);
         }
-    }
-
-    /// An AI response's usage into the `cc_gateway_ai_*` metrics; its cost in USD (None: the
-    /// usage is missing or no `[[prices]]` entry matches the model). A provider's error
-    /// answer carries no usage by nature: only a successful one without usage counts as
-    /// `ai_usage_missing_total`.
-    fn ai_usage(&self, gw: &Gateway, o: &Observed, upstream_status: Option<u16>) -> Option<f64> {
-        let route = self
-            .route
-            .map_or("_none", |r| gw.config.routes[r].name.as_str());
-        let cost = o
-            .usage
-            .and_then(|u| gw.config.prices.cost(o.model.as_deref(), &u));
-        let success = upstream_status.is_some_and(|s| (200..300).contains(&s));
-        if o.usage.is_some() || success {
-            AI.record(route, o.model.as_deref(), o.usage.as_ref(), cost);
-            if let (Some(m), Some(b)) = (&self.metered, &gw.budgets) {
-                let pending = b.charge(m, o.usage.map(|u| u.billable()));
-                // Redis: on this worker's runtime, where its batch driver runs
-                if let (Some(f), Ok(rt)) = (pending, tokio::runtime::Handle::try_current()) {
-                    rt.spawn(f);
-                }
-            }
-        }
-        cost
     }
 
     fn log(
@@ -508,22 +479,7 @@ impl Exchange {
             bytes_out: outcome.bytes_out,
             reason: outcome.reason,
             incomplete: !outcome.complete,
-            ai: outcome.usage.map(|o| AiFields {
-                model: o.model.as_deref(),
-                input_tokens: o.usage.map(|u| u.input),
-                output_tokens: o.usage.map(|u| u.output),
-                cache_read_tokens: o.usage.map(|u| u.cache_read),
-                cache_write_tokens: o.usage.map(|u| u.cache_write),
-                reasoning_tokens: o.usage.map(|u| u.reasoning),
-                usage_source: if o.usage.is_some() {
-                    "reported"
-                } else {
-                    "missing"
-                },
-                // a float sum of per-million prices: round off the binary noise
-                cost_usd: cost.map(|c| (c * 1e12).round() / 1e12),
-                stream: o.stream,
-            }),
+            ai: outcome.usage.map(|o| ai::fields(o, cost)),
         });
     }
 }
