@@ -22,7 +22,9 @@ use std::time::Instant;
 use http::HeaderValue;
 use prometheus::{Histogram, IntCounter};
 
-use crate::config::{BudgetRule, Budgets as BudgetConfig, Limit, LimitKind, OnStoreError};
+use crate::config::{
+    BudgetRule, BudgetUnit, Budgets as BudgetConfig, Limit, LimitKind, OnStoreError,
+};
 use crate::metrics::{AI, METRICS};
 pub use plan::Plan;
 use store::Store;
@@ -119,6 +121,8 @@ pub enum QueryError {
 struct RuleMetrics {
     admitted: IntCounter,
     rejected: IntCounter,
+    /// token rules only: listed at 0 from the start, so dashboards and alerts find the series
+    unmetered: Option<IntCounter>,
 }
 
 pub struct Budgets {
@@ -200,6 +204,8 @@ impl Budgets {
                 rejected: METRICS
                     .budget_decisions
                     .with_label_values(&[&r.name, "rejected"]),
+                unmetered: (r.unit == BudgetUnit::Tokens)
+                    .then(|| AI.budget_unmetered.with_label_values(&[&r.name])),
             })
             .collect();
         // counters carry over a reload while the store setting stays the same
@@ -303,9 +309,9 @@ impl Budgets {
     pub fn charge(&self, m: &Metered, tokens: Option<u64>) -> Option<PendingCharge> {
         let Some(n) = tokens else {
             for &i in &m.rules {
-                AI.budget_unmetered
-                    .with_label_values(&[&self.cfg.rules[i].name])
-                    .inc();
+                if let Some(c) = &self.metrics[i].unmetered {
+                    c.inc();
+                }
             }
             return None;
         };

@@ -34,6 +34,16 @@ async fn token_budget(store: &Store) {
     let up = Stepped::start().await;
     let fx = ai_fixture_with(up.addr, with_store(store, TOKENS)).await;
     let json = fixture("openai.json");
+    // listed from the start, for dashboards and alerts
+    let m = fx.metrics().await;
+    assert!(
+        crate::common::metrics::has_series(
+            &m,
+            "cc_gateway_budget_unmetered_total",
+            &[("rule", "tokens")]
+        ),
+        "no unmetered series before any response"
+    );
 
     // no usage: nothing charged, counted
     let v = through(
