@@ -3,8 +3,11 @@
 //! byte — it only looks at each read after the fact — and never holds a whole body:
 //! - `text/event-stream` responses go through the incremental [`sse::Scanner`] (one event at
 //!   a time, each capped at [`sse::MAX_EVENT`]);
-//! - any other response is taken as one JSON document, kept up to [`MAX_JSON`] bytes and
-//!   parsed at its end (beyond that, or compressed, its usage is *missing*).
+//! - a JSON response (`application/json`, `…+json`, or no `Content-Type`) is taken as one
+//!   document, kept up to [`MAX_JSON`] bytes and parsed at its end (beyond that, or
+//!   compressed, its usage is *missing*);
+//! - anything else (a file, an HTML error page) is not kept at all: usage *missing*. Only
+//!   JSON bodies cost memory, so a route serving large downloads does not buffer them.
 //!
 //! Each document goes to [`extract::Accum`], which knows the providers' shapes. A shape it
 //! does not know gives no usage (`None`, logged as `usage_source = "missing"`), never zeros.
@@ -68,16 +71,16 @@ impl Tap {
     pub fn new(content_type: Option<&[u8]>, content_encoding: Option<&[u8]>) -> Self {
         let encoded = content_encoding
             .is_some_and(|e| !e.is_empty() && !e.trim_ascii().eq_ignore_ascii_case(b"identity"));
-        let sse = content_type.is_some_and(|t| {
-            let essence = t.split(|&b| b == b';').next().unwrap_or_default();
-            essence
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"text/event-stream")
+        let essence = content_type.map(|t| {
+            let e = t.split(|&b| b == b';').next().unwrap_or_default();
+            e.trim_ascii().to_ascii_lowercase()
         });
-        let mode = match (encoded, sse) {
-            (true, _) => Mode::Blind,
-            (false, true) => Mode::Sse(Box::default()),
-            (false, false) => Mode::Json(Some(Vec::new())),
+        let mode = match essence.as_deref() {
+            _ if encoded => Mode::Blind,
+            Some(b"text/event-stream") => Mode::Sse(Box::default()),
+            None | Some(b"application/json") => Mode::Json(Some(Vec::new())),
+            Some(e) if e.ends_with(b"+json") => Mode::Json(Some(Vec::new())),
+            Some(_) => Mode::Blind,
         };
         Tap {
             mode,

@@ -90,6 +90,20 @@ fn unknown_shapes_are_missing() {
     assert_eq!(tap(JSON, &[b"{\"ok\":true}"]).usage, None);
     assert_eq!(tap(JSON, &[b"not json"]).usage, None);
     assert_eq!(tap(b"text/html", &[fixture!("openai.sse")]).usage, None);
+    // only JSON is kept: a download on an AI route costs no memory
+    assert_eq!(tap(b"text/plain", &[fixture!("openai.json")]).usage, None);
+    let mut t = Tap::new(Some(b"application/octet-stream"), None);
+    t.data(fixture!("openai.json"));
+    assert!(matches!(t.mode, Mode::Blind));
+    for ct in [
+        &b"Application/JSON; charset=utf-8"[..],
+        b"application/vnd.api+json",
+    ] {
+        assert!(tap(ct, &[fixture!("openai.json")]).usage.is_some());
+    }
+    let mut t = Tap::new(None, None);
+    t.data(fixture!("openai.json"));
+    assert!(t.finish().usage.is_some(), "no Content-Type: read as JSON");
 }
 
 #[test]
@@ -147,6 +161,36 @@ proptest! {
             let o = tap(ct, &chunked(all, cuts.clone()));
             prop_assert_eq!(o.usage, Some(usage));
             prop_assert_eq!(o.model.as_deref(), Some(model));
+        }
+    }
+}
+
+/// Bytes biased toward SSE syntax and usage JSON: line ends, colons, field names, counts.
+fn sse_ish() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(b"data: ".to_vec()),
+        Just(b"event: message_delta".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b":".to_vec()),
+        Just(b"{\"usage\":{\"input_tokens\":5,\"output_tokens\":".to_vec()),
+        Just(b"7}}".to_vec()),
+        Just("é😀".as_bytes().to_vec()),
+        prop::collection::vec(any::<u8>(), 0..8),
+    ];
+    prop::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+}
+
+proptest! {
+    /// What the fuzz target `sse_scan` checks, on arbitrary SSE-ish bytes: the tap reads the
+    /// same whatever the read boundaries.
+    #[test]
+    fn arbitrary_bytes_read_the_same_in_any_chunks(body in sse_ish(), step in 1usize..17) {
+        for ct in [SSE, JSON] {
+            let whole = tap(ct, &[&body]);
+            let chunks: Vec<&[u8]> = body.chunks(step).collect();
+            prop_assert_eq!(tap(ct, &chunks), whole);
         }
     }
 }
