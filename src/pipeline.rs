@@ -389,9 +389,13 @@ impl Exchange {
             inbound: self.bytes_in.clone(),
             grpc: self.grpc,
         };
-        let tap = self
-            .route
-            .and_then(|r| ai::tap(self.snapshot.gw.config.routes[r].kind, resp.headers()));
+        let tap = self.route.and_then(|r| {
+            ai::tap(
+                self.snapshot.gw.config.routes[r].kind,
+                &self.method,
+                resp.headers(),
+            )
+        });
         let resp = resp.map(|b| {
             let mut body = Body::upstream_limited(b, limits);
             if let Some(t) = tap {

@@ -3,7 +3,7 @@
 //! the cost, the token budgets' charge and the access-log fields. Free functions over explicit
 //! arguments, so this file needs nothing from `pipeline.rs`.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, Method};
 
 use crate::accesslog::AiFields;
 use crate::budget::Metered;
@@ -12,9 +12,12 @@ use crate::gateway::Gateway;
 use crate::metrics::AI;
 use crate::usage::{Observed, Tap};
 
-/// A tap for an upstream response on a route of `kind` (None: not an AI route).
-pub(super) fn tap(kind: RouteKind, headers: &HeaderMap) -> Option<Tap> {
-    (kind == RouteKind::Ai).then(|| {
+/// A tap for an upstream response to a `method` request on a route of `kind` (None: not an
+/// AI route, or not a POST). Every provider's generation endpoints are POSTs; the GETs beside
+/// them on an AI route (model lists, health) report no usage and would only be counted as
+/// missing.
+pub(super) fn tap(kind: RouteKind, method: &Method, headers: &HeaderMap) -> Option<Tap> {
+    (kind == RouteKind::Ai && method == Method::POST).then(|| {
         Tap::new(
             headers
                 .get(http::header::CONTENT_TYPE)

@@ -72,7 +72,7 @@ async fn token_budget(store: &Store) {
     assert!(v.get("incomplete").is_none(), "{v}");
     wait_remaining(&fx, 0).await;
 
-    let r = fx.send(Req::get("/llm/v1/chat/completions")).await;
+    let r = fx.send(Req::post("/llm/v1/chat/completions", "")).await;
     assert_over_budget(&r, "tokens");
     let m = fx.metrics().await;
     assert_eq!(

@@ -86,7 +86,7 @@ type Scripts = std::sync::Arc<
 >;
 
 async fn serve(mut s: TcpStream, scripts: Scripts) {
-    // requests carry no body here (GET), so the head is the whole request
+    // requests carry no body here (an empty POST), so the head is the whole request
     while read_head(&mut s).await.is_some() {
         let Some((head, mut steps)) = scripts.lock().await.recv().await else {
             return;
@@ -124,10 +124,15 @@ pub struct Client {
 }
 
 impl Client {
-    /// Sends `GET path` with this request id and reads the response head.
-    pub async fn get(addr: SocketAddr, path: &str, request_id: &str) -> Client {
+    /// Sends `POST path` (an empty body) with this request id and reads the response head.
+    pub async fn post(addr: SocketAddr, path: &str, request_id: &str) -> Client {
+        Client::request(addr, "POST", path, request_id).await
+    }
+
+    /// Sends `method path` (an empty body) with this request id and reads the response head.
+    pub async fn request(addr: SocketAddr, method: &str, path: &str, request_id: &str) -> Client {
         let mut s = TcpStream::connect(addr).await.expect("connect to gateway");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nX-Request-Id: {request_id}\r\n\r\n");
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nX-Request-Id: {request_id}\r\n\r\n");
         s.write_all(req.as_bytes()).await.expect("send request");
         let mut c = Client {
             s,
@@ -299,7 +304,7 @@ pub fn awkward(all: &[u8], every: usize) -> Vec<usize> {
 /// Streams `body` through the gateway in awkward pieces; asserts the client got exactly it.
 pub async fn through(fx: &Fixture, up: &Stepped, ct: &str, body: &[u8], id: &str) -> Value {
     let script = up.respond(ct);
-    let mut c = Client::get(fx.gw.addr, "/llm/v1/chat/completions", id).await;
+    let mut c = Client::post(fx.gw.addr, "/llm/v1/chat/completions", id).await;
     assert_eq!(c.status, 200);
     play(&script, &mut c, &cut(body, &awkward(body, 37))).await;
     assert!(

@@ -134,7 +134,7 @@ async fn cut_short(client_leaves: bool, id: &str) -> Value {
         .position(|w| w == b"event: message_delta")
         .expect("fixture has a message_delta");
     let script = up.respond("text/event-stream");
-    let mut c = Client::get(fx.gw.addr, "/llm/v1/messages", id).await;
+    let mut c = Client::post(fx.gw.addr, "/llm/v1/messages", id).await;
     let head = &all[..until];
     let mut sent = 0;
     for p in cut(head, &awkward(head, 29)) {
@@ -173,9 +173,30 @@ async fn a_stream_cut_short_records_the_usage_seen_so_far() {
 }
 
 #[tokio::test]
-async fn other_routes_log_no_usage_fields() {
+async fn other_routes_and_gets_log_no_usage_fields() {
     let up = Stepped::start().await;
     let fx = ai_fixture(up.addr).await;
+    // a GET on the AI route (a model list): not read, not counted as missing
+    let script = up.respond("application/json");
+    let mut c = Client::request(fx.gw.addr, "GET", "/llm/v1/models", "models-1").await;
+    let body = fixture("openai.json");
+    play(&script, &mut c, &[&body]).await;
+    assert_eq!(c.body, body);
+    let v = log_line(&fx, "models-1").await;
+    assert_eq!(v["route"], "llm", "{v}");
+    assert!(v.get("usage_source").is_none(), "{v}");
+    let m = fx.metrics().await;
+    assert!(!has_series(
+        &m,
+        "cc_gateway_ai_usage_missing_total",
+        &[("route", "llm")]
+    ));
+    assert!(!has_series(
+        &m,
+        "cc_gateway_ai_tokens_total",
+        &[("route", "llm")]
+    ));
+
     let r = fx
         .send(Req::get("/public/x").header("x-request-id", "plain-1"))
         .await;
