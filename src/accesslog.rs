@@ -41,6 +41,34 @@ pub struct Record<'a> {
     /// the response body did not complete (client went away, upstream broke)
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
+    /// AI usage (routes with `kind = "ai"` only; absent from every other line)
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<AiFields<'a>>,
+}
+
+/// The usage of an AI route's response. Token counts and cost are absent when the usage is
+/// missing (`usage_source = "missing"`): unknown is never logged as 0.
+#[derive(Serialize)]
+pub struct AiFields<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_read_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_write_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+    /// `reported` or `missing`
+    pub usage_source: &'static str,
+    /// absent when no `[[prices]]` entry matches the model
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// the response was an event stream
+    pub stream: bool,
 }
 
 impl AccessLogger {

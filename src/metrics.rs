@@ -304,3 +304,107 @@ impl Default for AuthFailureCounters {
         Self::new()
     }
 }
+
+/// AI usage on `kind = "ai"` routes (`cc_gateway_ai_*`), registered in the one registry on
+/// first use. The `model` label is the model the response named, as few distinct values as
+/// providers have models — but they come from upstream bytes, so at most [`MAX_AI_MODELS`]
+/// distinct ones become labels and the rest count as `other` (a misbehaving upstream cannot
+/// blow up the series count).
+pub struct AiMetrics {
+    pub tokens: IntCounterVec,
+    pub cost: prometheus::CounterVec,
+    pub usage_missing: IntCounterVec,
+    pub budget_unmetered: IntCounterVec,
+    models: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+pub const MAX_AI_MODELS: usize = 200;
+
+pub static AI: LazyLock<AiMetrics> = LazyLock::new(|| {
+    let r = &METRICS.registry;
+    let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+        reg(
+            r,
+            IntCounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}")),
+        )
+    };
+    AiMetrics {
+        tokens: counter_vec(
+            "ai_tokens_total",
+            "AI tokens reported by responses, by route, model and kind (input/output/cache_read/cache_write/reasoning; input counts cached tokens too, reasoning is part of output).",
+            &["route", "model", "kind"],
+        ),
+        cost: reg(
+            r,
+            prometheus::CounterVec::new(
+                Opts::new(
+                    "ai_cost_usd_total",
+                    "Cost of AI usage in USD from [[prices]], by route and model.",
+                ),
+                &["route", "model"],
+            )
+            .unwrap_or_else(|e| panic!("metric ai_cost_usd_total: {e}")),
+        ),
+        usage_missing: counter_vec(
+            "ai_usage_missing_total",
+            "AI responses whose usage the gateway could not read (unknown shape, compressed, too large).",
+            &["route"],
+        ),
+        budget_unmetered: counter_vec(
+            "budget_unmetered_total",
+            "Responses a token budget rule could not charge because they reported no usage.",
+            &["rule"],
+        ),
+        models: std::sync::Mutex::new(std::collections::HashSet::new()),
+    }
+});
+
+impl AiMetrics {
+    /// Counts one AI response's usage (None: missing) and cost.
+    pub fn record(
+        &self,
+        route: &str,
+        model: Option<&str>,
+        usage: Option<&crate::usage::Usage>,
+        cost: Option<f64>,
+    ) {
+        let Some(u) = usage else {
+            self.usage_missing.with_label_values(&[route]).inc();
+            return;
+        };
+        let model = self.model_label(model);
+        for (kind, n) in [
+            ("input", u.input),
+            ("output", u.output),
+            ("cache_read", u.cache_read),
+            ("cache_write", u.cache_write),
+            ("reasoning", u.reasoning),
+        ] {
+            if n > 0 {
+                self.tokens
+                    .with_label_values(&[route, &model, kind])
+                    .inc_by(n);
+            }
+        }
+        if let Some(c) = cost {
+            self.cost.with_label_values(&[route, &model]).inc_by(c);
+        }
+    }
+
+    fn model_label(&self, model: Option<&str>) -> String {
+        let Some(m) = model else {
+            return "unknown".into();
+        };
+        // a poisoned lock only means another thread panicked mid-insert: the set is intact
+        let mut seen = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(m) {
+            return m.to_string();
+        }
+        if seen.len() >= MAX_AI_MODELS {
+            return "other".into();
+        }
+        seen.insert(m.to_string());
+        m.to_string()
+    }
+}

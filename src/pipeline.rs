@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use crate::accesslog::Record;
 use crate::auth::{self, AuthError, Verified};
 use crate::config::{Route, RouteAuth};
-use crate::engine::body::Limits;
+use crate::engine::body::{Done, Limits};
 use crate::engine::upstream::{ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo, Handler};
 use crate::forward::{self, X_REQUEST_ID};
@@ -24,7 +24,9 @@ use crate::gateway::{Gateway, WorkerHandler, WorkerSnapshot};
 use crate::metrics::METRICS;
 use crate::respond::{self, Refusal};
 use crate::routing::{self, RouteRef};
+use crate::usage::Observed;
 
+mod ai;
 mod tunnel;
 
 /// Serves one request with worker snapshot `w` (held until the request is logged).
@@ -142,6 +144,7 @@ async fn budget(
     let Some(plan) = b.plan(route.index, &r.name, r.cost, id, headers, ex.client) else {
         return Ok(());
     };
+    ex.metered = b.metered(&plan);
     ex.budget_headers = b.decide(plan).await.map_err(|r| Box::new(r.into()))?;
     Ok(())
 }
@@ -278,6 +281,8 @@ struct Exchange {
     bytes_in: Option<Arc<AtomicU64>>,
     /// RateLimit-Policy / RateLimit for an admitted response
     budget_headers: Option<(HeaderValue, HeaderValue)>,
+    /// the token budget rules the response's usage is charged to
+    metered: Option<crate::budget::Metered>,
     /// the client certificate's URI SAN the route's `client_cert` rule admitted
     client_uri: Option<HeaderValue>,
     /// the client connected to a TLS listener (`X-Forwarded-Proto: https`)
@@ -317,6 +322,7 @@ impl Exchange {
             identity: None,
             bytes_in: None,
             budget_headers: None,
+            metered: None,
             client_uri: None,
             tls: conn.tls,
             grpc: respond::is_grpc(req.headers()),
@@ -383,7 +389,20 @@ impl Exchange {
             inbound: self.bytes_in.clone(),
             grpc: self.grpc,
         };
-        let resp = resp.map(|b| Body::upstream_limited(b, limits));
+        let tap = self.route.and_then(|r| {
+            ai::tap(
+                self.snapshot.gw.config.routes[r].kind,
+                &self.method,
+                resp.headers(),
+            )
+        });
+        let resp = resp.map(|b| {
+            let mut body = Body::upstream_limited(b, limits);
+            if let Some(t) = tap {
+                body.tap(t);
+            }
+            body
+        });
         self.finish(resp, None, Some(upstream_status))
     }
 
@@ -399,16 +418,16 @@ impl Exchange {
             .insert(X_REQUEST_ID, self.request_id.clone());
         let status = resp.status().as_u16();
         self.answered = true;
-        resp.body_mut()
-            .on_done(Box::new(move |bytes_out, complete, cut| {
-                self.record(&Outcome {
-                    status,
-                    reason: reason.as_deref().or(cut),
-                    upstream_status,
-                    bytes_out,
-                    complete,
-                });
-            }));
+        resp.body_mut().on_done(Box::new(move |done: Done| {
+            self.record(&Outcome {
+                status,
+                reason: reason.as_deref().or(done.cut),
+                upstream_status,
+                bytes_out: done.sent,
+                complete: done.complete,
+                usage: done.usage.as_ref(),
+            });
+        }));
         resp
     }
 
@@ -422,12 +441,24 @@ impl Exchange {
                 .unrouted_metrics
                 .record(outcome.status, elapsed.as_secs_f64()),
         }
+        let cost = outcome.usage.and_then(|o| {
+            let route = self
+                .route
+                .map_or("_none", |r| gw.config.routes[r].name.as_str());
+            ai::account(gw, route, o, outcome.upstream_status, self.metered.as_ref())
+        });
         if gw.access_log.enabled() {
-            self.log(gw, elapsed, outcome);
+            self.log(gw, elapsed, outcome, cost);
         }
     }
 
-    fn log(&self, gw: &Gateway, elapsed: std::time::Duration, outcome: &Outcome<'_>) {
+    fn log(
+        &self,
+        gw: &Gateway,
+        elapsed: std::time::Duration,
+        outcome: &Outcome<'_>,
+        cost: Option<f64>,
+    ) {
         let cfg = &gw.config;
         let id = self.identity.as_deref();
         gw.access_log.log(&Record {
@@ -452,6 +483,7 @@ impl Exchange {
             bytes_out: outcome.bytes_out,
             reason: outcome.reason,
             incomplete: !outcome.complete,
+            ai: outcome.usage.map(|o| ai::fields(o, cost)),
         });
     }
 }
@@ -467,6 +499,8 @@ struct Outcome<'a> {
     bytes_out: u64,
     /// the response body ended normally
     complete: bool,
+    /// what the usage tap saw (AI routes' upstream responses only)
+    usage: Option<&'a Observed>,
 }
 
 impl Drop for Exchange {
@@ -478,6 +512,7 @@ impl Drop for Exchange {
                 upstream_status: None,
                 bytes_out: 0,
                 complete: false,
+                usage: None,
             });
         }
     }

@@ -211,6 +211,36 @@ impl MemoryStore {
         })
     }
 
+    /// Adds `n` units to each quota key's current window, whatever the limit (a token quota's
+    /// charge after the response: the request that crosses the limit has been served).
+    pub fn charge(&self, probes: &[Probe], n: u64, now: i64) -> Result<(), StoreError> {
+        for p in probes {
+            let period = (p.limit.period.as_nanos().min(i64::MAX as u128) as i64).max(1);
+            let start = now - now.rem_euclid(period);
+            let shard = shard_of(&p.key);
+            let mut map = self.lock(shard)?;
+            let used = match map.get(&p.key).map(|e| e.cell) {
+                Some(Cell::Window { start: s, used }) if s == start => used,
+                _ => 0,
+            };
+            let entry = Entry {
+                cell: Cell::Window {
+                    start,
+                    used: used.saturating_add(n),
+                },
+                limit: p.limit,
+                dirty: true,
+            };
+            if let Some(e) = map.get_mut(&p.key) {
+                *e = entry;
+                continue;
+            }
+            self.make_room(shard, &mut map, now);
+            map.insert(p.key.clone(), entry);
+        }
+        Ok(())
+    }
+
     /// The state of one key without consuming anything (admin API), judged by the limit last
     /// applied to it (else `probe`'s); returns that limit too.
     pub fn peek(&self, probe: &Probe, now: i64) -> Result<(Eval, Limit), StoreError> {
@@ -356,7 +386,15 @@ fn evaluate(p: &Probe, cell: Option<Cell>, now: i64) -> (Eval, Cell) {
             _ => 0,
         };
         let end = start + period;
-        if used + cost > count {
+        // a token quota is charged after the response: admitted while under the limit (the
+        // request that crosses it completes), charged nothing now
+        let cost = if p.tokens { 0 } else { cost };
+        let over = if p.tokens {
+            used >= count
+        } else {
+            used + cost > count
+        };
+        if over {
             let eval = Eval {
                 admitted: false,
                 remaining: (count - used).max(0) as u64,
@@ -402,7 +440,44 @@ mod tests {
             },
             burst,
             cost: 1,
+            tokens: false,
         }
+    }
+
+    /// A token quota admits while under its limit and takes nothing at the decision; the
+    /// charge after the response may cross the limit, and then the next request is refused
+    /// until the window ends.
+    #[test]
+    fn a_token_quota_is_checked_before_and_charged_after() {
+        let s = MemoryStore::default();
+        let day = 86_400;
+        let p = Probe {
+            tokens: true,
+            ..probe("t|alice", false, 1000, day, 1)
+        };
+        let now = 1_000 * 1_000_000_000;
+        for _ in 0..3 {
+            let o = s.decide(std::slice::from_ref(&p), now).expect("decided");
+            assert!(o.admitted);
+            assert_eq!(o.evals[0].remaining, 1000, "a check takes nothing");
+        }
+        s.charge(std::slice::from_ref(&p), 999, now)
+            .expect("charged");
+        let o = s.decide(std::slice::from_ref(&p), now).expect("decided");
+        assert!(o.admitted, "one token left");
+        assert_eq!(o.evals[0].remaining, 1);
+        // the response that crosses the limit is charged in full
+        s.charge(std::slice::from_ref(&p), 500, now)
+            .expect("charged");
+        let o = s.decide(std::slice::from_ref(&p), now).expect("decided");
+        assert!(!o.admitted);
+        assert_eq!(o.evals[0].remaining, 0);
+        assert!(o.evals[0].retry_after_ns > 0);
+        let (e, _) = s.peek(&p, now).expect("peek");
+        assert_eq!(e.remaining, 0);
+        // the next window starts afresh
+        let later = now + day as i64 * 1_000_000_000;
+        assert!(s.decide(&[p], later).expect("decided").admitted);
     }
 
     fn keys(s: &MemoryStore) -> usize {

@@ -15,13 +15,17 @@ pub mod redis;
 pub mod sqlite;
 mod store;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
 use http::HeaderValue;
 use prometheus::{Histogram, IntCounter};
 
-use crate::config::{BudgetRule, Budgets as BudgetConfig, Limit, LimitKind, OnStoreError};
-use crate::metrics::METRICS;
+use crate::config::{
+    BudgetRule, BudgetUnit, Budgets as BudgetConfig, Limit, LimitKind, OnStoreError,
+};
+use crate::metrics::{AI, METRICS};
 pub use plan::Plan;
 use store::Store;
 pub use store::StoreError;
@@ -34,6 +38,10 @@ pub struct Probe {
     pub limit: Limit,
     pub burst: u64,
     pub cost: u64,
+    /// a token quota (`unit = "tokens"`): the decision admits while the window's tokens are
+    /// under the limit and charges nothing; the response's tokens are charged after it
+    /// ([`Budgets::charge`])
+    pub tokens: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +58,19 @@ pub struct Outcome {
     pub admitted: bool,
     pub evals: Vec<Eval>,
 }
+
+/// The token rules (`unit = "tokens"`) of one admitted request: what its response's tokens are
+/// charged to.
+#[derive(Clone, Debug)]
+pub struct Metered {
+    /// rule indices
+    rules: Vec<usize>,
+    probes: Vec<Probe>,
+}
+
+/// A charge still to be made against a store across the network (run it on the worker's
+/// runtime: Redis batches per worker).
+pub type PendingCharge = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The RateLimit-Policy and RateLimit header values of an answer.
 pub type RateLimitHeaders = (HeaderValue, HeaderValue);
@@ -100,6 +121,8 @@ pub enum QueryError {
 struct RuleMetrics {
     admitted: IntCounter,
     rejected: IntCounter,
+    /// token rules only: listed at 0 from the start, so dashboards and alerts find the series
+    unmetered: Option<IntCounter>,
 }
 
 pub struct Budgets {
@@ -181,6 +204,8 @@ impl Budgets {
                 rejected: METRICS
                     .budget_decisions
                     .with_label_values(&[&r.name, "rejected"]),
+                unmetered: (r.unit == BudgetUnit::Tokens)
+                    .then(|| AI.budget_unmetered.with_label_values(&[&r.name])),
             })
             .collect();
         // counters carry over a reload while the store setting stays the same
@@ -262,6 +287,57 @@ impl Budgets {
             retry_after: secs_ceil(wait).max(1),
             headers: headers(),
         })
+    }
+
+    /// The token rules of `plan` (None when it has none: no charge after the response). Call
+    /// before `decide`, which consumes the plan.
+    pub fn metered(&self, plan: &Plan) -> Option<Metered> {
+        let (rules, probes): (Vec<usize>, Vec<Probe>) = self.by_route[plan.route]
+            .iter()
+            .zip(&plan.probes)
+            .filter(|(_, p)| p.tokens)
+            .map(|(&i, p)| (i, p.clone()))
+            .unzip();
+        (!probes.is_empty()).then_some(Metered { rules, probes })
+    }
+
+    /// Charges a response's tokens (input + output) to its token rules, whatever their limit:
+    /// the request that crosses it has been served, the next ones are refused. `None` — the
+    /// response reported no usage — charges nothing and is counted
+    /// (`budget_unmetered_total`). A store in this process is charged now; Redis's charge is
+    /// returned to be run (its failure is logged and counted like a decision's).
+    pub fn charge(&self, m: &Metered, tokens: Option<u64>) -> Option<PendingCharge> {
+        let Some(n) = tokens else {
+            for &i in &m.rules {
+                if let Some(c) = &self.metrics[i].unmetered {
+                    c.inc();
+                }
+            }
+            return None;
+        };
+        if n == 0 {
+            return None;
+        }
+        let failed = |errors: &IntCounter, label: &'static str, e: &StoreError| {
+            errors.inc();
+            failure_log::log_failure(label, "charge", e);
+        };
+        if let Some(r) = self.store.charge_now(&m.probes, n) {
+            if let Err(e) = r {
+                failed(&self.store_errors, self.store.label(), &e);
+            }
+            return None;
+        }
+        let (store, errors, probes) = (
+            self.store.clone(),
+            self.store_errors.clone(),
+            m.probes.clone(),
+        );
+        Some(Box::pin(async move {
+            if let Err(e) = store.charge(&probes, n).await {
+                failed(&errors, store.label(), &e);
+            }
+        }))
     }
 
     /// IETF RateLimit-Policy / RateLimit (structured fields): one item per rule.

@@ -10,7 +10,7 @@ use http::HeaderMap;
 use super::keys::{key_into, Claims};
 use super::{Budgets, Probe};
 use crate::auth::Verified;
-use crate::config::{BudgetRule, Limit, LimitKind};
+use crate::config::{BudgetRule, BudgetUnit, Limit, LimitKind};
 
 /// The keys and limits of one request's rules, ready for the store.
 pub struct Plan {
@@ -89,6 +89,7 @@ pub(super) fn probe(rule: &BudgetRule, key: String, limit: Limit, cost: u64) -> 
         limit,
         burst: rule.burst,
         cost,
+        tokens: rule.unit == BudgetUnit::Tokens,
     }
 }
 

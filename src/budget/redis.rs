@@ -256,6 +256,17 @@ struct Spec(u8, u64, u64, u64, u64);
 
 impl Spec {
     fn of(p: &Probe) -> Spec {
+        if p.tokens {
+            // a token quota's check: admitted while used < count, i.e. used + 0 <= count - 1,
+            // committing nothing (`split` adds the 1 back to what remains)
+            return Spec(
+                1,
+                p.limit.count.saturating_sub(1),
+                p.limit.period.as_millis() as u64,
+                p.burst,
+                0,
+            );
+        }
         Spec(
             if p.rate { 0 } else { 1 },
             p.limit.count,
@@ -283,12 +294,18 @@ fn split(reply: &[i64], decisions: &[&[Probe]]) -> Result<Vec<Outcome>, RedisFai
         rest = tail;
         let evals: Vec<Eval> = mine
             .chunks_exact(3)
-            .map(|c| Eval {
+            .zip(probes.iter())
+            .map(|(c, p)| {
                 // a refusal always has something to wait for; an admission never
-                admitted: c[2] == 0,
-                remaining: c[0].max(0) as u64,
-                reset_ns: c[1].saturating_mul(1000),
-                retry_after_ns: c[2].saturating_mul(1000),
+                let admitted = c[2] == 0;
+                let remaining = c[0].max(0) as u64;
+                Eval {
+                    admitted,
+                    // a token check was judged against count - 1 (see `Spec::of`)
+                    remaining: remaining + u64::from(p.tokens && admitted),
+                    reset_ns: c[1].saturating_mul(1000),
+                    retry_after_ns: c[2].saturating_mul(1000),
+                }
             })
             .collect();
         outcomes.push(Outcome {
@@ -413,6 +430,27 @@ impl RedisStore {
         self.submit(Self::stored(probes, None)).await
     }
 
+    /// Adds `n` to each quota key's current window whatever its limit (a token quota's charge
+    /// after the response): the same script, as a quota no charge can exceed.
+    pub async fn charge(&self, probes: &[Probe], n: u64) -> Result<(), RedisFailure> {
+        let probes = probes
+            .iter()
+            .map(|p| Probe {
+                key: format!("{PREFIX}{}", p.key),
+                rate: false,
+                tokens: false,
+                // Lua numbers are doubles: 2^52 stays exact, and no window holds that many
+                limit: crate::config::Limit {
+                    count: 1 << 52,
+                    period: p.limit.period,
+                },
+                cost: n.min(1 << 52),
+                ..p.clone()
+            })
+            .collect();
+        self.submit(probes).await.map(|_| ())
+    }
+
     /// The admin API's connection (the admin listener has its own runtime, no batch driver).
     async fn admin_conn(&self) -> Result<ConnectionManager, RedisFailure> {
         // a copy: no borrow of the thread-local across the await
@@ -474,6 +512,7 @@ mod tests {
             },
             burst: 5,
             cost: 1,
+            tokens: false,
         }
     }
 

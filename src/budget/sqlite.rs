@@ -215,6 +215,7 @@ mod tests {
             },
             burst: 1,
             cost: 1,
+            tokens: false,
         };
         let now = 1_000_000_000_000;
         assert!(store.decide(&[probe], now).expect("decided").admitted);

@@ -122,6 +122,25 @@ impl Store {
         }
     }
 
+    /// Adds `n` units to each quota key's current window (a token quota's charge).
+    pub async fn charge(&self, probes: &[Probe], n: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) | Store::Sqlite { memory: m, .. } => m.charge(probes, n, now_ns()),
+            Store::Redis(r) => Ok(r.charge(probes, n).await?),
+        }
+    }
+
+    /// `charge` done now when the store is in this process; None for a store across the
+    /// network (then `charge` must be awaited).
+    pub fn charge_now(&self, probes: &[Probe], n: u64) -> Option<Result<(), StoreError>> {
+        match self {
+            Store::Memory(m) | Store::Sqlite { memory: m, .. } => {
+                Some(m.charge(probes, n, now_ns()))
+            }
+            Store::Redis(_) => None,
+        }
+    }
+
     /// A key's state without consuming anything, and the limit it is judged by.
     pub async fn peek(&self, probe: &Probe) -> Result<(Eval, Limit), StoreError> {
         match self {

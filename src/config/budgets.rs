@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::raw::{RawBudgets, RawRule, RawTiers};
-use super::{Limit, Route, VResult, Validator};
+use super::{Limit, Route, RouteKind, VResult, Validator};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Budgets {
@@ -59,6 +59,17 @@ impl OnStoreError {
     }
 }
 
+/// What a rule counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BudgetUnit {
+    /// each request costs the rule's (or route's) `cost`, charged when it is admitted
+    #[default]
+    Requests,
+    /// AI tokens (input + output) of the response, charged after it from its usage; a request
+    /// is admitted while the window's tokens are under the limit
+    Tokens,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
     /// GCRA: a sustained rate with a burst
@@ -102,6 +113,8 @@ pub struct BudgetRule {
     pub cost: u64,
     pub tiers: Option<Tiers>,
     pub overrides: HashMap<String, Limit>,
+    /// `unit = "tokens"`: a token quota (only on `kind = "ai"` routes)
+    pub unit: BudgetUnit,
 }
 
 impl Validator {
@@ -239,6 +252,34 @@ impl Validator {
         if rr.burst.is_some() && kind == LimitKind::Quota {
             return Err(self.err(format!("{p}.burst"), "applies to rate rules only"));
         }
+        let unit = match rr.unit.as_deref() {
+            None | Some("requests") => BudgetUnit::Requests,
+            Some("tokens") => BudgetUnit::Tokens,
+            Some(u) => {
+                return Err(self.err(
+                    format!("{p}.unit"),
+                    format!("{u:?}: expected \"requests\" (the default) or \"tokens\""),
+                ))
+            }
+        };
+        let route_idx = match unit {
+            BudgetUnit::Requests => route_idx,
+            BudgetUnit::Tokens => Some(self.token_routes(p, route_idx, routes)?),
+        };
+        if unit == BudgetUnit::Tokens {
+            if kind != LimitKind::Quota {
+                return Err(self.err(
+                    format!("{p}.unit"),
+                    "\"tokens\" counts a quota: set quota = \"N/period\" (tokens are charged after the response, which a rate cannot wait for)",
+                ));
+            }
+            if rr.cost.is_some() {
+                return Err(self.err(
+                    format!("{p}.cost"),
+                    "a token rule charges each response's tokens, not a cost per request",
+                ));
+            }
+        }
         let burst = self.count(&format!("{p}.burst"), rr.burst, 1, 1, 1_000_000_000)? as u64;
         let cost = self.count(&format!("{p}.cost"), rr.cost, 1, 1, 1_000_000_000)? as u64;
         let tiers = rr
@@ -259,7 +300,41 @@ impl Validator {
             cost,
             tiers,
             overrides,
+            unit,
         })
+    }
+
+    /// The routes of a token rule: only `kind = "ai"` routes report usage, so one that names
+    /// another route is refused, and one that names none applies to every AI route.
+    fn token_routes(
+        &self,
+        p: &str,
+        named: Option<Vec<usize>>,
+        routes: &[Route],
+    ) -> VResult<Vec<usize>> {
+        let ai = |i: &usize| routes[*i].kind == RouteKind::Ai;
+        match named {
+            Some(v) => match v.iter().position(|i| !ai(i)) {
+                Some(j) => Err(self.err(
+                    format!("{p}.routes[{j}]"),
+                    format!(
+                        "{:?} is not kind = \"ai\": only AI routes report the tokens a token rule counts",
+                        routes[v[j]].name
+                    ),
+                )),
+                None => Ok(v),
+            },
+            None => {
+                let v: Vec<usize> = (0..routes.len()).filter(ai).collect();
+                if v.is_empty() {
+                    return Err(self.err(
+                        format!("{p}.unit"),
+                        "\"tokens\" needs a route with kind = \"ai\" (no route reports usage)",
+                    ));
+                }
+                Ok(v)
+            }
+        }
     }
 
     /// `claim:<name>`, `header:<name>`, `route` or `client_ip`.
@@ -374,6 +449,50 @@ mod tests {
         with_rule(&format!(
             "tiers = {{ claim = \"seats\", ranges = {ranges} }}"
         ))
+    }
+
+    #[test]
+    fn token_rules() {
+        use crate::config::{BudgetUnit, RouteKind};
+        // GOOD's one route made an AI route, and an ordinary one beside it
+        let ai = GOOD.replace("strip_prefix = true", "strip_prefix = true\nkind = \"ai\"");
+        let plain = "[[routes]]\nname = \"plain\"\npath_prefix = \"/p/\"\nupstream = \"up\"\n";
+        let rule = |keys: &str| {
+            format!("{ai}\n{plain}\n[budgets]\n[[budgets.rules]]\nname = \"t\"\nkey = [\"claim:sub\"]\n{keys}\n")
+        };
+        let c = parse(&rule("quota = \"2000000/30d\"\nunit = \"tokens\"")).expect("valid");
+        assert_eq!(c.routes[0].kind, RouteKind::Ai);
+        let r = &c.budgets.expect("budgets").rules[0];
+        assert_eq!(r.unit, BudgetUnit::Tokens);
+        assert_eq!(r.routes, Some(vec![0]), "every AI route, no other");
+        for (keys, path) in [
+            (
+                "rate = \"10/1s\"\nunit = \"tokens\"",
+                "budgets.rules[0].unit",
+            ),
+            (
+                "quota = \"10/1d\"\nunit = \"tokens\"\ncost = 2",
+                "budgets.rules[0].cost",
+            ),
+            (
+                "quota = \"10/1d\"\nunit = \"tokens\"\nroutes = [\"ai\", \"plain\"]",
+                "budgets.rules[0].routes[1]",
+            ),
+            (
+                "quota = \"10/1d\"\nunit = \"bytes\"",
+                "budgets.rules[0].unit",
+            ),
+        ] {
+            let e = parse(&rule(keys)).unwrap_err();
+            assert_eq!(e.path, path, "{keys}: {e}");
+        }
+        let c = parse(&with_rule("quota = \"10/1d\"")).expect("valid");
+        assert_eq!(
+            c.budgets.expect("budgets").rules[0].unit,
+            BudgetUnit::Requests
+        );
+        let e = parse(&with_rule("quota = \"10/1d\"\nunit = \"tokens\"")).unwrap_err();
+        assert_eq!(e.path, "budgets.rules[0].unit", "no AI route: {e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod auth;
 mod budgets;
 mod issuers;
 mod log;
+mod prices;
 mod raw;
 mod references;
 mod routes;
@@ -30,11 +31,12 @@ use std::time::Duration;
 
 pub use auth::{Auth, TokenHeader};
 pub use budgets::{
-    BudgetRule, BudgetStore, Budgets, KeyPart, LimitKind, OnStoreError, Tier, Tiers,
+    BudgetRule, BudgetStore, BudgetUnit, Budgets, KeyPart, LimitKind, OnStoreError, Tier, Tiers,
 };
 pub use issuers::{Issuer, KeySource};
 pub use log::{AccessLog, Log, LogFormat};
-pub use routes::{Route, RouteAuth, RouteStreams};
+pub use prices::{Price, Prices};
+pub use routes::{Route, RouteAuth, RouteKind, RouteStreams};
 pub use server::{AdminToken, Server};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
 pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};
@@ -63,6 +65,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// request budgets; `None` when none are configured (the pipeline then skips the step)
     pub budgets: Option<Budgets>,
+    /// `[[prices]]`: the cost of AI usage on `kind = "ai"` routes
+    pub prices: Prices,
 }
 
 /// `count` units per `period`.
@@ -185,6 +189,7 @@ impl Validator {
             routes,
             upstreams,
             budgets,
+            prices: self.prices(raw.prices)?,
         })
     }
 

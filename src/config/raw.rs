@@ -21,6 +21,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
     pub budgets: Option<RawBudgets>,
+    #[serde(default)]
+    pub prices: Vec<RawPrice>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +112,17 @@ pub struct RawRoute {
     pub idle_timeout: Option<String>,
     pub timeout: Option<String>,
     pub client_cert: Option<RawClientCertRule>,
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub model: String,
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: Option<f64>,
+    pub cache_write: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +182,7 @@ pub struct RawRule {
     pub tiers: Option<RawTiers>,
     #[serde(default)]
     pub overrides: BTreeMap<String, String>,
+    pub unit: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,6 +14,16 @@ pub enum RouteAuth {
     Public,
 }
 
+/// What a route carries. `Ai` routes have their responses' token usage read as they stream
+/// past (access log fields, `cc_gateway_ai_*` metrics, `[[prices]]` cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteKind {
+    /// ordinary HTTP (the default): nothing looks into bodies
+    #[default]
+    Http,
+    Ai,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub name: String,
@@ -33,6 +43,8 @@ pub struct Route {
     pub client_cert: Option<ClientCertRule>,
     /// upgrades and long-lived streams (`upgrades`, `idle_timeout`, `timeout`)
     pub streams: RouteStreams,
+    /// `kind = "ai"`: usage is read from responses
+    pub kind: RouteKind,
 }
 
 /// How a route treats protocol upgrades and long-lived responses.
@@ -136,6 +148,16 @@ impl Validator {
                     ))
                 }
             };
+            let kind = match r.kind.as_deref() {
+                None | Some("http") => RouteKind::Http,
+                Some("ai") => RouteKind::Ai,
+                Some(k) => {
+                    return Err(self.err(
+                        format!("{p}.kind"),
+                        format!("{k:?}: expected \"http\" (the default) or \"ai\""),
+                    ))
+                }
+            };
             let methods = match &r.methods {
                 None => None,
                 Some(v) if v.is_empty() => {
@@ -219,6 +241,7 @@ impl Validator {
                     })
                     .transpose()?,
                 streams: self.route_streams(&p, r.upgrades, r.idle_timeout, r.timeout)?,
+                kind,
             });
         }
         Ok(out)
@@ -274,6 +297,7 @@ mod tests {
     use std::time::Duration;
 
     use super::super::tests::{parse, GOOD};
+    use super::RouteKind;
 
     #[test]
     fn duplicate_route_names_refused() {
@@ -289,6 +313,15 @@ mod tests {
             "strip_prefix = true",
             &format!("strip_prefix = true\n{keys}"),
         )
+    }
+
+    #[test]
+    fn route_kind() {
+        assert_eq!(parse(GOOD).expect("valid").routes[0].kind, RouteKind::Http);
+        let c = parse(&with_route("kind = \"ai\"")).expect("valid");
+        assert_eq!(c.routes[0].kind, RouteKind::Ai);
+        let e = parse(&with_route("kind = \"llm\"")).unwrap_err();
+        assert_eq!(e.path, "routes[0].kind");
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! the client nothing), any other body ends with an error (the client sees a truncated
 //! response, never a complete-looking one). A gRPC stream the upstream breaks ends likewise,
 //! with `grpc-status: 14` (UNAVAILABLE).
+//!
+//! An AI route's body also carries a usage [`Tap`]: it looks at each data frame as the frame
+//! passes (a bounded scan or copy; the frame itself goes on unchanged, never held back for a
+//! later one) and its findings go to the completion hook — also when the client went away mid-stream, with what was seen
+//! up to then.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,9 +26,23 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-/// Called once with (bytes sent, whether the body ended normally, the reason code when a
-/// stream limit ended it: `stream_idle_timeout` or `stream_timeout`).
-pub type OnDone = Box<dyn FnOnce(u64, bool, Option<&'static str>) + Send>;
+use crate::usage::{Observed, Tap};
+
+/// How a body ended, for its completion hook.
+#[derive(Debug)]
+pub struct Done {
+    /// bytes sent
+    pub sent: u64,
+    /// the body ended normally
+    pub complete: bool,
+    /// the reason code when a stream limit ended it: `stream_idle_timeout` or `stream_timeout`
+    pub cut: Option<&'static str>,
+    /// what the usage tap saw (bodies with a tap only)
+    pub usage: Option<Observed>,
+}
+
+/// Called once, when the body ends or is dropped.
+pub type OnDone = Box<dyn FnOnce(Done) + Send>;
 
 pub struct Body {
     kind: Kind,
@@ -32,6 +51,8 @@ pub struct Body {
     limits: Option<Box<Watch>>,
     /// a gRPC response: ended by trailers, never by an error
     grpc: bool,
+    /// reads AI usage off the data frames (AI routes only)
+    tap: Option<Box<Tap>>,
 }
 
 enum Kind {
@@ -95,6 +116,7 @@ impl Body {
             on_done: None,
             limits: None,
             grpc: false,
+            tap: None,
         }
     }
 
@@ -125,6 +147,7 @@ impl Body {
             on_done: None,
             limits: None,
             grpc: false,
+            tap: None,
         }
     }
 
@@ -135,11 +158,17 @@ impl Body {
             on_done: None,
             limits: None,
             grpc: false,
+            tap: None,
         }
     }
 
     pub fn on_done(&mut self, f: OnDone) {
         self.on_done = Some(f);
+    }
+
+    /// Watches the data frames for AI usage; the result goes to the completion hook.
+    pub fn tap(&mut self, t: Tap) {
+        self.tap = Some(Box::new(t));
     }
 
     fn finish(&mut self, complete: bool) {
@@ -148,7 +177,12 @@ impl Body {
 
     fn finish_with(&mut self, complete: bool, cut: Option<&'static str>) {
         if let Some(f) = self.on_done.take() {
-            f(self.sent, complete, cut);
+            f(Done {
+                sent: self.sent,
+                complete,
+                cut,
+                usage: self.tap.take().map(|t| t.finish()),
+            });
         }
     }
 
@@ -256,6 +290,9 @@ impl HttpBody for Body {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.sent += d.len() as u64;
+                    if let Some(t) = &mut this.tap {
+                        t.data(d);
+                    }
                     if let Some(w) = &mut this.limits {
                         w.last_activity = Instant::now();
                     }

@@ -9,6 +9,7 @@
 mod common;
 
 mod admin;
+mod ai;
 mod auth;
 mod budgets;
 mod check;
