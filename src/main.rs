@@ -14,11 +14,6 @@ use cc_gateway::config::{Config, LogFormat, RouteAuth};
 use cc_gateway::keysync::{self, Fetcher};
 use cc_gateway::token::{self, SigningKey};
 
-/// mimalloc: per-thread free lists and size classes suit the request path's many small,
-/// short-lived allocations, each freed on the thread that made it (thread-per-core).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Where `--config` comes from when it is not given: this variable, else [`DEFAULT_CONFIG`].
 const CONFIG_ENV: &str = "CC_GATEWAY_CONFIG";
 const DEFAULT_CONFIG: &str = "/etc/cc-gateway/gateway.toml";
