@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: dev test build release install check-fmt lint bench prereqs fuzz
+.PHONY: dev test build release install check-fmt lint bench bench-anchors prereqs fuzz
 
 prereqs:
 	@./scripts/prereqs.sh
@@ -36,6 +36,11 @@ bench: prereqs
 	./bench/run.sh
 	./bench/budgets.sh
 	./bench/tls.sh
+
+## cc-gateway next to nginx, hyper and HAProxy in the shared anchors harness, with the issue's
+## ratios (BENCH_CACHE_OFF=1, BENCH_ACCESS_LOG=1, BENCH_TLS=1 for the other modes)
+bench-anchors: prereqs
+	./bench/anchors.sh
 
 ## fuzz the token parser for FUZZ_SECONDS (default 60); needs nightly + cargo-fuzz
 fuzz:

@@ -10,7 +10,8 @@
 #   bench/ab.sh /tmp/base/target/release/cc-gateway
 #
 # Scenarios: warm (one token: cache hits), cold (10,000 tokens round-robin, cache on).
-# Knobs: BENCH_ROUNDS (9), BENCH_DURATION (3s), BENCH_CONNS (32), BENCH_THREADS (2).
+# Knobs: BENCH_ROUNDS (9), BENCH_DURATION (3s), BENCH_CONNS (32), BENCH_THREADS (2),
+# BENCH_ACCESS_LOG=1 (each gateway writes its access log to a file of its own).
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${BENCH_ROUNDS:-9}
 DUR=${BENCH_DURATION:-3s}
@@ -23,7 +24,8 @@ start_upstream
 declare -A PORT PID BINS=([A]=$A_BIN [B]=$B_BIN)
 port=${BENCH_GATEWAY_PORT:-18200}
 for v in A B; do
-  gateway_config "$RUN/ab-$v.toml" "$port" 100000
+  [ "${BENCH_ACCESS_LOG:-0}" = 1 ] && BENCH_ACCESS_LOG_PATH="$RUN/access-$v.log"
+  BENCH_ACCESS_LOG_PATH=${BENCH_ACCESS_LOG_PATH:-off} gateway_config "$RUN/ab-$v.toml" "$port" 100000
   "${BINS[$v]}" run --config "$RUN/ab-$v.toml" 2>"$RUN/ab-$v.log" & PID[$v]=$!; PIDS+=($!)
   wait_port "$port"
   PORT[$v]=$port

@@ -61,7 +61,8 @@ start_redis() {
   wait_port "$REDIS_PORT"
 }
 
-# gateway_config FILE PORT CACHE_SIZE [STORE]: one route, one upstream; with STORE (memory,
+# gateway_config FILE PORT CACHE_SIZE [STORE]: one route, one upstream (access log off, or to
+# $BENCH_ACCESS_LOG_PATH when set); with STORE (memory,
 # sqlite://…, redis://…) one GCRA rule keyed by claim:sub that never refuses in a benchmark
 gateway_config() {
   local file=$1 port=$2 cache=$3 store=${4:-} extra=""
@@ -76,7 +77,7 @@ threads = 2
 [auth]
 token_cache_size = $cache
 [log]
-access = "off"
+access = "${BENCH_ACCESS_LOG_PATH:-off}"
 level = "warn"
 [[issuers]]
 name = "bench"

@@ -1,21 +1,36 @@
-//! Access log: one JSON line per request, written by a dedicated thread so the request path
-//! never blocks on I/O. Workers hand over a formatted line through a bounded channel; when
-//! the writer falls behind, lines are dropped and counted (`access_log_dropped_total`) rather
-//! than slowing requests down.
+//! Access log: one JSON line per request, in the thread-per-core style of nginx's
+//! `access_log … buffer= flush=`. Each worker serializes its lines into a buffer of its own and
+//! writes the batch itself — one `write` per 64 KiB or per flush interval — so no extra thread
+//! competes with the workers for the cores and no line crosses a channel.
+//!
+//! A destination that stalls (a pipe nobody reads) never blocks a worker: pipes, terminals and
+//! sockets are written without blocking, what does not fit waits in the buffer up to a bound,
+//! and lines beyond it are dropped and counted (`access_log_dropped_total`). A regular file is
+//! written directly (the kernel's page cache absorbs it, as for nginx); a failing write (disk
+//! full) drops its lines and counts them.
 
-use std::io::Write;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+mod sink;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::config::AccessLog;
 use crate::metrics::METRICS;
+use sink::Sink;
 
-const QUEUE: usize = 64 * 1024;
+/// A worker writes its buffer when it holds this much …
+const FLUSH_BYTES: usize = 64 * 1024;
+/// … or when its oldest line is this old (the worker's flusher task, or the next line).
+const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+/// What a worker keeps while its destination takes nothing; newer lines are dropped.
+const MAX_PENDING: usize = 256 * 1024;
 
 #[derive(Clone)]
 pub struct AccessLogger {
-    tx: Option<SyncSender<Vec<u8>>>,
+    sink: Option<Arc<Sink>>,
 }
 
 /// One request. Never contains the token or `Authorization`.
@@ -73,57 +88,150 @@ pub struct AiFields<'a> {
 
 impl AccessLogger {
     pub fn off() -> Self {
-        AccessLogger { tx: None }
+        AccessLogger { sink: None }
     }
 
     pub fn start(target: &AccessLog) -> std::io::Result<Self> {
-        let out: Box<dyn Write + Send> = match target {
+        let sink = match target {
             AccessLog::Off => return Ok(Self::off()),
-            AccessLog::Stdout => Box::new(std::io::stdout()),
-            AccessLog::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
+            AccessLog::Stdout => Sink::stdout()?,
+            AccessLog::File(p) => Sink::file(p)?,
         };
-        let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new()
-            .name("cc-access-log".into())
-            .spawn(move || writer(rx, out))?;
-        Ok(AccessLogger { tx: Some(tx) })
+        Ok(AccessLogger {
+            sink: Some(Arc::new(sink)),
+        })
     }
 
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.sink.is_some()
     }
 
+    /// Appends the line to this thread's buffer; writes the buffer when it is full or old. On a
+    /// thread without a flusher (not a worker) the line is written at once.
     pub fn log(&self, r: &Record<'_>) {
-        let Some(tx) = &self.tx else { return };
-        let mut line = Vec::with_capacity(384);
-        if serde_json::to_writer(&mut line, r).is_err() {
-            return;
-        }
-        line.push(b'\n');
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                METRICS.access_log_dropped.inc()
-            }
-        }
+        let Some(sink) = &self.sink else { return };
+        BUFFER.with(|b| {
+            let Ok(mut b) = b.try_borrow_mut() else {
+                // re-entered from inside a flush: cannot happen, but never panic for a log line
+                METRICS.access_log_dropped.inc();
+                return;
+            };
+            b.push(sink, r);
+        });
     }
 }
 
-fn writer(rx: Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    // block for the first line, then drain what is queued, then flush: one write per burst
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(&line);
-        while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(&more);
+/// Run on each worker thread (inside its runtime) when it starts: the task that writes what the
+/// worker buffered once it is `FLUSH_INTERVAL` old, so a quiet worker's last lines do not wait
+/// for the next request. Started whether or not a log is configured now: a reload may add one.
+pub fn spawn_flusher() {
+    let notify = BUFFER.with(|b| {
+        let mut b = b.try_borrow_mut().ok()?;
+        if b.flusher.is_some() {
+            return None;
         }
-        if let Err(e) = out.flush() {
-            eprintln!("cc-gateway: access log write failed: {e}");
+        let n = Arc::new(tokio::sync::Notify::new());
+        b.flusher = Some(n.clone());
+        Some(n)
+    });
+    let Some(notify) = notify else { return };
+    tokio::spawn(async move {
+        loop {
+            notify.notified().await;
+            tokio::time::sleep(FLUSH_INTERVAL).await;
+            flush_this_thread();
         }
+    });
+}
+
+/// Writes what this thread has buffered.
+pub fn flush_this_thread() {
+    BUFFER.with(|b| {
+        if let Ok(mut b) = b.try_borrow_mut() {
+            b.flush();
+        }
+    });
+}
+
+thread_local! {
+    static BUFFER: RefCell<Buffer> = RefCell::new(Buffer::default());
+}
+
+/// A thread's pending lines, all for one destination.
+#[derive(Default)]
+struct Buffer {
+    sink: Option<Arc<Sink>>,
+    bytes: Vec<u8>,
+    /// when the first pending line was added
+    since: Option<Instant>,
+    /// wakes this worker's flusher; none on threads that are not workers
+    flusher: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Buffer {
+    fn push(&mut self, sink: &Arc<Sink>, r: &Record<'_>) {
+        if !self.sink.as_ref().is_some_and(|s| Arc::ptr_eq(s, sink)) {
+            // a reload reopened the log: what is pending belongs to the old file
+            self.flush();
+            self.sink = Some(sink.clone());
+        }
+        if self.bytes.len() >= MAX_PENDING {
+            // the destination has taken nothing for a while: try once more, else drop this line
+            self.flush();
+            if self.bytes.len() >= MAX_PENDING {
+                METRICS.access_log_dropped.inc();
+                return;
+            }
+        }
+        let start = self.bytes.len();
+        if serde_json::to_writer(&mut self.bytes, r).is_err() {
+            self.bytes.truncate(start);
+            return;
+        }
+        self.bytes.push(b'\n');
+        let now = match self.since {
+            Some(t) => t.elapsed() >= FLUSH_INTERVAL,
+            None => {
+                self.since = Some(Instant::now());
+                match &self.flusher {
+                    Some(n) => {
+                        n.notify_one();
+                        false
+                    }
+                    None => true,
+                }
+            }
+        };
+        if now || self.bytes.len() >= FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let Some(sink) = &self.sink else {
+            self.bytes.clear();
+            return;
+        };
+        if self.bytes.is_empty() {
+            return;
+        }
+        let written = sink.write_lines(&self.bytes);
+        self.bytes.drain(..written);
+        self.since = if self.bytes.is_empty() {
+            None
+        } else {
+            // the rest waits for the destination; the flusher tries again
+            if let Some(n) = &self.flusher {
+                n.notify_one();
+            }
+            Some(Instant::now())
+        };
+    }
+}
+
+impl Drop for Buffer {
+    /// A worker thread that ends (shutdown) writes what it still holds.
+    fn drop(&mut self) {
+        self.flush();
     }
 }

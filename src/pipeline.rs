@@ -560,6 +560,7 @@ fn tunnel(
 /// when it arrived (a reload in the meantime does not change it mid-request).
 impl Handler for WorkerHandler {
     fn started(&self) {
+        crate::accesslog::spawn_flusher();
         // a shared budget store gets this worker's connection now, not on its first request
         if let Some(b) = &self.snapshot().gw.budgets {
             b.warm();

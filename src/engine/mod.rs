@@ -6,6 +6,7 @@
 pub mod body;
 pub mod listener;
 pub mod proxy_protocol;
+mod timer;
 pub mod upstream;
 pub mod worker;
 

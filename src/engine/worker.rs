@@ -94,6 +94,7 @@ async fn run_worker<H: Handler>(
     mut stop: watch::Receiver<bool>,
 ) {
     handler.started();
+    super::timer::keep_wheel_armed();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     {
         let mut h1 = builder.http1();

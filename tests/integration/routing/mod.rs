@@ -3,6 +3,7 @@
 //! access log.
 
 mod access_log;
+mod access_log_delivery;
 mod headers;
 mod paths;
 mod protocol;
