@@ -557,10 +557,14 @@ impl Handler for WorkerHandler {
             tokio::select! {
                 biased;
                 r = steps => r,
-                () = cut => match grpc {
-                    true => respond::grpc_refusal(&Refusal::shutting_down()),
-                    false => respond::refusal(&Refusal::shutting_down(), &id),
-                },
+                () = cut => {
+                    let mut r = match grpc {
+                        true => respond::grpc_refusal(&Refusal::shutting_down()),
+                        false => respond::refusal(&Refusal::shutting_down(), &id),
+                    };
+                    r.headers_mut().insert(X_REQUEST_ID, id);
+                    r
+                }
             }
         }
     }

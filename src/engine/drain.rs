@@ -45,8 +45,8 @@ pub fn is_cut_off() -> bool {
     CUT_OFF.with(|c| c.borrow().as_ref().is_some_and(|rx| *rx.borrow()))
 }
 
-/// How long a closed connection keeps reading (and discarding) what the client still sends.
-const LINGER: Duration = Duration::from_secs(5);
+/// How long a closed connection keeps reading (the worker's wait for it at shutdown too) (and discarding) what the client still sends.
+pub const LINGER: Duration = Duration::from_secs(5);
 /// Past this many discarded bytes the client is not racing a close, it is streaming: stop.
 const LINGER_BYTES: u64 = 1 << 20;
 
@@ -59,12 +59,16 @@ const LINGER_BYTES: u64 = 1 << 20;
 /// provably never processed, and HTTP clients retry it on a new connection.
 pub struct Lingering {
     stream: Option<TcpStream>,
+    /// held until the lingering read ends: the worker waits for every holder before its
+    /// runtime goes (dropping the task would close with unread data, a reset)
+    held: Option<tokio::sync::mpsc::Sender<()>>,
 }
 
 impl Lingering {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: TcpStream, held: tokio::sync::mpsc::Sender<()>) -> Self {
         Lingering {
             stream: Some(stream),
+            held: Some(held),
         }
     }
 
@@ -80,11 +84,13 @@ impl Drop for Lingering {
         let Some(mut stream) = self.stream.take() else {
             return;
         };
+        let held = self.held.take();
         // off a runtime (never on a worker) the stream just closes
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         rt.spawn(async move {
+            let _held = held;
             let _ = stream.shutdown().await;
             let mut buf = [0u8; 4096];
             let mut discarded = 0u64;

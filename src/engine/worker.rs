@@ -135,6 +135,8 @@ struct Accepting<H> {
     graceful: GracefulShutdown,
     /// held by each connection accepted while closing: all dropped = all of them ended
     last: tokio::sync::mpsc::Sender<()>,
+    /// held by every connection until its lingering close ends
+    lingering: tokio::sync::mpsc::Sender<()>,
     handshake_timeout: Option<Duration>,
     proxy_protocol: bool,
 }
@@ -149,12 +151,14 @@ async fn run_worker<H: Handler>(
     let (cut_tx, cut_rx) = watch::channel(false);
     drain::install(cut_rx);
     let (last, mut last_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (lingering, mut lingering_rx) = tokio::sync::mpsc::channel::<()>(1);
     let ctx = Arc::new(Accepting {
         handler,
         builder: Arc::new(builder(&opts, true)),
         last_builder: Arc::new(builder(&opts, false)),
         graceful: GracefulShutdown::new(),
         last,
+        lingering,
         handshake_timeout: opts.header_read_timeout,
         proxy_protocol: opts.proxy_protocol,
     });
@@ -176,8 +180,13 @@ async fn run_worker<H: Handler>(
         tracing::warn!("connections still referenced at shutdown");
         return;
     };
-    let Accepting { graceful, last, .. } = ctx;
-    drop(last);
+    let Accepting {
+        graceful,
+        last,
+        lingering,
+        ..
+    } = ctx;
+    drop((last, lingering));
     let all_closed = async move {
         graceful.shutdown().await;
         let _ = last_rx.recv().await;
@@ -193,6 +202,9 @@ async fn run_worker<H: Handler>(
         let _ = cut_tx.send(true);
         let _ = tokio::time::timeout(CUT_OFF_GRACE, &mut all_closed).await;
     }
+    // closed connections read what their clients still send until those close too: a
+    // request racing the close gets a clean end of stream, not a reset from a dropped socket
+    let _ = tokio::time::timeout(drain::LINGER, lingering_rx.recv()).await;
 }
 
 async fn accept_loop<H: Handler>(
@@ -269,6 +281,7 @@ fn spawn_connection<H: Handler>(
     let (handshake_timeout, proxy_protocol) = (ctx.handshake_timeout, ctx.proxy_protocol);
     let watcher = (!last).then(|| ctx.graceful.watcher());
     let held = last.then(|| ctx.last.clone());
+    let lingering = ctx.lingering.clone();
     let builder = if last {
         ctx.last_builder.clone()
     } else {
@@ -292,7 +305,7 @@ fn spawn_connection<H: Handler>(
                 }
             }
         }
-        let stream = drain::Lingering::new(stream);
+        let stream = drain::Lingering::new(stream, lingering);
         match tls {
             None => serve(stream, conn_info, h, &builder, watcher).await,
             Some(tls) => {
