@@ -53,15 +53,31 @@ impl Load {
     /// Starts `keep_alive` clients that reuse their connection and `fresh` clients that open
     /// one per request, all sending `GET path` to `addr` and expecting 200.
     pub fn start(addr: SocketAddr, keep_alive: usize, fresh: usize, path: &str) -> Load {
+        Load::start_with(addr, keep_alive, fresh, 0, path)
+    }
+
+    /// Like [`Load::start`], with `idle` more keep-alive clients that pause a few
+    /// milliseconds between requests: their connections are often idle, the state in which a
+    /// closing server races the next request.
+    pub fn start_with(
+        addr: SocketAddr,
+        keep_alive: usize,
+        fresh: usize,
+        idle: usize,
+        path: &str,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(Counts::default());
         let mut tasks = Vec::new();
-        for i in 0..keep_alive + fresh {
-            let reuse = i < keep_alive;
+        for i in 0..keep_alive + fresh + idle {
+            let reuse = i < keep_alive || i >= keep_alive + fresh;
+            // 1 to 4 ms, different per client so their requests do not move in step
+            let pause = (i >= keep_alive + fresh)
+                .then(|| Duration::from_micros(1000 + 397 * (i as u64 % 8)));
             let (stop, counts) = (stop.clone(), counts.clone());
             let path = path.to_string();
             tasks.push(tokio::spawn(async move {
-                client(addr, reuse, &path, &stop, &counts).await;
+                client(addr, reuse, pause, &path, &stop, &counts).await;
             }));
         }
         Load {
@@ -116,10 +132,20 @@ impl Load {
     }
 }
 
-async fn client(addr: SocketAddr, reuse: bool, path: &str, stop: &AtomicBool, counts: &Counts) {
+async fn client(
+    addr: SocketAddr,
+    reuse: bool,
+    pause: Option<Duration>,
+    path: &str,
+    stop: &AtomicBool,
+    counts: &Counts,
+) {
     let mut conn: Option<TcpStream> = None;
     let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) {
+        if let Some(p) = pause {
+            tokio::time::sleep(p).await;
+        }
         n += 1;
         let reused = conn.is_some();
         let mut stream = match conn.take() {
@@ -188,7 +214,14 @@ async fn exchange(s: &mut TcpStream, path: &str, keep_alive: bool, n: u64) -> Ou
             break i + 4;
         }
         match s.read(&mut chunk).await {
-            Ok(0) if buf.is_empty() => return Outcome::Unsent,
+            // a clean end of stream — unless a reset followed it (the server closed with
+            // our request unread): then nothing proves the request was not processed
+            Ok(0) if buf.is_empty() => match s.take_error() {
+                Ok(None) => return Outcome::Unsent,
+                Ok(Some(e)) | Err(e) => {
+                    return Outcome::Failed(format!("reset after the end of stream: {e}"))
+                }
+            },
             Ok(0) => return Outcome::Failed("end of stream inside the response head".into()),
             Ok(k) => buf.extend_from_slice(&chunk[..k]),
             Err(e) => {

@@ -24,7 +24,7 @@ async fn sigterm_under_load_answers_every_request_or_never_sends_it() {
     })
     .await;
     let addr = fx.gw.addr;
-    let load = Load::start(addr, 8, 4, "/public/load");
+    let load = Load::start_with(addr, 8, 4, 24, "/public/load");
     load.progress(50).await;
     let stream = SseClient::open(addr, "/sse/s").await;
     let mut socket = WsClient::open(addr).await;

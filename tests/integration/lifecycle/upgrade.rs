@@ -53,7 +53,7 @@ async fn twenty_upgrades_under_load_fail_no_request() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "upgrade socket mode");
-    let load = Load::start(fx.gw.addr, 8, 4, "/public/load");
+    let load = Load::start_with(fx.gw.addr, 8, 4, 16, "/public/load");
     load.progress(50).await;
     let text = std::fs::read_to_string(&fx.config_path).expect("config");
     for i in 0..20 {
