@@ -45,8 +45,8 @@ pub fn is_cut_off() -> bool {
     CUT_OFF.with(|c| c.borrow().as_ref().is_some_and(|rx| *rx.borrow()))
 }
 
-/// How long a closed connection keeps reading (the worker's wait for it at shutdown too) (and discarding) what the client still sends.
-pub const LINGER: Duration = Duration::from_secs(5);
+/// How long a closed connection keeps reading (and discarding) what the client still sends.
+const LINGER: Duration = Duration::from_secs(5);
 /// Past this many discarded bytes the client is not racing a close, it is streaming: stop.
 const LINGER_BYTES: u64 = 1 << 20;
 

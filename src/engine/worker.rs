@@ -187,9 +187,13 @@ async fn run_worker<H: Handler>(
         ..
     } = ctx;
     drop((last, lingering));
+    // every connection's IO dropped, lingering close included: HTTP connections drained,
+    // those accepted while closing answered, and upgraded ones (WebSocket tunnels, which
+    // hyper's graceful drain no longer sees) ended by their peers
     let all_closed = async move {
         graceful.shutdown().await;
         let _ = last_rx.recv().await;
+        let _ = lingering_rx.recv().await;
     };
     tokio::pin!(all_closed);
     if tokio::time::timeout(opts.shutdown_timeout, &mut all_closed)
@@ -202,9 +206,6 @@ async fn run_worker<H: Handler>(
         let _ = cut_tx.send(true);
         let _ = tokio::time::timeout(CUT_OFF_GRACE, &mut all_closed).await;
     }
-    // closed connections read what their clients still send until those close too: a
-    // request racing the close gets a clean end of stream, not a reset from a dropped socket
-    let _ = tokio::time::timeout(drain::LINGER, lingering_rx.recv()).await;
 }
 
 async fn accept_loop<H: Handler>(
