@@ -70,6 +70,16 @@ async fn twenty_upgrades_under_load_fail_no_request() {
         load.progress(30).await;
     }
     fx.gw.wait_ready().await;
+    // the last process started with the file's [server] section (threads = 1), not the first
+    // one's (threads = 2): a reload of the same file finds nothing that needs a restart
+    let r = fx.gw.admin_post("/reload").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["restart_needed"],
+        serde_json::json!([]),
+        "{}",
+        r.text()
+    );
     let tally = load.finish().await;
     assert!(
         tally.failures.is_empty(),
