@@ -138,3 +138,64 @@ async fn drain_delay_is_a_validated_duration() {
         describe_output(&o)
     );
 }
+
+#[tokio::test]
+async fn an_http2_connection_gets_goaway_and_its_open_stream_completes() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let sse = Sse::start().await;
+    let mut fx = Fixture::with(Opts {
+        server_extra: "drain_delay = \"0s\"\nshutdown_timeout = \"30s\"".into(),
+        extra: route("sse", sse.addr),
+        ..Opts::default()
+    })
+    .await;
+    let addr = fx.gw.addr;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        http::Request::get(format!("http://{addr}{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request")
+    };
+    let resp = sender.send_request(get("/sse/h2")).await.expect("stream");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(20), body.frame())
+        .await
+        .expect("the first event in time")
+        .expect("a frame")
+        .expect("a frame");
+    assert!(first.is_data());
+
+    signal(fx.gw.pid(), "TERM");
+    // GOAWAY: the connection takes no new stream (hyper fails the request without sending)...
+    wait_until("the connection to refuse new streams", DEADLINE, || {
+        let fut = sender.send_request(get("/public/after-goaway"));
+        async move {
+            match fut.await {
+                Err(e) => Ok(e),
+                Ok(r) => Err(format!("still answered: {}", r.status())),
+            }
+        }
+    })
+    .await;
+    // ...while the open one runs to its end
+    sse.proceed.notify_one();
+    let rest = tokio::time::timeout(Duration::from_secs(20), body.collect())
+        .await
+        .expect("the stream's end in time")
+        .expect("the stream completes")
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&rest).contains("second"),
+        "{rest:?}"
+    );
+    wait_exit(&mut fx.gw, Duration::from_secs(20)).await;
+    let _ = conn.await;
+}
