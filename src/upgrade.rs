@@ -179,12 +179,13 @@ impl Drop for Handoff {
 
 /// The old process's half of the exchange; returns the new process's pid once it is ready.
 fn send_sockets(mut conn: UnixStream, fds: Vec<(OwnedFd, Described)>) -> Result<u32, UpgradeError> {
-    let mut chunks = fds.chunks(FDS_PER_FRAME).peekable();
-    let mut empty = chunks.peek().is_none();
-    while let Some(chunk) = chunks.next().or_else(|| {
+    let mut frames: Vec<&[(OwnedFd, Described)]> = fds.chunks(FDS_PER_FRAME).collect();
+    if frames.is_empty() {
         // no socket at all still makes one (empty, final) offer
-        std::mem::take(&mut empty).then_some(&[][..])
-    }) {
+        frames.push(&[]);
+    }
+    let last = frames.len() - 1;
+    for (i, chunk) in frames.into_iter().enumerate() {
         let offer = Offer {
             sockets: chunk
                 .iter()
@@ -193,7 +194,7 @@ fn send_sockets(mut conn: UnixStream, fds: Vec<(OwnedFd, Described)>) -> Result<
                     kind: d.kind,
                 })
                 .collect(),
-            done: chunks.peek().is_none(),
+            done: i == last,
             pid: std::process::id(),
         };
         let raw: Vec<RawFd> = chunk.iter().map(|(fd, _)| fd.as_raw_fd()).collect();

@@ -205,3 +205,51 @@ pub fn adopt_workers(
 pub fn bind_single(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
     bind_one(addr, false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(addr: SocketAddr, n: usize) -> (Inherited, SocketAddr) {
+        let (mut socks, bound) = bind_all(&[addr], n).expect("bind");
+        let sockets = socks.iter_mut().map(|w| w.remove(0)).collect();
+        (
+            Inherited {
+                addr: bound[0],
+                sockets,
+            },
+            bound[0],
+        )
+    }
+
+    #[test]
+    fn inherited_sockets_are_all_kept_whatever_the_worker_count() {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        // fewer workers: one accepts on two sockets, none is dropped
+        let (h, bound) = held(any, 3);
+        let ws = adopt_workers(&[any], vec![h], None, Vec::new(), 2).expect("adopted");
+        let counts: Vec<usize> = ws.per_worker.iter().map(Vec::len).collect();
+        assert_eq!(counts, vec![2, 1]);
+        assert_eq!(ws.plain, vec![bound]);
+        // more workers: the extra one binds into the same group
+        let (h, bound) = held(any, 1);
+        let ws = adopt_workers(&[bound], vec![h], None, Vec::new(), 3).expect("adopted");
+        for w in &ws.per_worker {
+            assert_eq!(w.len(), 1);
+            assert_eq!(w[0].socket.local_addr().expect("addr"), bound);
+        }
+    }
+
+    #[test]
+    fn other_listen_addresses_are_refused() {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let (h, _) = held(any, 1);
+        let other: SocketAddr = "127.0.0.2:0".parse().expect("addr");
+        let e = adopt_workers(&[other], vec![h], None, Vec::new(), 1)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().starts_with("server.listen lists"), "{e}");
+        let (h, _) = held(any, 1);
+        assert!(adopt_workers(&[any, other], vec![h], None, Vec::new(), 1).is_err());
+    }
+}

@@ -197,3 +197,22 @@ async fn a_failed_upgrade_leaves_the_old_process_serving() {
         tally.failures
     );
 }
+
+#[tokio::test]
+async fn a_second_gateway_without_upgrade_does_not_steal_the_socket() {
+    let fx = Fixture::with(upgradable("")).await;
+    let o = crate::common::gateway::command()
+        .args(["run", "--config", fx.config_path.to_str().expect("utf-8")])
+        .output()
+        .expect("a second run");
+    assert_eq!(o.status.code(), Some(1), "{}", describe_output(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("another gateway is listening on it"),
+        "{}",
+        describe_output(&o)
+    );
+    // the first one still owns the path: an upgrade still reaches it
+    let r = Req::get("/public/x").send(fx.gw.addr).await;
+    assert_eq!(r.status, 200);
+    assert!(fx.dir.path().join("upgrade.sock").exists());
+}
