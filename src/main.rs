@@ -36,6 +36,10 @@ enum Cmd {
         /// the config file
         #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// take the listening sockets over from the gateway running on `server.upgrade_socket`
+        /// (zero-downtime binary upgrade): once this one serves, that one drains and exits
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and print a summary (exit 1 on any problem).
     Check {
@@ -162,13 +166,17 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Run { config } => {
+        Cmd::Run { config, upgrade } => {
             let cfg = load(&config)?;
             init_tracing(&cfg.log.level, cfg.log.format);
             // an error before the listeners are up means the gateway never started: say only
             // why; "stopped" is for one that was serving
             let mut started = false;
-            let result = cc_gateway::server::run_with(cfg, |_| started = true);
+            let start = match upgrade {
+                true => cc_gateway::server::Start::Upgrade,
+                false => cc_gateway::server::Start::Fresh,
+            };
+            let result = cc_gateway::server::run_as(cfg, start, |_| started = true);
             match result {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) if started => Err(anyhow::Error::new(e).context("gateway stopped")),

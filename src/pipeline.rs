@@ -17,6 +17,7 @@ use crate::accesslog::Record;
 use crate::auth::{self, AuthError, Verified};
 use crate::config::{Route, RouteAuth};
 use crate::engine::body::{Done, Limits};
+use crate::engine::drain;
 use crate::engine::upstream::{ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo, Handler};
 use crate::forward::{self, X_REQUEST_ID};
@@ -421,7 +422,10 @@ impl Exchange {
         resp.body_mut().on_done(Box::new(move |done: Done| {
             self.record(&Outcome {
                 status,
-                reason: reason.as_deref().or(done.cut),
+                reason: reason
+                    .as_deref()
+                    .or(done.cut)
+                    .or_else(|| (!done.complete && drain::is_cut_off()).then_some("shutting_down")),
                 upstream_status,
                 bytes_out: done.sent,
                 complete: done.complete,
@@ -506,9 +510,15 @@ struct Outcome<'a> {
 impl Drop for Exchange {
     fn drop(&mut self) {
         if !self.answered {
+            // cut by the shutdown timeout, or abandoned by the client
+            let (status, reason) = if drain::is_cut_off() {
+                (503, "shutting_down")
+            } else {
+                (499, "client_closed")
+            };
             self.record(&Outcome {
-                status: 499,
-                reason: Some("client_closed"),
+                status,
+                reason: Some(reason),
                 upstream_status: None,
                 bytes_out: 0,
                 complete: false,
@@ -569,10 +579,30 @@ impl Handler for WorkerHandler {
 
     fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: ConnInfo,
     ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
-        handle(self.snapshot(), req, conn)
+        // still open when the shutdown timeout passes: answered 503 `shutting_down` (the
+        // exchange, dropped, logs the same); the id is fixed now so both carry the same one
+        let cut = drain::cut_off();
+        let id = forward::request_id(req.headers());
+        req.headers_mut().insert(X_REQUEST_ID, id.clone());
+        let grpc = respond::is_grpc(req.headers());
+        let steps = handle(self.snapshot(), req, conn);
+        async move {
+            tokio::select! {
+                biased;
+                r = steps => r,
+                () = cut => {
+                    let mut r = match grpc {
+                        true => respond::grpc_refusal(&Refusal::shutting_down()),
+                        false => respond::refusal(&Refusal::shutting_down(), &id),
+                    };
+                    r.headers_mut().insert(X_REQUEST_ID, id);
+                    r
+                }
+            }
+        }
     }
 
     fn trusts_proxy(&self, peer: std::net::IpAddr) -> bool {

@@ -6,7 +6,8 @@
 //! `Gateway::build` (as at startup) and swapped in atomically: each worker gets a new snapshot
 //! (requests in flight finish on the old one), unchanged issuers keep their keys, unchanged
 //! upstreams keep their pools, the token cache is kept when the issuers did not change.
-//! Listener settings (`[server]`) need a restart.
+//! Listener settings (`[server]`) need a restart (or a binary upgrade, `run --upgrade`);
+//! `server.drain_delay` is read when shutdown begins, so a reload sets it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -162,6 +163,9 @@ fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str> {
     // certificates, versions and client auth apply at reload; the TLS sockets do not
     if bound.tls.as_ref().map(|t| &t.listen) != new.tls.as_ref().map(|t| &t.listen) {
         keys.push("server.tls.listen");
+    }
+    if bound.upgrade_socket != new.upgrade_socket {
+        keys.push("server.upgrade_socket");
     }
     if bound.proxy_protocol != new.proxy_protocol {
         keys.push("server.proxy_protocol");

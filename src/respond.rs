@@ -52,6 +52,20 @@ impl Refusal {
     }
 }
 
+impl Refusal {
+    /// A request still open when the shutdown timeout ended the drain: cut by us, not
+    /// abandoned by its client (which would be 499 `client_closed`).
+    pub fn shutting_down() -> Self {
+        let mut r = Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the gateway is shutting down; retry",
+        );
+        r.retry_after = Some(1);
+        r
+    }
+}
+
 impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Self {
         let mut r = Refusal::new(e.reason.status(), e.reason.code(), e.detail);

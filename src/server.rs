@@ -2,15 +2,18 @@
 //! (key refreshers, admin listener, signals) on the main thread's runtime.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::engine::listener::{self, BindError};
-use crate::engine::worker::{ServeOptions, WorkerThreads};
+use crate::engine::worker::{ServeOptions, Stop, WorkerThreads};
 use crate::gateway::{BuildError, Gateway, WorkerHandler};
 use crate::keysync::Fetcher;
+use crate::notify;
 use crate::reload::Live;
 use crate::tls::server::{TlsError, TlsServer};
+use crate::upgrade::{self, UpgradeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -22,6 +25,18 @@ pub enum ServerError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
+    #[error(transparent)]
+    Adopt(#[from] listener::AdoptError),
+    #[error(
+        "--upgrade needs server.upgrade_socket: where the running gateway hands over its sockets"
+    )]
+    NoUpgradeSocket,
+    #[error(
+        "upgrade: the issuers' keys did not load within {0:?}; the running gateway goes on serving"
+    )]
+    KeysNotLoaded(Duration),
 }
 
 /// The addresses actually bound (ports 0 resolved).
@@ -32,6 +47,29 @@ pub struct Bound {
     pub tls: Vec<std::net::SocketAddr>,
 }
 
+/// How the process gets its listening sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Start {
+    /// binds them
+    #[default]
+    Fresh,
+    /// takes them over from the gateway listening on `server.upgrade_socket` (`run --upgrade`)
+    Upgrade,
+}
+
+/// How the control loop ended.
+enum Exit {
+    /// SIGTERM (`delay`: wait `server.drain_delay` first) or SIGINT (no delay: Ctrl-C at a
+    /// terminal has no load balancer to wait for): close the listeners and drain
+    Terminate { delay: bool },
+    /// a successor took the listening sockets and serves: hand them over and drain
+    Upgraded,
+}
+
+/// How long a process taking over waits for its issuers' keys before it gives up (and the
+/// old process keeps serving): it must not accept a request it would refuse for want of keys.
+const UPGRADE_KEYS_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Runs the gateway until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), ServerError> {
     run_with(config, |_| {})
@@ -39,6 +77,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 
 /// Like `run`, calling `on_ready` once the listeners are bound and the workers started.
 pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), ServerError> {
+    run_as(config, Start::Fresh, on_ready)
+}
+
+/// Like [`run_with`], binding the listeners or taking them over (`start`).
+pub fn run_as(
+    config: Config,
+    start: Start,
+    on_ready: impl FnOnce(&Bound),
+) -> Result<(), ServerError> {
     let config = Arc::new(config);
     let gw = Arc::new(Gateway::build(config.clone(), None)?);
 
@@ -47,22 +94,53 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         Some(t) => Some((t, TlsServer::new(t)?)),
         None => None,
     };
+    let tls_listen = tls.as_ref().map(|(t, s)| (&t.listen[..], s.clone()));
+    let (sockets, admin_listener, predecessor) = match start {
+        Start::Fresh => (
+            listener::bind_workers(&config.server.listen, tls_listen, config.server.threads)?,
+            config
+                .server
+                .admin_listen
+                .map(listener::bind_single)
+                .transpose()?,
+            None,
+        ),
+        Start::Upgrade => {
+            let path = config
+                .server
+                .upgrade_socket
+                .as_deref()
+                .ok_or(ServerError::NoUpgradeSocket)?;
+            let mut taken = upgrade::take_over(path)?;
+            let sockets = listener::adopt_workers(
+                &config.server.listen,
+                std::mem::take(&mut taken.plain),
+                tls_listen,
+                std::mem::take(&mut taken.tls),
+                config.server.threads,
+            )?;
+            // the admin socket too, when the address stayed: binding it anew would collide
+            let admin = match (config.server.admin_listen, taken.admin.take()) {
+                (Some(want), Some((held, l))) if listener::same_address(want, held) => Some(l),
+                (Some(want), _) => Some(listener::bind_single(want)?),
+                (None, _) => None,
+            };
+            tracing::info!(from = taken.from, "took over the listening sockets");
+            (sockets, admin, Some(taken))
+        }
+    };
     let listener::WorkerSockets {
         per_worker,
         plain: bound,
         tls: tls_bound,
-    } = listener::bind_workers(
-        &config.server.listen,
-        tls.as_ref().map(|(t, s)| (&t.listen[..], s.clone())),
-        config.server.threads,
-    )?;
+    } = sockets;
     let tls = tls.map(|(_, s)| s);
-    let admin_listener = config
-        .server
-        .admin_listen
-        .map(listener::bind_single)
-        .transpose()?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // what a later upgrade hands over: this process's own duplicates of every socket
+    let passable = match &config.server.upgrade_socket {
+        Some(_) => passable(&per_worker, admin_listener.as_ref())?,
+        None => Vec::new(),
+    };
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -88,11 +166,6 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
     let handlers: Vec<Arc<WorkerHandler>> = (0..per_worker.len())
         .map(|_| Arc::new(WorkerHandler::new(gw.clone())))
         .collect();
-    let threads = {
-        let handlers = handlers.clone();
-        WorkerThreads::start(per_worker, opts, move |i| handlers[i].clone())
-            .map_err(ServerError::Runtime)?
-    };
 
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     rt.block_on(async {
@@ -100,25 +173,39 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         let mut live = Live::new(
             config.source.clone(),
             gw,
-            handlers,
+            handlers.clone(),
             fetcher.clone(),
             tls.clone(),
         );
         if let Some(t) = &tls {
             tokio::spawn(crate::tls::watch::run(t.clone(), crate::tls::watch::POLL));
         }
-        // keys load in the background: startup does not wait for them (/readyz does)
+        // keys load in the background: startup does not wait for them (/readyz does)...
         live.start_refreshers();
+        // ...except when taking over: the old process serves until this one has them
+        if predecessor.is_some() {
+            wait_for_keys(&live).await?;
+        }
+        let handoff = match &config.server.upgrade_socket {
+            Some(path) => Some(upgrade::Handoff::bind(
+                path,
+                passable,
+                predecessor.is_some(),
+            )?),
+            None => None,
+        };
+        let threads = WorkerThreads::start(per_worker, opts, move |i| handlers[i].clone())
+            .map_err(ServerError::Runtime)?;
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadReply>(4);
-        if let Some(l) = admin_listener {
+        let admin_task = admin_listener.map(|l| {
             let admin = Admin {
                 gateway: live.current.clone(),
                 fetcher,
                 draining: draining.clone(),
                 reload: reload_tx,
             };
-            tokio::spawn(admin::serve(l, Arc::new(admin)));
-        }
+            tokio::spawn(admin::serve(l, Arc::new(admin)))
+        });
         let listen: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
         let tls_listen: Vec<String> = tls_bound.iter().map(|a| a.to_string()).collect();
         // the one stable startup line (scripts and tests wait for it); `tls=` only when TLS
@@ -136,29 +223,103 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
             }
         );
         tracing::info!(listen = %listen.join(","), tls = %tls_listen.join(","), threads = config.server.threads, "serving");
+        notify::ready(predecessor.is_some());
         on_ready(&Bound {
             listen: bound.clone(),
             admin: admin_addr,
             tls: tls_bound.clone(),
         });
-        control_loop(&mut live, &mut reload_rx).await;
-        tracing::info!("shutting down: no new connections, draining open ones");
-        draining.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(p) = predecessor {
+            let from = p.from;
+            match p.ready() {
+                Ok(()) => tracing::info!(from, "the previous process drains and exits"),
+                // it was told nothing: it goes on serving beside this one until stopped
+                Err(e) => tracing::error!(from, error = %e, "cannot tell the previous process to stop"),
+            }
+        }
+        let exit = control_loop(&mut live, &mut reload_rx, handoff.as_ref()).await;
+        let stop = match exit {
+            Exit::Terminate { delay } => {
+                tracing::info!("shutting down: /readyz says 503; draining after server.drain_delay");
+                draining.store(true, std::sync::atomic::Ordering::Release);
+                notify::stopping();
+                // no upgrade once stopping; our copies of the sockets must not keep them open
+                drop(handoff);
+                // load balancers see /readyz fail and stop sending; until they do, new
+                // connections are still served
+                if delay {
+                    tokio::time::sleep(live.gateway().config.server.drain_delay).await;
+                }
+                tracing::info!("shutting down: no new connections, draining open ones");
+                Stop::Close
+            }
+            Exit::Upgraded => {
+                tracing::info!("upgraded: the new process accepts; draining open connections");
+                // the successor answers the admin socket now
+                if let Some(t) = &admin_task {
+                    t.abort();
+                }
+                drop(handoff);
+                Stop::HandOver
+            }
+        };
         // the admin listener keeps answering (/readyz 503) while the workers drain
-        let _ = tokio::task::spawn_blocking(move || threads.shutdown()).await;
+        let _ = tokio::task::spawn_blocking(move || threads.shutdown(stop)).await;
         // the last counters reach the budget store before the process ends
         if let Some(b) = &live.gateway().budgets {
             b.flush();
         }
-    });
-    Ok(())
+        Ok::<(), ServerError>(())
+    })
 }
 
-/// Waits for SIGTERM/SIGINT (returns) while serving reloads (SIGHUP, admin `POST /reload`).
+/// Duplicates of every worker's listening sockets and of the admin socket, to hand over.
+fn passable(
+    per_worker: &[Vec<listener::Listening>],
+    admin: Option<&std::net::TcpListener>,
+) -> Result<Vec<upgrade::Passable>, ServerError> {
+    let mut out = Vec::new();
+    let kinded = per_worker.iter().flatten().map(|l| {
+        let kind = match l.tls {
+            Some(_) => upgrade::Kind::Tls,
+            None => upgrade::Kind::Plain,
+        };
+        (&l.socket, kind)
+    });
+    for (socket, kind) in kinded.chain(admin.map(|a| (a, upgrade::Kind::Admin))) {
+        let dup = || -> std::io::Result<upgrade::Passable> {
+            Ok(upgrade::Passable {
+                addr: socket.local_addr()?,
+                fd: socket.try_clone()?.into(),
+                kind,
+            })
+        };
+        out.push(dup().map_err(ServerError::Runtime)?);
+    }
+    Ok(out)
+}
+
+/// Waits until every issuer's keys are loaded, up to [`UPGRADE_KEYS_TIMEOUT`].
+async fn wait_for_keys(live: &Live) -> Result<(), ServerError> {
+    let verifier = live.gateway().verifier.clone();
+    let waited = tokio::time::timeout(UPGRADE_KEYS_TIMEOUT, async {
+        // the refreshers have no "loaded" event to await; a short poll is cheap and bounded
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        while !verifier.issuers().iter().all(|i| i.is_loaded()) {
+            tick.tick().await;
+        }
+    })
+    .await;
+    waited.map_err(|_| ServerError::KeysNotLoaded(UPGRADE_KEYS_TIMEOUT))
+}
+
+/// Serves reloads (SIGHUP, admin `POST /reload`) and upgrades until SIGTERM/SIGINT or a
+/// successor takes over.
 async fn control_loop(
     live: &mut Live,
     reloads: &mut tokio::sync::mpsc::Receiver<admin::ReloadReply>,
-) {
+    handoff: Option<&upgrade::Handoff>,
+) -> Exit {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -166,19 +327,41 @@ async fn control_loop(
         signal(SignalKind::hangup()),
     ) else {
         let _ = tokio::signal::ctrl_c().await;
-        return;
+        return Exit::Terminate { delay: false };
     };
+    // one upgrade attempt at a time, kept across loop turns (a reload must not cancel it)
+    let offer = || async move {
+        match handoff {
+            Some(h) => h.offer().await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut upgrade = Box::pin(offer());
     loop {
         tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
+            _ = term.recv() => return Exit::Terminate { delay: true },
+            _ = int.recv() => return Exit::Terminate { delay: false },
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", live.path.display());
+                notify::reloading();
                 let _ = live.reload();
+                notify::reloaded();
             }
             Some(reply) = reloads.recv() => {
+                notify::reloading();
                 let _ = reply.send(live.reload().map_err(|e| e.to_string()));
+                notify::reloaded();
             }
+            result = &mut upgrade => match result {
+                Ok(pid) => {
+                    tracing::info!(pid, "a new process took over the listening sockets");
+                    return Exit::Upgraded;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "upgrade abandoned; serving on");
+                    upgrade = Box::pin(offer());
+                }
+            },
         }
     }
 }

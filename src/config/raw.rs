@@ -40,6 +40,8 @@ pub struct RawServer {
     pub http2_keepalive_timeout: Option<String>,
     pub tls: Option<RawServerTls>,
     pub proxy_protocol: Option<bool>,
+    pub drain_delay: Option<String>,
+    pub upgrade_socket: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

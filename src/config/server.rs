@@ -27,6 +27,12 @@ pub struct Server {
     pub http2_keepalive_interval: Option<Duration>,
     /// a PING unanswered for this long closes the connection
     pub http2_keepalive_timeout: Duration,
+    /// at SIGTERM, how long `/readyz` says 503 while the listeners still accept, so load
+    /// balancers stop sending before any connection is refused
+    pub drain_delay: Duration,
+    /// the Unix socket a `run --upgrade` process takes the listeners over from (None: no
+    /// binary upgrade)
+    pub upgrade_socket: Option<std::path::PathBuf>,
 }
 
 /// The admin bearer token, read from the environment or a file at load time.
@@ -117,6 +123,16 @@ impl Validator {
                 &r.http2_keepalive_timeout,
                 Duration::from_secs(20),
             )?,
+            drain_delay: self.duration(
+                "server.drain_delay",
+                &r.drain_delay,
+                Duration::from_secs(5),
+            )?,
+            upgrade_socket: match r.upgrade_socket.as_deref().map(str::trim) {
+                None => None,
+                Some("") => return Err(self.err("server.upgrade_socket", "must be a path")),
+                Some(p) => Some(self.path(p)),
+            },
         })
         .and_then(|s| {
             if s.proxy_protocol && s.trusted_proxies.is_empty() {
@@ -186,6 +202,26 @@ mod tests {
         assert!(s.trusted_proxies.is_empty());
         assert_eq!(s.http2_keepalive_interval, Some(Duration::from_secs(20)));
         assert_eq!(s.http2_keepalive_timeout, Duration::from_secs(20));
+        assert_eq!(s.drain_delay, Duration::from_secs(5));
+        assert_eq!(s.upgrade_socket, None);
+    }
+
+    #[test]
+    fn drain_delay_and_upgrade_socket() {
+        let s = parse(&with_server(
+            "drain_delay = \"0s\"\nupgrade_socket = \"/run/cc-gateway/upgrade.sock\"",
+        ))
+        .expect("valid")
+        .server;
+        assert_eq!(s.drain_delay, Duration::ZERO, "zero: close at once");
+        assert_eq!(
+            s.upgrade_socket.as_deref(),
+            Some(std::path::Path::new("/run/cc-gateway/upgrade.sock"))
+        );
+        let e = parse(&with_server("drain_delay = \"soon\"")).unwrap_err();
+        assert_eq!(e.path, "server.drain_delay", "{e}");
+        let e = parse(&with_server("upgrade_socket = \"\"")).unwrap_err();
+        assert_eq!(e.path, "server.upgrade_socket", "{e}");
     }
 
     #[test]

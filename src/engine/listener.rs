@@ -102,7 +102,154 @@ pub fn bind_workers(
     })
 }
 
+/// The listening sockets of one address taken over from the process this one replaces (binary
+/// upgrade): one per worker of that process, all in one `SO_REUSEPORT` group.
+pub struct Inherited {
+    pub addr: SocketAddr,
+    pub sockets: Vec<std::net::TcpListener>,
+}
+
+/// Why inherited sockets do not fit this process's config.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error("{key} lists {wanted:?} but the running gateway listens on {held:?}: a binary upgrade keeps the listen addresses (restart to change them)")]
+    Addresses {
+        key: &'static str,
+        wanted: Vec<SocketAddr>,
+        held: Vec<SocketAddr>,
+    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// Does a configured address name an inherited one? (Port 0 names whatever port was bound.)
+pub fn same_address(configured: SocketAddr, held: SocketAddr) -> bool {
+    configured == held || (configured.port() == 0 && configured.ip() == held.ip())
+}
+
+/// Spreads the inherited sockets of `addrs` over `workers` workers. The sockets are used as
+/// they are — never closed, since closing one would reset the connections queued in it: with
+/// fewer workers than before, a worker accepts on several sockets of an address; with more,
+/// the extra workers bind new sockets into the same `SO_REUSEPORT` group.
+fn adopt_all(
+    key: &'static str,
+    addrs: &[SocketAddr],
+    held: Vec<Inherited>,
+    workers: usize,
+) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), AdoptError> {
+    let fits = addrs.len() == held.len()
+        && addrs
+            .iter()
+            .zip(&held)
+            .all(|(&a, h)| same_address(a, h.addr));
+    if !fits {
+        return Err(AdoptError::Addresses {
+            key,
+            wanted: addrs.to_vec(),
+            held: held.iter().map(|h| h.addr).collect(),
+        });
+    }
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for Inherited { addr, sockets } in held {
+        let n = sockets.len();
+        for (i, s) in sockets.into_iter().enumerate() {
+            per_worker[i % workers].push(s);
+        }
+        for w in per_worker.iter_mut().skip(n) {
+            w.push(bind_one(addr, true)?);
+        }
+        bound.push(addr);
+    }
+    Ok((per_worker, bound))
+}
+
+/// Like [`bind_workers`], with the sockets taken over from the process being replaced:
+/// `plain` and `tls` are the addresses configured now, `held_*` what that process listened on.
+pub fn adopt_workers(
+    plain: &[SocketAddr],
+    held_plain: Vec<Inherited>,
+    tls: Option<(&[SocketAddr], std::sync::Arc<crate::tls::server::TlsServer>)>,
+    held_tls: Vec<Inherited>,
+    workers: usize,
+) -> Result<WorkerSockets, AdoptError> {
+    let (plain_socks, plain_bound) = adopt_all("server.listen", plain, held_plain, workers)?;
+    let mut out: Vec<Vec<Listening>> = plain_socks
+        .into_iter()
+        .map(|v| {
+            v.into_iter()
+                .map(|socket| Listening { socket, tls: None })
+                .collect()
+        })
+        .collect();
+    let (tls_addrs, server) = match tls {
+        Some((a, s)) => (a, Some(s)),
+        None => (&[][..], None),
+    };
+    let (socks, tls_bound) = adopt_all("server.tls.listen", tls_addrs, held_tls, workers)?;
+    for (w, v) in out.iter_mut().zip(socks) {
+        w.extend(v.into_iter().map(|socket| Listening {
+            socket,
+            tls: server.clone(),
+        }));
+    }
+    Ok(WorkerSockets {
+        per_worker: out,
+        plain: plain_bound,
+        tls: tls_bound,
+    })
+}
+
 /// A single (non-reuseport) listener, for the admin endpoint.
 pub fn bind_single(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
     bind_one(addr, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(addr: SocketAddr, n: usize) -> (Inherited, SocketAddr) {
+        let (mut socks, bound) = bind_all(&[addr], n).expect("bind");
+        let sockets = socks.iter_mut().map(|w| w.remove(0)).collect();
+        (
+            Inherited {
+                addr: bound[0],
+                sockets,
+            },
+            bound[0],
+        )
+    }
+
+    #[test]
+    fn inherited_sockets_are_all_kept_whatever_the_worker_count() {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        // fewer workers: one accepts on two sockets, none is dropped
+        let (h, bound) = held(any, 3);
+        let ws = adopt_workers(&[any], vec![h], None, Vec::new(), 2).expect("adopted");
+        let counts: Vec<usize> = ws.per_worker.iter().map(Vec::len).collect();
+        assert_eq!(counts, vec![2, 1]);
+        assert_eq!(ws.plain, vec![bound]);
+        // more workers: the extra one binds into the same group
+        let (h, bound) = held(any, 1);
+        let ws = adopt_workers(&[bound], vec![h], None, Vec::new(), 3).expect("adopted");
+        for w in &ws.per_worker {
+            assert_eq!(w.len(), 1);
+            assert_eq!(w[0].socket.local_addr().expect("addr"), bound);
+        }
+    }
+
+    #[test]
+    fn other_listen_addresses_are_refused() {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let (h, _) = held(any, 1);
+        let other: SocketAddr = "127.0.0.2:0".parse().expect("addr");
+        let e = adopt_workers(&[other], vec![h], None, Vec::new(), 1)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().starts_with("server.listen lists"), "{e}");
+        let (h, _) = held(any, 1);
+        assert!(adopt_workers(&[any, other], vec![h], None, Vec::new(), 1).is_err());
+    }
 }

@@ -4,6 +4,7 @@
 //! [`Handler`]; it does not know how connections are accepted or served.
 
 pub mod body;
+pub mod drain;
 pub mod listener;
 pub mod proxy_protocol;
 mod timer;

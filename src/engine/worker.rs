@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::drain;
 use super::listener::Listening;
 use super::proxy_protocol::{self, ProxyError};
 use super::{ConnInfo, Handler};
@@ -33,11 +34,23 @@ pub struct ServeOptions {
     pub http2_keepalive_timeout: Duration,
 }
 
+/// How the workers stop accepting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Serving,
+    /// shutdown: accept what the kernel has already queued (closing a listening socket resets
+    /// the connections queued in it), then close the listeners
+    Close,
+    /// binary upgrade: a successor process holds the same listening sockets and accepts from
+    /// them; close this process's copies only (the sockets and their queues live on)
+    HandOver,
+}
+
 /// The running worker threads (one per entry of the listeners); `shutdown` stops accepting
 /// and drains connections.
 pub struct WorkerThreads {
     threads: Vec<std::thread::JoinHandle<()>>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Stop>,
 }
 
 impl WorkerThreads {
@@ -54,7 +67,7 @@ impl WorkerThreads {
         H: Handler,
         F: Fn(usize) -> Arc<H> + Send + Sync + 'static,
     {
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(Stop::Serving);
         let handler_for = Arc::new(handler_for);
         let mut threads = Vec::new();
         for (i, socks) in listeners.into_iter().enumerate() {
@@ -78,28 +91,27 @@ impl WorkerThreads {
         Ok(WorkerThreads { threads, stop })
     }
 
-    /// Stops accepting, lets open connections finish (up to the shutdown timeout), joins.
-    pub fn shutdown(self) {
-        let _ = self.stop.send(true);
+    /// Stops accepting (`how`), lets open connections finish (up to the shutdown timeout:
+    /// then requests still open are answered 503 `shutting_down`), joins.
+    pub fn shutdown(self, how: Stop) {
+        let _ = self.stop.send(how);
         for t in self.threads {
             let _ = t.join();
         }
     }
 }
 
-async fn run_worker<H: Handler>(
-    handler: Arc<H>,
-    socks: Vec<Listening>,
-    opts: ServeOptions,
-    mut stop: watch::Receiver<bool>,
-) {
-    handler.started();
-    super::timer::keep_wheel_armed();
+/// After the shutdown timeout, how long the requests it cut get to have their 503 written.
+const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
+
+/// A worker's HTTP/1 + HTTP/2 connection builder. `keep_alive: false` for the connections
+/// accepted while closing: each answers the request it came with, `Connection: close`.
+fn builder(opts: &ServeOptions, keep_alive: bool) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     {
         let mut h1 = builder.http1();
         h1.timer(TokioTimer::new())
-            .keep_alive(true)
+            .keep_alive(keep_alive)
             .max_buf_size(opts.max_header_bytes.max(8192));
         h1.header_read_timeout(opts.header_read_timeout);
     }
@@ -111,8 +123,46 @@ async fn run_worker<H: Handler>(
         // find dead clients
         .keep_alive_interval(opts.http2_keepalive_interval)
         .keep_alive_timeout(opts.http2_keepalive_timeout);
-    let builder = Arc::new(builder);
-    let graceful = Arc::new(GracefulShutdown::new());
+    builder
+}
+
+/// What every accept loop of a worker shares.
+struct Accepting<H> {
+    handler: Arc<H>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// for the connections accepted while closing
+    last_builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: GracefulShutdown,
+    /// held by each connection accepted while closing: all dropped = all of them ended
+    last: tokio::sync::mpsc::Sender<()>,
+    /// held by every connection until its lingering close ends
+    lingering: tokio::sync::mpsc::Sender<()>,
+    handshake_timeout: Option<Duration>,
+    proxy_protocol: bool,
+}
+
+async fn run_worker<H: Handler>(
+    handler: Arc<H>,
+    socks: Vec<Listening>,
+    opts: ServeOptions,
+    mut stop: watch::Receiver<Stop>,
+) {
+    handler.started();
+    super::timer::keep_wheel_armed();
+    let (cut_tx, cut_rx) = watch::channel(false);
+    drain::install(cut_rx);
+    let (last, mut last_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (lingering, mut lingering_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let ctx = Arc::new(Accepting {
+        handler,
+        builder: Arc::new(builder(&opts, true)),
+        last_builder: Arc::new(builder(&opts, false)),
+        graceful: GracefulShutdown::new(),
+        last,
+        lingering,
+        handshake_timeout: opts.header_read_timeout,
+        proxy_protocol: opts.proxy_protocol,
+    });
     let mut accepts = tokio::task::JoinSet::new();
     for Listening { socket, tls } in socks {
         let listener = match TcpListener::from_std(socket) {
@@ -122,105 +172,156 @@ async fn run_worker<H: Handler>(
                 continue;
             }
         };
-        accepts.spawn(accept_loop(
-            listener,
-            tls,
-            opts.header_read_timeout,
-            opts.proxy_protocol,
-            handler.clone(),
-            builder.clone(),
-            graceful.clone(),
-            stop.clone(),
-        ));
+        accepts.spawn(accept_loop(listener, tls, ctx.clone(), stop.clone()));
     }
-    let _ = stop.wait_for(|s| *s).await;
-    accepts.abort_all();
+    let _ = stop.wait_for(|s| *s != Stop::Serving).await;
     while accepts.join_next().await.is_some() {}
-    // listeners are closed now; drain open connections
-    match Arc::try_unwrap(graceful) {
-        Ok(g) => {
-            if tokio::time::timeout(opts.shutdown_timeout, g.shutdown())
-                .await
-                .is_err()
-            {
-                tracing::warn!("shutdown timeout reached with connections still open");
-            }
-        }
-        Err(_) => tracing::warn!("connections still referenced at shutdown"),
+    // listeners are closed now (or in the successor's hands); drain open connections
+    let Ok(ctx) = Arc::try_unwrap(ctx) else {
+        tracing::warn!("connections still referenced at shutdown");
+        return;
+    };
+    let Accepting {
+        graceful,
+        last,
+        lingering,
+        ..
+    } = ctx;
+    drop((last, lingering));
+    // every connection's IO dropped, lingering close included: HTTP connections drained,
+    // those accepted while closing answered, and upgraded ones (WebSocket tunnels, which
+    // hyper's graceful drain no longer sees) ended by their peers
+    let all_closed = async move {
+        graceful.shutdown().await;
+        let _ = last_rx.recv().await;
+        let _ = lingering_rx.recv().await;
+    };
+    tokio::pin!(all_closed);
+    if tokio::time::timeout(opts.shutdown_timeout, &mut all_closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "shutdown timeout reached with connections still open: open requests are answered 503 shutting_down"
+        );
+        let _ = cut_tx.send(true);
+        let _ = tokio::time::timeout(CUT_OFF_GRACE, &mut all_closed).await;
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn accept_loop<H: Handler>(
     listener: TcpListener,
     tls: Option<Arc<TlsServer>>,
-    handshake_timeout: Option<Duration>,
-    proxy_protocol: bool,
-    handler: Arc<H>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
-    _stop: watch::Receiver<bool>,
+    ctx: Arc<Accepting<H>>,
+    mut stop: watch::Receiver<Stop>,
 ) {
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
     loop {
-        let (mut stream, peer) = match listener.accept().await {
-            Ok(s) => s,
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s != Stop::Serving) => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => spawn_connection(stream, peer, local, &tls, &ctx, false),
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
             }
-        };
-        let _ = stream.set_nodelay(true);
-        tcp_keepalive(&stream);
-        let mut conn_info = ConnInfo {
-            peer,
-            local,
-            tls: tls.is_some(),
-            client_cert: None,
-        };
-        let (h, builder, watcher, tls) = (
-            handler.clone(),
-            builder.clone(),
-            graceful.watcher(),
-            tls.clone(),
-        );
-        tokio::spawn(async move {
-            METRICS.connections.inc();
-            if proxy_protocol {
-                match proxy_header(&mut stream, &*h, peer, handshake_timeout).await {
-                    Ok(Some(client)) => conn_info.peer = client,
-                    Ok(None) => {}
-                    Err(e) => {
-                        METRICS
-                            .proxy_protocol_errors
-                            .with_label_values(&[e.reason()])
-                            .inc();
-                        tracing::debug!(peer = %peer, error = %e, "connection closed");
-                        METRICS.connections.dec();
-                        return;
-                    }
-                }
-            }
-            match tls {
-                None => serve(stream, conn_info, h, &builder, watcher).await,
-                Some(tls) => {
-                    if let Some((stream, client_cert)) = tls.accept(stream, handshake_timeout).await
-                    {
-                        let conn_info = ConnInfo {
-                            client_cert,
-                            ..conn_info
-                        };
-                        serve(stream, conn_info, h, &builder, watcher).await;
-                    }
-                }
-            }
-            METRICS.connections.dec();
-        });
+        }
     }
+    if *stop.borrow() != Stop::Close {
+        return;
+    }
+    // the connections the kernel completed before this close: accepted and answered, not
+    // reset with the socket
+    let Ok(listener) = listener.into_std() else {
+        return;
+    };
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let stream = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(stream));
+                match stream {
+                    Ok(s) => spawn_connection(s, peer, local, &tls, &ctx, true),
+                    Err(e) => tracing::debug!(error = %e, "cannot register a connection"),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // WouldBlock: the queue is empty
+            Err(_) => break,
+        }
+    }
+}
+
+/// Serves one accepted connection on its own task. `last`: accepted while closing — it
+/// answers one request and closes, outside the graceful drain (which would close it before
+/// reading the request it came with).
+fn spawn_connection<H: Handler>(
+    mut stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    tls: &Option<Arc<TlsServer>>,
+    ctx: &Arc<Accepting<H>>,
+    last: bool,
+) {
+    let _ = stream.set_nodelay(true);
+    tcp_keepalive(&stream);
+    let mut conn_info = ConnInfo {
+        peer,
+        local,
+        tls: tls.is_some(),
+        client_cert: None,
+    };
+    // the task holds what it needs, not `ctx`: the worker takes `ctx` back whole to drain
+    let tls = tls.clone();
+    let h = ctx.handler.clone();
+    let (handshake_timeout, proxy_protocol) = (ctx.handshake_timeout, ctx.proxy_protocol);
+    let watcher = (!last).then(|| ctx.graceful.watcher());
+    let held = last.then(|| ctx.last.clone());
+    let lingering = ctx.lingering.clone();
+    let builder = if last {
+        ctx.last_builder.clone()
+    } else {
+        ctx.builder.clone()
+    };
+    tokio::spawn(async move {
+        let _held = held;
+        METRICS.connections.inc();
+        if proxy_protocol {
+            match proxy_header(&mut stream, &*h, peer, handshake_timeout).await {
+                Ok(Some(client)) => conn_info.peer = client,
+                Ok(None) => {}
+                Err(e) => {
+                    METRICS
+                        .proxy_protocol_errors
+                        .with_label_values(&[e.reason()])
+                        .inc();
+                    tracing::debug!(peer = %peer, error = %e, "connection closed");
+                    METRICS.connections.dec();
+                    return;
+                }
+            }
+        }
+        let stream = drain::Lingering::new(stream, lingering);
+        match tls {
+            None => serve(stream, conn_info, h, &builder, watcher).await,
+            Some(tls) => {
+                if let Some((stream, client_cert)) = tls.accept(stream, handshake_timeout).await {
+                    let conn_info = ConnInfo {
+                        client_cert,
+                        ..conn_info
+                    };
+                    serve(stream, conn_info, h, &builder, watcher).await;
+                }
+            }
+        }
+        METRICS.connections.dec();
+    });
 }
 
 /// The PROXY header of a connection from `peer`, bounded by `timeout`: the client's address
@@ -249,7 +350,7 @@ async fn serve<H, IO>(
     conn_info: ConnInfo,
     h: Arc<H>,
     builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    watcher: Option<Watcher>,
 ) where
     H: Handler,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -259,8 +360,12 @@ async fn serve<H, IO>(
         async move { Ok::<_, std::convert::Infallible>(fut.await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let result = match watcher {
+        Some(w) => w.watch(conn.into_owned()).await,
+        None => conn.await,
+    };
     // errors on one connection (client gone, bad request) end that connection only
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
+    if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

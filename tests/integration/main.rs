@@ -20,6 +20,7 @@ mod fuzz;
 mod grpc;
 mod grpc_refusals;
 mod jwks;
+mod lifecycle;
 mod operations;
 mod routing;
 mod streams;

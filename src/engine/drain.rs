@@ -1,0 +1,163 @@
+//! What draining needs below HTTP: the worker's cut-off signal (the moment `shutdown_timeout`
+//! ends the wait for open requests) and the lingering close of a connection.
+//!
+//! The cut-off is per worker thread (thread-per-core: a request's handler runs on the thread
+//! that accepted its connection), so it is a thread-local the worker sets before it accepts
+//! and the handler reads when a request starts: no process-wide state, no lookup per poll.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+thread_local! {
+    static CUT_OFF: RefCell<Option<watch::Receiver<bool>>> = const { RefCell::new(None) };
+}
+
+/// Installs this worker thread's cut-off signal (true: `shutdown_timeout` has passed).
+pub(super) fn install(rx: watch::Receiver<bool>) {
+    CUT_OFF.with(|c| *c.borrow_mut() = Some(rx));
+}
+
+/// Resolves when this worker's `shutdown_timeout` has passed with the request still open;
+/// never resolves off a worker thread. Taken when the request starts.
+pub fn cut_off() -> impl std::future::Future<Output = ()> + Send + 'static {
+    let rx = CUT_OFF.with(|c| c.borrow().clone());
+    async move {
+        match rx {
+            Some(mut rx) => {
+                // an Err means the worker is gone: nothing is left to wait for
+                let _ = rx.wait_for(|cut| *cut).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Has this worker's `shutdown_timeout` passed? (A request dropped now was cut by shutdown,
+/// not abandoned by its client.)
+pub fn is_cut_off() -> bool {
+    CUT_OFF.with(|c| c.borrow().as_ref().is_some_and(|rx| *rx.borrow()))
+}
+
+/// How long a closed connection keeps reading (and discarding) what the client still sends.
+const LINGER: Duration = Duration::from_secs(5);
+/// Past this many discarded bytes the client is not racing a close, it is streaming: stop.
+const LINGER_BYTES: u64 = 1 << 20;
+
+/// A client connection that closes by halves. When the server side is done with it (hyper
+/// closing an idle keep-alive connection at drain, say), it sends FIN and keeps reading until
+/// the client closes too, instead of closing outright: a request that was already on its way
+/// would otherwise find the socket closed with unread data, and the kernel answers that with
+/// a reset — the client could not tell whether its request was processed. With a FIN first,
+/// the client reads a clean end of stream before any byte of an answer: the request was
+/// provably never processed, and HTTP clients retry it on a new connection.
+pub struct Lingering {
+    stream: Option<TcpStream>,
+    /// held until the lingering read ends: the worker waits for every holder before its
+    /// runtime goes (dropping the task would close with unread data, a reset)
+    held: Option<tokio::sync::mpsc::Sender<()>>,
+}
+
+impl Lingering {
+    pub fn new(stream: TcpStream, held: tokio::sync::mpsc::Sender<()>) -> Self {
+        Lingering {
+            stream: Some(stream),
+            held: Some(held),
+        }
+    }
+
+    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        let held = self.held.take();
+        // off a runtime (never on a worker) the stream just closes
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let _held = held;
+            let _ = stream.shutdown().await;
+            let mut buf = [0u8; 4096];
+            let mut discarded = 0u64;
+            let _ = tokio::time::timeout(LINGER, async {
+                while discarded < LINGER_BYTES {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => discarded += n as u64,
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(s) => Pin::new(s).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().stream() {
+            Ok(s) => Pin::new(s).poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().stream() {
+            Ok(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(s) => Pin::new(s).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(s) => Pin::new(s).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
