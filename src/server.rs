@@ -109,6 +109,8 @@ pub fn run_with(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), Ser
         }
         // keys load in the background: startup does not wait for them (/readyz does)
         live.start_refreshers();
+        // one supervisor per upstream pool (health checks, DNS), here on the control plane
+        crate::engine::upstream::supervise(&live.gateway().pools);
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadReply>(4);
         if let Some(l) = admin_listener {
             let admin = Admin {

@@ -37,7 +37,9 @@ pub use log::{AccessLog, Log, LogFormat};
 pub use routes::{Route, RouteAuth, RouteStreams};
 pub use server::{AdminToken, Server};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
-pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};
+pub use upstreams::{
+    Balance, Endpoint, HealthCheck, Outlier, Upstream, UpstreamProtocol, UpstreamTls,
+};
 
 use raw::RawConfig;
 

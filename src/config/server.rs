@@ -27,6 +27,9 @@ pub struct Server {
     pub http2_keepalive_interval: Option<Duration>,
     /// a PING unanswered for this long closes the connection
     pub http2_keepalive_timeout: Duration,
+    /// this gateway's region: its upstream endpoints without a region are in it, and are
+    /// preferred while any is healthy
+    pub region: Option<String>,
 }
 
 /// The admin bearer token, read from the environment or a file at load time.
@@ -117,6 +120,10 @@ impl Validator {
                 &r.http2_keepalive_timeout,
                 Duration::from_secs(20),
             )?,
+            region: r
+                .region
+                .map(|g| self.name("server.region", &g).map(|()| g))
+                .transpose()?,
         })
         .and_then(|s| {
             if s.proxy_protocol && s.trusted_proxies.is_empty() {
