@@ -19,6 +19,7 @@ mod grpc;
 mod grpc_refusals;
 mod jwks;
 mod operations;
+mod pools;
 mod routing;
 mod streams;
 mod structure;
