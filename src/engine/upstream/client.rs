@@ -201,6 +201,7 @@ impl UpstreamClient {
         let result = tokio::time::timeout(self.read_timeout, self.client.request(req)).await;
         let endpoint = ep.authority.as_str();
         let outlier = &self.pool.config.outlier;
+        let client_side = matches!(&result, Ok(Err(e)) if body_broke_off(e));
         let r = match result {
             Ok(Ok(resp)) => {
                 let latency = sent.elapsed();
@@ -245,7 +246,11 @@ impl UpstreamClient {
             UpstreamError::Timeout { .. } => Outcome::Timeout,
             _ => Outcome::Protocol,
         };
-        ep.state.record(outcome, None, Some(r.to_string()), outlier);
+        if client_side {
+            ep.state.count(outcome);
+        } else {
+            ep.state.record(outcome, None, Some(r.to_string()), outlier);
+        }
         Err(r)
     }
 
@@ -261,4 +266,19 @@ impl UpstreamClient {
         }
         None
     }
+}
+
+/// The client's own body failed (it went away mid-upload): hyper reports it as a "user"
+/// error. Not the endpoint's fault, so not counted against its health.
+fn body_broke_off(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }

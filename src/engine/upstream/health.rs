@@ -186,6 +186,14 @@ impl EndpointState {
         Duration::from_micros(f64::from_bits(self.ewma_us.load(Ordering::Relaxed)) as u64)
     }
 
+    /// Counts an exchange in `upstream_requests_total` only: a failure that was not the
+    /// endpoint's (the client's body broke off) says nothing about its health.
+    pub fn count(&self, outcome: Outcome) {
+        if let Some(i) = Outcome::ALL.iter().position(|x| *x == outcome) {
+            self.metrics.requests[i].inc();
+        }
+    }
+
     /// Keeps the gauge in step with ejections that ended by time (nothing else notices).
     pub fn refresh_gauge(&self, now: u64) {
         self.metrics.healthy.set(i64::from(self.usable(now)));
@@ -199,9 +207,7 @@ impl EndpointState {
         error: Option<String>,
         o: &Outlier,
     ) {
-        if let Some(i) = Outcome::ALL.iter().position(|x| *x == outcome) {
-            self.metrics.requests[i].inc();
-        }
+        self.count(outcome);
         if let Some(l) = latency {
             // the shared EWMA is for display: a racy read-modify-write loses at worst a sample
             let old = f64::from_bits(self.ewma_us.load(Ordering::Relaxed));

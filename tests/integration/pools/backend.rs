@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -23,6 +23,8 @@ use crate::common::Req;
 #[derive(Default)]
 struct State {
     status: AtomicU16,
+    /// ms before answering a request (not a check)
+    delay_ms: AtomicU64,
     health: AtomicU16,
     /// statuses for the next requests (then `status`)
     script: Mutex<VecDeque<u16>>,
@@ -84,6 +86,13 @@ impl Backend {
         }
     }
 
+    /// A slow backend: every request (not the health checks) waits this long for its answer.
+    pub fn set_delay(&self, d: std::time::Duration) {
+        self.state
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
     pub fn set_health(&self, s: u16) {
         self.state.health.store(s, Ordering::SeqCst);
     }
@@ -133,6 +142,11 @@ async fn answer(s: &State, name: &str, req: Request<Incoming>) -> Response<Full<
         }
     } else {
         let next = s.script.lock().expect("script").pop_front();
+        let delay = s.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            // the backend's own latency, what peak EWMA measures (not a sync point)
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         next.unwrap_or_else(|| s.status.load(Ordering::SeqCst))
     };
     let mut r = Response::new(Full::new(Bytes::from(name.to_string())));
