@@ -5,6 +5,13 @@
 //! nothing listens on, or a backend the test stopped.
 
 mod backend;
+// the upstream TLS tests' CA and TLS server, reused as they are
+#[allow(dead_code)]
+#[path = "../upstream_tls/pki.rs"]
+mod pki;
+#[allow(dead_code)]
+#[path = "../upstream_tls/server.rs"]
+mod server;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -457,4 +464,117 @@ async fn hostname_endpoints_are_resolved_to_their_addresses() {
     .await;
     assert_eq!(got, expected);
     assert!(got.contains(&b.addr.to_string()), "{got:?}");
+}
+
+/// `upstream`'s endpoints in `/upstreams`.
+async fn endpoints_of(gw: &Gateway, upstream: &str) -> Vec<serde_json::Value> {
+    let v = Req::get("/upstreams").send(gw.admin).await.json();
+    v["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| u["name"] == upstream)
+        .and_then(|u| u["endpoints"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Active checks go the way requests go: HTTP/2 over TLS with the client certificate, the
+/// configured host name as the server name of the address it resolved to. Proof: a check that
+/// expects 204 fails on the upstream's 200 (so the handshake, mTLS and HTTP/2 worked), one
+/// without the client certificate fails in TLS, and requests reach the upstream.
+#[tokio::test]
+async fn active_checks_use_the_upstreams_protocol_and_tls() {
+    use pki::{write, Ca};
+    use server::{Opts, TlsUpstream};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("backend CA");
+    let clients = Ca::new("clients CA");
+    let leaf = ca.server(&["localhost"]);
+    let me = clients.client("gw");
+    let up = TlsUpstream::start(Opts {
+        leaf: &leaf,
+        client_ca: Some(&clients.pem),
+        alpn: &[b"h2"],
+    })
+    .await;
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem);
+    let cert = write(dir.path(), "gw.pem", &me.cert_pem);
+    let key = write(dir.path(), "gw.key", &me.key_pem);
+    let name = format!("localhost:{}", up.addr.port());
+    let tls = format!(
+        "protocol = \"h2\"\ntls = {{ ca = \"{}\", client_cert = \"{}\", client_key = \"{}\" }}",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    );
+    let hc = |expect: u16| {
+        format!("health_check = {{ path = \"/hz\", interval = \"50ms\", healthy_threshold = 1, unhealthy_threshold = 1, expect_status = [{expect}] }}")
+    };
+    let ups = format!(
+        "[[upstreams]]\nname = \"pool\"\nendpoints = [\"{name}\"]\n{tls}\n{}\n\
+         [[upstreams]]\nname = \"expects-204\"\nendpoints = [\"{name}\"]\n{tls}\n{}\n\
+         [[upstreams]]\nname = \"no-cert\"\nendpoints = [\"{name}\"]\nprotocol = \"h2\"\ntls = {{ ca = \"{}\" }}\n{}\n",
+        hc(200),
+        hc(204),
+        ca_file.display(),
+        hc(200),
+    );
+    let gw = Gateway::start(&config(dir.path(), "", &ups)).await;
+    let ours = up.addr.to_string();
+    let wait_for = |upstream: &'static str, state: &'static str, error: &'static str| {
+        let (gw, ours) = (&gw, ours.clone());
+        async move {
+            wait_until(
+                &format!("{upstream}: {ours} {state} ({error})"),
+                Duration::from_secs(10),
+                || async {
+                    let eps = endpoints_of(gw, upstream).await;
+                    let e = eps.iter().find(|e| e["endpoint"] == ours.as_str());
+                    match e {
+                        Some(e)
+                            if e["state"] == state
+                                && e["host"] == "localhost"
+                                && e["last_error"].as_str().unwrap_or("").contains(error) =>
+                        {
+                            Ok(())
+                        }
+                        _ => Err(format!("{eps:?}")),
+                    }
+                },
+            )
+            .await
+        }
+    };
+    wait_for("expects-204", "unhealthy", "answered 200 OK").await;
+    wait_for("no-cert", "unhealthy", "health check:").await;
+    let e = endpoints_of(&gw, "no-cert").await;
+    let e = e.iter().find(|e| e["endpoint"] == ours.as_str()).cloned();
+    let err = e.map(|e| e["last_error"].to_string()).unwrap_or_default();
+    assert!(
+        !err.contains("answered"),
+        "no HTTP answer without the client certificate: {err}"
+    );
+    // the checked pool serves: every other address of "localhost" (::1, where nothing listens)
+    // is out first
+    wait_until(
+        "only our address usable",
+        Duration::from_secs(10),
+        || async {
+            let eps = endpoints_of(&gw, "pool").await;
+            let other_in = eps
+                .iter()
+                .any(|e| e["endpoint"] != ours.as_str() && e["state"] == "healthy");
+            let ours_in = eps
+                .iter()
+                .any(|e| e["endpoint"] == ours.as_str() && e["state"] == "healthy");
+            if ours_in && !other_in {
+                Ok(())
+            } else {
+                Err(format!("{eps:?}"))
+            }
+        },
+    )
+    .await;
+    let r = get(&gw).await;
+    assert_eq!(r.text(), "HTTP/2.0 client_cert=true", "{}", r.describe());
 }
