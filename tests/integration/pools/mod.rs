@@ -6,10 +6,10 @@
 
 mod backend;
 // the upstream TLS tests' CA and TLS server, reused as they are
-#[allow(dead_code)]
+#[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../upstream_tls/pki.rs"]
 mod pki;
-#[allow(dead_code)]
+#[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../upstream_tls/server.rs"]
 mod server;
 
