@@ -300,6 +300,16 @@ impl EndpointState {
     }
 }
 
+impl Drop for EndpointState {
+    /// The endpoint left the configuration (or its name no longer resolves to it): its gauge
+    /// would claim a state nobody maintains. Its counters stay, as counters do.
+    fn drop(&mut self) {
+        let _ = POOL_METRICS
+            .endpoint_healthy
+            .remove_label_values(&[&self.upstream, &self.addr]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,8 +190,13 @@ pub fn build(config: &Config, previous: &[Arc<Pool>]) -> Vec<Arc<Pool>> {
             {
                 return p.clone();
             }
-            let old_endpoints = old.map(|p| p.set.load_full());
-            let old_endpoints = old_endpoints.as_ref().map_or(&[][..], |s| &s.endpoints[..]);
+            let old_set = old.map(|p| p.set.load_full());
+            let old_endpoints = old_set.as_ref().map_or(&[][..], |s| &s.endpoints[..]);
+            // the configured address an old endpoint came from
+            let origin = |e: &Endpoint| {
+                old.and_then(|p| p.config.endpoints.get(e.configured))
+                    .map(|c| c.addr.as_str())
+            };
             let pool = Pool {
                 config: u.clone(),
                 region: region.clone(),
@@ -209,7 +214,7 @@ pub fn build(config: &Config, previous: &[Arc<Pool>]) -> Vec<Arc<Pool>> {
             for (i, c) in u.endpoints.iter().enumerate() {
                 let carried: Vec<&Endpoint> = old_endpoints
                     .iter()
-                    .filter(|e| e.host.is_some() && u.endpoints.get(e.configured) == Some(c))
+                    .filter(|e| e.host.is_some() && origin(e) == Some(c.addr.as_str()))
                     .collect();
                 if c.addr.parse::<SocketAddr>().is_err() && !carried.is_empty() {
                     for e in carried {
@@ -297,4 +302,111 @@ pub fn describe(pools: &[Arc<Pool>]) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "region": pools.first().and_then(|p| p.region.clone()), "upstreams": upstreams })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::super::health::Outcome;
+    use super::*;
+    use crate::config::Outlier;
+
+    fn config(upstreams: &str) -> Config {
+        let text = format!(
+            "[server]\nregion = \"eu\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"a\"\nauth = \"public\"\n{upstreams}"
+        );
+        Config::parse(&text, Path::new("/t.toml")).expect("valid")
+    }
+
+    const A: &str = "[[upstreams]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\", { addr = \"127.0.0.2:1\", region = \"us\" }]\nfallback = [\"b\"]\n";
+    const B: &str = "[[upstreams]]\nname = \"b\"\nendpoints = [\"127.0.0.3:1\"]\n";
+
+    #[test]
+    fn unchanged_pools_are_kept_and_changed_ones_keep_their_endpoints_health() {
+        let first = build(&config(&format!("{A}{B}")), &[]);
+        assert_eq!(first[0].fallback, vec![1]);
+        let set = first[0].set.load_full();
+        assert!(set.endpoints[0].local && !set.endpoints[1].local);
+        assert_eq!(set.endpoints[1].region.as_deref(), Some("us"));
+        let o = Outlier {
+            consecutive_failures: 1,
+            ejection: Duration::from_secs(60),
+            max_ejection: Duration::from_secs(60),
+        };
+        set.endpoints[0]
+            .state
+            .record(Outcome::Connect, None, None, &o);
+        // b unchanged and a reordered before it: b's pool is the same, a's fallback index follows
+        let second = build(&config(&format!("{B}{A}")), &first);
+        assert!(Arc::ptr_eq(&second[0], &first[1]));
+        assert!(!first[1].retired());
+        assert_eq!(second[1].fallback, vec![0]);
+        // a's pool is new (its fallback index changed), its endpoints' health is not
+        assert!(first[0].retired());
+        let kept = &second[1].set.load().endpoints[0].state;
+        assert!(Arc::ptr_eq(kept, &set.endpoints[0].state));
+        assert!(!kept.usable(now_ms()));
+        // a weight changed: a new pool, the same states
+        let third = build(
+            &config(&format!(
+                "{}{B}",
+                A.replace("127.0.0.1:1\"", "127.0.0.1:1\", weight = 4 }")
+                    .replace("[\"127.0.0.1:1\"", "[{ addr = \"127.0.0.1:1\"")
+            )),
+            &second,
+        );
+        let e = &third[0].set.load().endpoints[0];
+        assert_eq!(e.weight, 4);
+        assert!(Arc::ptr_eq(&e.state, &set.endpoints[0].state));
+    }
+
+    #[test]
+    fn names_keep_their_addresses_when_a_lookup_fails() {
+        let pools = build(
+            &config(
+                "[[upstreams]]\nname = \"a\"\nendpoints = [\"localhost:1\", \"127.0.0.9:1\"]\n",
+            ),
+            &[],
+        );
+        let p = &pools[0];
+        assert_eq!(p.hostnames(), vec![(0, "localhost:1".to_string())]);
+        let addrs = vec![
+            "127.0.0.1:1".parse().expect("addr"),
+            "[::1]:1".parse().expect("addr"),
+        ];
+        p.install(&[Some(addrs), None]);
+        let set = p.set.load_full();
+        let got: Vec<&str> = set.endpoints.iter().map(|e| e.state.addr()).collect();
+        assert_eq!(got, ["127.0.0.1:1", "[::1]:1", "127.0.0.9:1"]);
+        assert_eq!(set.endpoints[1].host.as_deref(), Some("localhost"));
+        // a failed lookup (None) and the same answer change nothing
+        p.install(&[None, None]);
+        assert_eq!(p.set.load().generation, set.generation);
+        p.install(&[
+            Some(vec![
+                "127.0.0.1:1".parse().expect("addr"),
+                "[::1]:1".parse().expect("addr"),
+            ]),
+            None,
+        ]);
+        assert_eq!(p.set.load().generation, set.generation);
+        p.install(&[Some(vec!["127.0.0.1:1".parse().expect("addr")]), None]);
+        let set2 = p.set.load_full();
+        assert_ne!(set2.generation, set.generation);
+        assert_eq!(set2.endpoints.len(), 2);
+        assert!(Arc::ptr_eq(
+            &set2.endpoints[0].state,
+            &set.endpoints[0].state
+        ));
+        // a reload that changes the upstream keeps what the name resolved to, with its health
+        let changed = config(
+            "[[upstreams]]\nname = \"a\"\nendpoints = [{ addr = \"localhost:1\", weight = 3 }]\n",
+        );
+        let next = build(&changed, &pools);
+        let e = &next[0].set.load().endpoints[0];
+        assert_eq!((e.state.addr(), e.weight), ("127.0.0.1:1", 3));
+        assert!(Arc::ptr_eq(&e.state, &set.endpoints[0].state));
+    }
 }
