@@ -15,6 +15,7 @@ mod auth;
 mod budgets;
 mod issuers;
 mod log;
+mod pools;
 mod raw;
 mod references;
 mod routes;
@@ -34,12 +35,11 @@ pub use budgets::{
 };
 pub use issuers::{Issuer, KeySource};
 pub use log::{AccessLog, Log, LogFormat};
+pub use pools::{Balance, Endpoint, HealthCheck, Outlier};
 pub use routes::{Route, RouteAuth, RouteStreams};
 pub use server::{AdminToken, Server};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
-pub use upstreams::{
-    Balance, Endpoint, HealthCheck, Outlier, Upstream, UpstreamProtocol, UpstreamTls,
-};
+pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};
 
 use raw::RawConfig;
 
