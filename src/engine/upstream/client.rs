@@ -19,7 +19,7 @@ use super::connect::{self, Connector, HostOf, TlsConnect};
 use super::error::{error_chain, UpstreamError};
 use super::health::{now_ms, EndpointId, Outcome};
 use super::pool::Pool;
-use crate::config::{Upstream, UpstreamProtocol};
+use crate::config::{Balance, Upstream, UpstreamProtocol};
 use crate::tls::client::{ClientTlsFiles, RotatingClientConfig};
 
 /// TCP keepalive on upstream sockets: NATs and load balancers between us and a backend drop
@@ -131,14 +131,17 @@ pub struct UpstreamClient {
 /// Takes a request out of the worker's in-flight count however it ends, the future dropped
 /// by a route timeout or a departed client included.
 struct InFlight<'a> {
-    local: &'a Local,
+    /// None: nothing to take out (round robin)
+    local: Option<&'a Local>,
     choice: &'a Choice,
     latency: Option<Duration>,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.local.finish(self.choice, self.latency);
+        if let Some(l) = self.local {
+            l.finish(self.choice, self.latency);
+        }
     }
 }
 
@@ -191,9 +194,13 @@ impl UpstreamClient {
         parts.authority = Some(ep.authority.clone());
         parts.path_and_query = Some(path);
         *req.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamError::Uri(e.to_string()))?;
-        self.local.start(c);
+        // in-flight counts and latency are what peak EWMA weighs; round robin needs neither
+        let ewma = self.pool.config.balance == Balance::PeakEwma;
+        if ewma {
+            self.local.start(c);
+        }
         let mut flight = InFlight {
-            local: &self.local,
+            local: ewma.then_some(&self.local),
             choice: c,
             latency: None,
         };

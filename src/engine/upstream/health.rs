@@ -74,6 +74,9 @@ impl Outcome {
     }
 }
 
+#[repr(align(64))]
+struct CacheLine<T>(T);
+
 /// Pre-resolved metric handles: recording a request is one atomic add, no label hashing.
 struct Handles {
     requests: [IntCounter; 6],
@@ -102,8 +105,9 @@ pub struct EndpointState {
     last_failure: AtomicU64,
     last_error: ArcSwapOption<String>,
     /// latency to the response head, an EWMA over all workers in µs (f64 bits), for
-    /// `/upstreams`; balancing uses each worker's own
-    ewma_us: AtomicU64,
+    /// `/upstreams`; balancing uses each worker's own. Written by every answered request, so
+    /// on a cache line of its own: the lines `usable` reads stay shared between the workers.
+    ewma_us: CacheLine<AtomicU64>,
     metrics: Handles,
 }
 
@@ -129,7 +133,7 @@ impl EndpointState {
             check_fail_run: AtomicU32::new(0),
             last_failure: AtomicU64::new(0),
             last_error: ArcSwapOption::empty(),
-            ewma_us: AtomicU64::new(0f64.to_bits()),
+            ewma_us: CacheLine(AtomicU64::new(0f64.to_bits())),
             metrics: Handles {
                 requests,
                 healthy,
@@ -183,7 +187,7 @@ impl EndpointState {
     }
 
     pub fn ewma(&self) -> Duration {
-        Duration::from_micros(f64::from_bits(self.ewma_us.load(Ordering::Relaxed)) as u64)
+        Duration::from_micros(f64::from_bits(self.ewma_us.0.load(Ordering::Relaxed)) as u64)
     }
 
     /// Counts an exchange in `upstream_requests_total` only: a failure that was not the
@@ -210,18 +214,17 @@ impl EndpointState {
         self.count(outcome);
         if let Some(l) = latency {
             // the shared EWMA is for display: a racy read-modify-write loses at worst a sample
-            let old = f64::from_bits(self.ewma_us.load(Ordering::Relaxed));
+            let old = f64::from_bits(self.ewma_us.0.load(Ordering::Relaxed));
             let x = l.as_micros() as f64;
             let new = if old == 0.0 { x } else { old * 0.9 + x * 0.1 };
-            self.ewma_us.store(new.to_bits(), Ordering::Relaxed);
+            self.ewma_us.0.store(new.to_bits(), Ordering::Relaxed);
         }
         if !outcome.is_failure() {
             // loads first: a healthy endpoint's successes write nothing shared
             if self.failures.load(Ordering::Relaxed) != 0 {
                 self.failures.store(0, Ordering::Relaxed);
             }
-            let now = now_ms();
-            if self.ejection_ms.load(Ordering::Relaxed) != 0 && !self.ejected(now) {
+            if self.ejection_ms.load(Ordering::Relaxed) != 0 && !self.ejected(now_ms()) {
                 self.ejection_ms.store(0, Ordering::Relaxed);
             }
             return;
