@@ -158,7 +158,7 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (m @ (&Method::GET | &Method::DELETE), p) if p.starts_with("/budgets/") => {
             budget_key(&gw, m, &p["/budgets/".len()..]).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/issuers" | "/reload") => reply(
+        (_, "/healthz" | "/readyz" | "/metrics" | "/issuers" | "/reload" | "/upstreams") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n",

@@ -113,6 +113,7 @@ async fn weighted_round_robin_by_count() {
     let v = Req::get("/upstreams").send(gw.admin).await.json();
     assert_eq!(v["upstreams"][0]["endpoints"][2]["weight"], 3, "{v}");
     assert_eq!(v["upstreams"][0]["endpoints"][2]["state"], "healthy", "{v}");
+    assert_eq!(gw.admin_post("/upstreams").await.status, 405);
 }
 
 /// The gateway's region is preferred while one of its endpoints passes its checks; the other
