@@ -18,7 +18,7 @@ use super::connect::Connector;
 use super::error::error_chain;
 use super::health::{now_ms, EndpointState};
 use super::pool::Pool;
-use crate::config::HealthCheck;
+use crate::config::{HealthCheck, UpstreamProtocol};
 
 /// How often gauges follow ejections that ended by time.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
@@ -113,8 +113,15 @@ async fn check_all(
     for e in &p.set.load().endpoints {
         let (client, scheme, path) = (client.clone(), scheme.clone(), path.clone());
         let (state, authority, hc) = (e.state.clone(), e.authority.clone(), hc.clone());
+        // HTTP/1.1 to an address resolved from a name: the check names the host, as a
+        // name-based virtual host behind it expects (over HTTP/2 the authority is the address)
+        let host = e
+            .host
+            .as_ref()
+            .filter(|_| p.config.protocol == UpstreamProtocol::Http1)
+            .map(|h| format!("{h}:{}", authority.port_u16().unwrap_or_default()));
         set.spawn(async move {
-            let r = check(&client, scheme, authority, path, &hc).await;
+            let r = check(&client, scheme, authority, host, path, &hc).await;
             apply(&state, r, &hc);
         });
     }
@@ -132,6 +139,7 @@ async fn check(
     client: &Client<Connector, ReqBody>,
     scheme: Scheme,
     authority: Authority,
+    host: Option<String>,
     path: PathAndQuery,
     hc: &HealthCheck,
 ) -> Result<(), String> {
@@ -140,10 +148,11 @@ async fn check(
     parts.authority = Some(authority);
     parts.path_and_query = Some(path);
     let uri = Uri::from_parts(parts).map_err(|e| e.to_string())?;
-    let req = Request::get(uri)
-        .header(http::header::USER_AGENT, "cc-gateway-health-check")
-        .body(ReqBody::Empty)
-        .map_err(|e| e.to_string())?;
+    let mut req = Request::get(uri).header(http::header::USER_AGENT, "cc-gateway-health-check");
+    if let Some(h) = host {
+        req = req.header(http::header::HOST, h);
+    }
+    let req = req.body(ReqBody::Empty).map_err(|e| e.to_string())?;
     match tokio::time::timeout(hc.timeout, client.request(req)).await {
         Ok(Ok(resp)) if hc.expect_status.contains(&resp.status().as_u16()) => Ok(()),
         Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),

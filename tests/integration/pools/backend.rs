@@ -34,6 +34,8 @@ struct State {
     probe: Mutex<Option<(SocketAddr, String)>>,
     /// the endpoint's state seen before each scripted check
     seen: Mutex<Vec<String>>,
+    /// the `Host` of the last health check
+    health_host: Mutex<Option<String>>,
 }
 
 pub struct Backend {
@@ -115,6 +117,10 @@ impl Backend {
         self.state.seen.lock().expect("seen").clone()
     }
 
+    pub fn health_host(&self) -> Option<String> {
+        self.state.health_host.lock().expect("host").clone()
+    }
+
     pub fn script_done(&self) -> bool {
         self.state.health_script.lock().expect("script").is_empty()
     }
@@ -128,6 +134,9 @@ impl Drop for Backend {
 
 async fn answer(s: &State, name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let status = if req.uri().path() == "/hz" {
+        let host = req.headers().get(http::header::HOST);
+        *s.health_host.lock().expect("host") =
+            host.map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
         let next = s.health_script.lock().expect("script").pop_front();
         match next {
             Some(st) => {

@@ -433,7 +433,8 @@ async fn hostname_endpoints_are_resolved_to_their_addresses() {
         dir.path(),
         "",
         &format!(
-            "[[upstreams]]\nname = \"pool\"\nendpoints = [\"{name}\"]\nresolve_interval = \"100ms\"\n"
+            "[[upstreams]]\nname = \"pool\"\nendpoints = [\"{name}\"]\nresolve_interval = \"100ms\"\n\
+             health_check = {{ path = \"/hz\", interval = \"50ms\" }}\n"
         ),
     );
     let mut expected: Vec<String> = tokio::net::lookup_host(name.as_str())
@@ -465,6 +466,19 @@ async fn hostname_endpoints_are_resolved_to_their_addresses() {
     .await;
     assert_eq!(got, expected);
     assert!(got.contains(&b.addr.to_string()), "{got:?}");
+    // checks of the resolved address name the host (a name-based virtual host expects it)
+    let host = wait_until(
+        "a check of the resolved address",
+        Duration::from_secs(10),
+        || async {
+            match b.health_host() {
+                Some(h) if h == name => Ok(h),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(host, name);
 }
 
 /// `upstream`'s endpoints in `/upstreams`.
