@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `GET /issuers`,
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `GET /issuers`, `GET /upstreams`,
 //! `POST /issuers/<name>/refresh`. Runs on the control-plane runtime, never on a worker.
 
 use std::convert::Infallible;
@@ -125,6 +125,12 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             METRICS.render(),
         ),
         (&Method::GET, "/issuers") => json_reply(StatusCode::OK, issuers_status(&verifier)),
+        // every endpoint of every upstream with its health; deliberately not part of /readyz:
+        // a dead backend must not take the edge out of its load balancer
+        (&Method::GET, "/upstreams") => json_reply(
+            StatusCode::OK,
+            crate::engine::upstream::describe_pools(&gw.pools),
+        ),
         (&Method::POST, p) if p.starts_with("/issuers/") && p.ends_with("/refresh") => {
             let name = &p["/issuers/".len()..p.len() - "/refresh".len()];
             let Some((idx, _)) = verifier.issuer_by_name(name) else {
@@ -152,7 +158,7 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (m @ (&Method::GET | &Method::DELETE), p) if p.starts_with("/budgets/") => {
             budget_key(&gw, m, &p["/budgets/".len()..]).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/issuers" | "/reload") => reply(
+        (_, "/healthz" | "/readyz" | "/metrics" | "/issuers" | "/reload" | "/upstreams") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n",

@@ -408,3 +408,53 @@ impl AiMetrics {
         m.to_string()
     }
 }
+
+/// Upstream pools: where requests went, which endpoints can serve, and why some were taken out.
+/// A static of its own (registered in the one registry) so the pool metrics stand apart from
+/// the request path's struct.
+pub struct PoolMetrics {
+    /// by upstream, endpoint and result (`ok`, `5xx`, or the failure kind: `connect`, `tls`,
+    /// `timeout`, `protocol`)
+    pub upstream_requests: IntCounterVec,
+    /// 1 while the endpoint is in rotation (not ejected, not failing its active checks)
+    pub endpoint_healthy: IntGaugeVec,
+    /// by cause: `consecutive_failures` (passive, live traffic) or `health_check` (active)
+    pub upstream_ejections: IntCounterVec,
+}
+
+pub static POOL_METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| {
+    let r = &METRICS.registry;
+    let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+    };
+    PoolMetrics {
+        upstream_requests: reg(
+            r,
+            counter_vec(
+                "upstream_requests_total",
+                "Requests sent to upstream endpoints, by upstream, endpoint and result.",
+                &["upstream", "endpoint", "result"],
+            ),
+        ),
+        endpoint_healthy: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "endpoint_healthy",
+                    "1 while an upstream endpoint is in rotation, 0 while ejected or failing its health checks.",
+                ),
+                &["upstream", "endpoint"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        ),
+        upstream_ejections: reg(
+            r,
+            counter_vec(
+                "upstream_ejections_total",
+                "Endpoints taken out of rotation, by upstream, endpoint and cause.",
+                &["upstream", "endpoint", "cause"],
+            ),
+        ),
+    }
+});

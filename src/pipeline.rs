@@ -18,7 +18,7 @@ use crate::auth::{self, AuthError, Verified};
 use crate::config::{Route, RouteAuth};
 use crate::engine::body::{Done, Limits};
 use crate::engine::drain;
-use crate::engine::upstream::{ReqBody, UpstreamError};
+use crate::engine::upstream::{self, ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo, Handler};
 use crate::forward::{self, X_REQUEST_ID};
 use crate::gateway::{Gateway, WorkerHandler, WorkerSnapshot};
@@ -70,7 +70,14 @@ pub async fn handle(
     ex.upstream = Some(upstream);
     let forwarded = prepare_upstream(gw, route.route, req, &mut ex);
     let sent = Instant::now();
-    let exchange = w.upstreams[upstream].send(forwarded.request, forwarded.path);
+    let mut tried = Vec::new();
+    let exchange = upstream::send(
+        &w.upstreams,
+        upstream,
+        forwarded.request,
+        forwarded.path,
+        &mut tried,
+    );
     // the route's `timeout` bounds the whole exchange, the wait for the head included
     let result = match route.route.streams.timeout {
         None => exchange.await,

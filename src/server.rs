@@ -182,6 +182,8 @@ pub fn run_as(
         }
         // keys load in the background: startup does not wait for them (/readyz does)...
         live.start_refreshers();
+        // one supervisor per upstream pool (health checks, DNS), here on the control plane
+        crate::engine::upstream::supervise(&live.gateway().pools);
         // ...except when taking over: the old process serves until this one has them
         if predecessor.is_some() {
             wait_for_keys(&live).await?;

@@ -15,6 +15,7 @@ mod auth;
 mod budgets;
 mod issuers;
 mod log;
+mod pools;
 mod prices;
 mod raw;
 mod references;
@@ -35,6 +36,7 @@ pub use budgets::{
 };
 pub use issuers::{Issuer, KeySource};
 pub use log::{AccessLog, Log, LogFormat};
+pub use pools::{Balance, Endpoint, HealthCheck, Outlier};
 pub use prices::{Price, Prices};
 pub use routes::{Route, RouteAuth, RouteKind, RouteStreams};
 pub use server::{AdminToken, Server};

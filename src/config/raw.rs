@@ -42,6 +42,7 @@ pub struct RawServer {
     pub proxy_protocol: Option<bool>,
     pub drain_delay: Option<String>,
     pub upgrade_socket: Option<String>,
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,7 +139,7 @@ pub struct RawClientCertRule {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub name: String,
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<RawEndpoint>,
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
@@ -147,6 +148,46 @@ pub struct RawUpstream {
     pub tls: Option<RawUpstreamTls>,
     pub http2_keepalive_interval: Option<String>,
     pub http2_keepalive_timeout: Option<String>,
+    pub balance: Option<String>,
+    pub fallback: Option<Vec<String>>,
+    pub outlier: Option<RawOutlier>,
+    pub health_check: Option<RawHealthCheck>,
+    pub resolve_interval: Option<String>,
+}
+
+/// `"host:port"` or `{ addr = "host:port", weight = 2, region = "us-east1" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawEndpoint {
+    Addr(String),
+    Table(RawEndpointTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpointTable {
+    pub addr: String,
+    pub weight: Option<i64>,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<i64>,
+    pub ejection: Option<String>,
+    pub max_ejection: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub unhealthy_threshold: Option<i64>,
+    pub expect_status: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -22,6 +22,7 @@ mod grpc_refusals;
 mod jwks;
 mod lifecycle;
 mod operations;
+mod pools;
 mod routing;
 mod streams;
 mod structure;
