@@ -13,6 +13,7 @@ pub mod forward;
 pub mod gateway;
 pub mod grpc;
 pub mod keysync;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;
