@@ -37,6 +37,8 @@ pub struct Gateway {
     pub access_log: AccessLogger,
     /// request budgets (None when none are configured)
     pub budgets: Option<Budgets>,
+    /// `[request_log]` (None when off)
+    pub request_log: Option<crate::requestlog::RequestLog>,
 }
 
 /// Why a gateway could not be built from a (valid) config: at startup the process exits with
@@ -50,6 +52,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Budgets(#[from] StoreError),
+    #[error("request log: cannot start its writer thread: {0}")]
+    RequestLog(std::io::Error),
 }
 
 impl Gateway {
@@ -85,8 +89,17 @@ impl Gateway {
                 )
             })
             .transpose()?;
+        // kept while `[request_log]` is unchanged: one writer, its queue and spool go on
+        let request_log = match (&config.request_log, previous) {
+            (None, _) => None,
+            (Some(c), Some(p)) if p.config.request_log.as_ref() == Some(c) => p.request_log.clone(),
+            (Some(c), _) => {
+                Some(crate::requestlog::RequestLog::start(c).map_err(BuildError::RequestLog)?)
+            }
+        };
         Ok(Gateway {
             budgets,
+            request_log,
             router: Router::new(&config.routes),
             identity: IdentityNames::new(&config.auth.identity_header_prefix),
             route_metrics: config

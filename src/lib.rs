@@ -16,6 +16,7 @@ pub mod keysync;
 pub mod metrics;
 pub mod pipeline;
 pub mod reload;
+pub mod requestlog;
 pub mod respond;
 pub mod routing;
 pub mod server;

@@ -18,6 +18,7 @@ mod log;
 mod prices;
 mod raw;
 mod references;
+mod request_log;
 mod routes;
 mod server;
 mod summary;
@@ -36,6 +37,7 @@ pub use budgets::{
 pub use issuers::{Issuer, KeySource};
 pub use log::{AccessLog, Log, LogFormat};
 pub use prices::{Price, Prices};
+pub use request_log::{redact_url, FieldSource, RequestLog, RequestLogStore, StoreUrl};
 pub use routes::{Route, RouteAuth, RouteKind, RouteStreams};
 pub use server::{AdminToken, Server};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
@@ -67,6 +69,8 @@ pub struct Config {
     pub budgets: Option<Budgets>,
     /// `[[prices]]`: the cost of AI usage on `kind = "ai"` routes
     pub prices: Prices,
+    /// `[request_log]`; `None` when off
+    pub request_log: Option<RequestLog>,
 }
 
 /// `count` units per `period`.
@@ -180,6 +184,7 @@ impl Validator {
         let routes = self.routes(raw.routes, &upstreams, &issuers)?;
         self.client_cert_rules_need_client_auth(&routes, &server)?;
         let budgets = raw.budgets.map(|b| self.budgets(b, &routes)).transpose()?;
+        let request_log = self.request_log(raw.request_log, &auth)?;
         Ok(Config {
             source: source.to_path_buf(),
             server,
@@ -190,6 +195,7 @@ impl Validator {
             upstreams,
             budgets,
             prices: self.prices(raw.prices)?,
+            request_log,
         })
     }
 
