@@ -59,7 +59,7 @@ enum Cmd {
     #[command(subcommand)]
     Token(TokenCmd),
     /// Query the request log ([request_log]): rows newest first, or `logs stats`.
-    Logs(cli_logs::LogsArgs),
+    Logs(Box<cli_logs::LogsArgs>),
 }
 
 #[derive(Subcommand)]
@@ -195,7 +195,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             cc_gateway::dev::run(cc_gateway::dev::DevOptions { listen, admin, dir })?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Logs(a) => cli_logs::run(a),
+        Cmd::Logs(a) => cli_logs::run(*a),
         Cmd::Token(TokenCmd::Mint(a)) => {
             use std::io::Write;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -136,18 +136,28 @@ impl SqliteStore {
             }
         }
         if let Some(max) = max_size {
-            // bounded per sweep: the next sweep continues
-            for _ in 0..1000 {
-                if self.used_bytes()? <= max {
-                    break;
-                }
-                let n = self.conn.execute(
-                    "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests ORDER BY time LIMIT 100)",
-                    [],
-                )?;
-                deleted += n as u64;
-                if n == 0 {
-                    break;
+            // Deleting the oldest rows frees few whole pages at once (the request_id index is
+            // in random order, so every page loses a few entries): pages do not shrink in step
+            // with rows. So the rows to keep are estimated from the average row size, and the
+            // space the deleted ones leave is reused by the next inserts.
+            let used = self.used_bytes()?;
+            if used > max {
+                let rows: i64 = self
+                    .conn
+                    .query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))?;
+                let per_row = used as f64 / rows.max(1) as f64;
+                let keep = (max as f64 * 0.9 / per_row) as i64;
+                let mut excess = rows - keep;
+                while excess > 0 {
+                    let n = self.conn.execute(
+                        &format!("DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests ORDER BY time LIMIT {})", excess.min(BATCH as i64)),
+                        [],
+                    )?;
+                    deleted += n as u64;
+                    excess -= n as i64;
+                    if n == 0 {
+                        break;
+                    }
                 }
             }
         }

@@ -231,9 +231,13 @@ impl Writer {
     fn sweep(&mut self) {
         let cfg_retention = self.cfg.retention;
         // often enough for a short retention to hold, at least every minute
-        let every = cfg_retention
+        let mut every = cfg_retention
             .map_or(Duration::from_secs(60), |r| r / 4)
             .clamp(Duration::from_millis(200), Duration::from_secs(60));
+        if self.cfg.max_size.is_some() {
+            // the size check is three pragmas: cheap enough to keep the bound tight
+            every = every.min(Duration::from_secs(1));
+        }
         self.next_sweep = Instant::now() + every;
         if cfg_retention.is_none() && self.cfg.max_size.is_none() {
             return;

@@ -21,6 +21,7 @@ mod grpc;
 mod grpc_refusals;
 mod jwks;
 mod operations;
+mod request_log;
 mod routing;
 mod streams;
 mod structure;
