@@ -209,6 +209,45 @@ async fn filters_stats_and_feedback_on_sqlite() {
     seed_sqlite(&db);
     filters_and_stats_answer_known_data(&fx).await;
     feedback_is_recorded_and_validated(&fx).await;
+    // the human form: a header line, then rows with their request ids
+    let cfg = fx.config_path.display().to_string();
+    let out = crate::common::cli::run_async(
+        ["logs", "--config", &cfg, "--route", "odd", "--limit", "2"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("TIME") && lines[0].ends_with("REQUEST_ID"),
+        "{text}"
+    );
+    assert!(
+        lines[1].ends_with("seed-1") && lines[2].ends_with("seed-3"),
+        "{text}"
+    );
+    let out = crate::common::cli::run_async(
+        [
+            "logs", "stats", "--config", &cfg, "--by", "instance", "--sort", "tokens",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().nth(1).is_some_and(|l| l.starts_with("small ")),
+        "{text}"
+    );
+    let out = crate::common::cli::run_async(
+        ["logs", "--config", &cfg, "--status", "6xx"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert!(!out.status.success(), "{}", describe_output(&out));
 }
 
 #[tokio::test]

@@ -284,3 +284,51 @@ fn check_refuses_token_headers_in_fields_and_redacts_a_postgres_password() {
     let out = run_check(&p, &[]);
     assert!(!out.status.success(), "{}", describe_output(&out));
 }
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_log_and_moves_to_a_changed_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old_db, new_db) = (dir.path().join("requests.db"), dir.path().join("moved.db"));
+    let fx = fixture(&sqlite_store(dir.path(), ""), 1000).await;
+    let fx = &fx;
+    let send = |n: usize| async move {
+        for _ in 0..n {
+            assert_eq!(fx.send(Req::get("/public/x")).await.status, 200);
+        }
+    };
+    send(3).await;
+    let text = std::fs::read_to_string(&fx.config_path).expect("config");
+    // an unrelated change: the same writer goes on
+    std::fs::write(
+        &fx.config_path,
+        text.replace("threads = 2", "threads = 2\nshutdown_timeout = \"9s\""),
+    )
+    .expect("write");
+    let r = fx.gw.admin_post("/reload").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    send(2).await;
+    wait_metric(
+        &fx.gw,
+        "cc_gateway_request_log_rows_written_total",
+        &[],
+        5.0,
+    )
+    .await;
+    assert_eq!(db_rows(&old_db), 5);
+    // a new store: new rows go there, the old writer finished what it had
+    let moved = text.replace(&old_db.display().to_string(), &new_db.display().to_string());
+    assert_ne!(moved, text);
+    std::fs::write(&fx.config_path, moved).expect("write");
+    let r = fx.gw.admin_post("/reload").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    send(4).await;
+    wait_metric(
+        &fx.gw,
+        "cc_gateway_request_log_rows_written_total",
+        &[],
+        9.0,
+    )
+    .await;
+    assert_eq!(db_rows(&old_db), 5);
+    assert_eq!(db_rows(&new_db), 4);
+}
