@@ -430,7 +430,7 @@ pub static REQUEST_LOG: LazyLock<RequestLogMetrics> = LazyLock::new(|| {
             IntCounterVec::new(
                 Opts::new(
                     "request_log_dropped_total",
-                    "Request log rows lost, by cause (queue_full, spool_full, shutdown).",
+                    "Request log rows lost, by cause (queue_full, spool_full, shutdown, rejected).",
                 ),
                 &["cause"],
             )
@@ -470,7 +470,7 @@ pub static REQUEST_LOG: LazyLock<RequestLogMetrics> = LazyLock::new(|| {
         ),
     };
     // every cause's series from the start, for alerts
-    for c in ["queue_full", "spool_full", "shutdown"] {
+    for c in ["queue_full", "spool_full", "shutdown", "rejected"] {
         m.dropped.with_label_values(&[c]);
     }
     m

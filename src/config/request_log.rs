@@ -145,9 +145,18 @@ impl Validator {
                     RequestLogStore::Sqlite(self.path(path))
                 } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
                     let url = StoreUrl(s);
-                    url.secret()
+                    let pg = url
+                        .secret()
                         .parse::<postgres::Config>()
                         .map_err(|e| self.err(p, format!("{url}: {e}")))?;
+                    if pg.get_ssl_mode() == postgres::config::SslMode::Require {
+                        return Err(self.err(
+                            p,
+                            format!(
+                                "{url}: sslmode=require: TLS to PostgreSQL is not supported yet"
+                            ),
+                        ));
+                    }
                     RequestLogStore::Postgres(url)
                 } else {
                     return Err(self.err(

@@ -53,6 +53,12 @@ fn bind(v: &Value, kind: Kind) -> Param {
         (Value::Null, Kind::Real) => Box::new(None::<f64>),
         (Value::Null, Kind::Bool) => Box::new(None::<bool>),
         (Value::Null, _) => Box::new(None::<String>),
+        // PostgreSQL refuses NUL in TEXT and `\u0000` in JSONB, and claims may carry them: a
+        // row it refuses would hold its whole batch in the spool forever
+        (Value::Text(s), Kind::Json) if s.contains("\\u0000") => {
+            Box::new(s.replace("\\u0000", "\\ufffd"))
+        }
+        (Value::Text(s), _) if s.contains('\0') => Box::new(s.replace('\0', "\u{fffd}")),
         (Value::Text(s), _) => Box::new(s.clone()),
         (Value::Int(n), Kind::Real) => Box::new(*n as f64),
         (Value::Int(n), _) => Box::new(*n),

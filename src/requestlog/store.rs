@@ -18,6 +18,25 @@ pub enum StoreError {
     NoTable,
 }
 
+impl StoreError {
+    /// The store refused the data itself (a value it cannot hold), not the connection or a
+    /// lock: retrying the same rows would fail forever.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => e
+                .as_db_error()
+                .is_some_and(|d| matches!(&d.code().code()[..2], "22" | "23")),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TooBig
+                    | rusqlite::ErrorCode::TypeMismatch
+            ),
+            _ => false,
+        }
+    }
+}
+
 pub enum Store {
     Sqlite(SqliteStore),
     Postgres(PgStore),

@@ -209,6 +209,12 @@ impl Writer {
                     self.backoff = Duration::from_millis(100);
                     self.last_write = Instant::now();
                 }
+                Err(e) if e.is_data_error() => {
+                    REQUEST_LOG.store_errors.inc();
+                    if !self.write_one_by_one(n) {
+                        return;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, rows = self.pending.len(), "request log: write failed; rows are spooled and retried");
                     REQUEST_LOG.store_errors.inc();
@@ -220,6 +226,44 @@ impl Writer {
             }
         }
         REQUEST_LOG.spooled.set(0);
+    }
+
+    /// A batch the store refused for its data: each row alone, dropping (counted as
+    /// `rejected`) only the ones it refuses, so one bad row never holds the others back.
+    /// False when the store became unreachable (the rows not written wait, in order).
+    fn write_one_by_one(&mut self, n: usize) -> bool {
+        let mut batch: VecDeque<Row> = self.pending.drain(..n).collect();
+        let mut ok = true;
+        while let Some(row) = batch.pop_front() {
+            let result = match self.connect() {
+                Some(s) => s.insert(std::slice::from_ref(&row)),
+                None => {
+                    batch.push_front(row);
+                    ok = false;
+                    break;
+                }
+            };
+            match result {
+                Ok(()) => REQUEST_LOG.rows_written.inc(),
+                Err(e) if e.is_data_error() => {
+                    tracing::warn!(error = %e, request_id = %row.request_id, "request log: row refused by the store");
+                    REQUEST_LOG.dropped.with_label_values(&["rejected"]).inc();
+                }
+                Err(_) => {
+                    self.store = None;
+                    batch.push_front(row);
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        for r in batch.into_iter().rev() {
+            self.pending.push_front(r);
+        }
+        if !ok {
+            self.failed();
+        }
+        ok
     }
 
     fn failed(&mut self) {

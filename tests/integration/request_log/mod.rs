@@ -212,8 +212,25 @@ pub async fn every_kind_of_request_is_a_row(fx: &Fixture) {
     );
 
     // the CLI reads the same store: newest first, filters by status class
+    // (a row's time is when its response ended, logged by the worker that served it: the
+    // order of requests sent one after another is not asserted, only the order of the times)
     let rows = wait_rows(&fx.config_path, 7).await;
-    assert_eq!(rows[0]["request_id"], id(&llm).as_str());
+    let times: Vec<&str> = rows
+        .iter()
+        .map(|r| r["time"].as_str().unwrap_or(""))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    let mut got: Vec<&str> = rows
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap_or(""))
+        .collect();
+    let mut sent: Vec<String> = [&ok, &limited, &unauth, &forbidden, &nowhere, &down, &llm]
+        .iter()
+        .map(|r| id(r))
+        .collect();
+    got.sort_unstable();
+    sent.sort_unstable();
+    assert_eq!(got, sent);
     let refused = cli_json(&fx.config_path, &["--status", "4xx"]).await;
     assert_eq!(refused.len(), 4, "{refused:?}");
     let budget = cli_json(&fx.config_path, &["--status", "429"]).await;
