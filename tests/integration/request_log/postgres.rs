@@ -189,7 +189,7 @@ impl Drop for Pg {
 
 fn pg_store(pg: &Pg, more: &str) -> String {
     format!(
-        "store = \"{}\"\nflush_interval = \"20ms\"\nfields = {{ instance = \"header:X-Gitlab-Instance-Id\", realm_claim = \"claim:gitlab_realm\" }}\n{more}",
+        "store = \"{}\"\nflush_interval = \"20ms\"\nfields = {{ instance = \"header:X-Gitlab-Instance-Id\", realm_claim = \"claim:gitlab_realm\", odd = \"claim:odd\" }}\n{more}",
         pg.url()
     )
 }
@@ -207,6 +207,14 @@ async fn every_kind_of_request_filters_stats_and_feedback_on_postgres() {
     .await;
     filters_and_stats_answer_known_data(&fx).await;
     feedback_is_recorded_and_validated(&fx).await;
+    // a claim with a NUL character (PostgreSQL stores none): written, with U+FFFD in its place
+    let odd = fx
+        .send(Fixture::ai_req(
+            &fx.token_with(|c| c["odd"] = "a\u{0}b".into()),
+        ))
+        .await;
+    let r = row(&fx.gw, &odd.header("x-request-id").expect("id")).await;
+    assert_eq!(r["fields"]["odd"], "a\u{fffd}b", "{r}");
     // the schema is versioned: one migration applied, once
     assert_eq!(pg.count("SELECT COUNT(*) FROM schema_migrations").await, 1);
 }
