@@ -158,6 +158,7 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (m @ (&Method::GET | &Method::DELETE), p) if p.starts_with("/budgets/") => {
             budget_key(&gw, m, &p["/budgets/".len()..]).await
         }
+        (_, p) if p == "/logs" || p.starts_with("/logs/") => logs(&gw, req).await,
         (_, "/healthz" | "/readyz" | "/metrics" | "/issuers" | "/reload" | "/upstreams") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
@@ -207,6 +208,32 @@ fn bearer_matches(h: &http::HeaderMap, token: &str) -> bool {
         return false;
     };
     aws_lc_rs::constant_time::verify_slices_are_equal(sent, token.as_bytes()).is_ok()
+}
+
+/// `/logs…`: the request log's queries and feedback (`requestlog::api`); bodies are small JSON.
+async fn logs(gw: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::{BodyExt, Limited};
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, 16 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "payload_too_large", "reason": "body_too_large"}),
+            )
+        }
+    };
+    let rest = parts.uri.path()["/logs".len()..].to_string();
+    let query = parts.uri.query().map(str::to_string);
+    let (status, v) = crate::requestlog::api::admin(
+        gw.config.request_log.clone(),
+        parts.method,
+        rest,
+        query,
+        body,
+    )
+    .await;
+    json_reply(status, v)
 }
 
 /// `GET|DELETE /budgets/<rule>/<key>`; the key is percent-encoded in the path.

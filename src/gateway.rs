@@ -40,6 +40,8 @@ pub struct Gateway {
     /// the upstreams' endpoints and their health, one per process (not per worker), indexed
     /// like `config.upstreams`
     pub pools: Vec<Arc<Pool>>,
+    /// `[request_log]` (None when off)
+    pub request_log: Option<crate::requestlog::RequestLog>,
 }
 
 /// Why a gateway could not be built from a (valid) config: at startup the process exits with
@@ -53,6 +55,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Budgets(#[from] StoreError),
+    #[error("request log: cannot start its writer thread: {0}")]
+    RequestLog(std::io::Error),
 }
 
 impl Gateway {
@@ -88,6 +92,14 @@ impl Gateway {
                 )
             })
             .transpose()?;
+        // kept while `[request_log]` is unchanged: one writer, its queue and spool go on
+        let request_log = match (&config.request_log, previous) {
+            (None, _) => None,
+            (Some(c), Some(p)) if p.config.request_log.as_ref() == Some(c) => p.request_log.clone(),
+            (Some(c), _) => {
+                Some(crate::requestlog::RequestLog::start(c).map_err(BuildError::RequestLog)?)
+            }
+        };
         // last, once nothing can fail: building the pools retires the previous ones (their
         // supervisors stop); unchanged endpoints keep their health
         let pools = upstream::build_pools(&config, previous.map_or(&[][..], |p| &p.pools[..]));
@@ -96,6 +108,7 @@ impl Gateway {
         Ok(Gateway {
             pools,
             budgets,
+            request_log,
             router: Router::new(&config.routes),
             identity: IdentityNames::new(&config.auth.identity_header_prefix),
             route_metrics: config

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod reload;
+pub mod requestlog;
 pub mod respond;
 pub mod routing;
 pub mod server;

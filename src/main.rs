@@ -1,5 +1,7 @@
 //! The `cc-gateway` command line. `anyhow` lives here only: library errors are typed.
 
+mod cli_logs;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -60,6 +62,8 @@ enum Cmd {
     /// Mint and inspect tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Query the request log ([request_log]): rows newest first, or `logs stats`.
+    Logs(Box<cli_logs::LogsArgs>),
 }
 
 #[derive(Subcommand)]
@@ -199,6 +203,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             cc_gateway::dev::run(cc_gateway::dev::DevOptions { listen, admin, dir })?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Logs(a) => cli_logs::run(*a),
         Cmd::Token(TokenCmd::Mint(a)) => {
             use std::io::Write;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -458,3 +458,70 @@ pub static POOL_METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| {
         ),
     }
 });
+
+/// The request log (`[request_log]`, `cc_gateway_request_log_*`), registered in the one
+/// registry when a request log starts.
+pub struct RequestLogMetrics {
+    /// rows lost, by cause: `queue_full` (the writer is behind), `spool_full` (the store was
+    /// unreachable longer than the spool holds), `shutdown` (not written within the flush timeout)
+    pub dropped: IntCounterVec,
+    pub queue_depth: IntGauge,
+    /// rows waiting in the spool for the store to come back
+    pub spooled: IntGauge,
+    pub rows_written: IntCounter,
+    pub store_errors: IntCounter,
+}
+
+pub static REQUEST_LOG: LazyLock<RequestLogMetrics> = LazyLock::new(|| {
+    let r = &METRICS.registry;
+    let m = RequestLogMetrics {
+        dropped: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "request_log_dropped_total",
+                    "Request log rows lost, by cause (queue_full, spool_full, shutdown, rejected).",
+                ),
+                &["cause"],
+            )
+            .unwrap_or_else(|e| panic!("metric request_log_dropped_total: {e}")),
+        ),
+        queue_depth: reg(
+            r,
+            IntGauge::new(
+                "request_log_queue_depth",
+                "Request log rows queued for the writer.",
+            )
+            .unwrap_or_else(|e| panic!("metric request_log_queue_depth: {e}")),
+        ),
+        spooled: reg(
+            r,
+            IntGauge::new(
+                "request_log_spooled_rows",
+                "Request log rows held while the store is unreachable.",
+            )
+            .unwrap_or_else(|e| panic!("metric request_log_spooled_rows: {e}")),
+        ),
+        rows_written: reg(
+            r,
+            IntCounter::new(
+                "request_log_rows_written_total",
+                "Request log rows written to the store.",
+            )
+            .unwrap_or_else(|e| panic!("metric request_log_rows_written_total: {e}")),
+        ),
+        store_errors: reg(
+            r,
+            IntCounter::new(
+                "request_log_store_errors_total",
+                "Failed writes to the request log store (the rows are spooled and retried).",
+            )
+            .unwrap_or_else(|e| panic!("metric request_log_store_errors_total: {e}")),
+        ),
+    };
+    // every cause's series from the start, for alerts
+    for c in ["queue_full", "spool_full", "shutdown", "rejected"] {
+        m.dropped.with_label_values(&[c]);
+    }
+    m
+});

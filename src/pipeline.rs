@@ -279,8 +279,10 @@ struct Exchange {
     trusted_peer: bool,
     method: Method,
     version: Version,
-    /// only kept when the access log is on
+    /// only kept when the access log or the request log is on
     path: Option<String>,
+    /// the request headers `[request_log] fields` names
+    log_fields: Option<crate::requestlog::Captured>,
     /// index of the selected route (`RouteRef::index`)
     route: Option<usize>,
     /// index into the config's upstreams
@@ -321,10 +323,12 @@ impl Exchange {
                 .any(|n| n.contains(conn.peer.ip())),
             method: req.method().clone(),
             version: req.version(),
-            path: gw
-                .access_log
-                .enabled()
+            path: (gw.access_log.enabled() || gw.request_log.is_some())
                 .then(|| req.uri().path().to_string()),
+            log_fields: gw
+                .request_log
+                .as_ref()
+                .and_then(|l| l.capture(req.headers())),
             route: None,
             upstream: None,
             identity: None,
@@ -458,7 +462,7 @@ impl Exchange {
                 .map_or("_none", |r| gw.config.routes[r].name.as_str());
             ai::account(gw, route, o, outcome.upstream_status, self.metered.as_ref())
         });
-        if gw.access_log.enabled() {
+        if gw.access_log.enabled() || gw.request_log.is_some() {
             self.log(gw, elapsed, outcome, cost);
         }
     }
@@ -472,7 +476,7 @@ impl Exchange {
     ) {
         let cfg = &gw.config;
         let id = self.identity.as_deref();
-        gw.access_log.log(&Record {
+        let rec = Record {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             request_id: self.request_id.to_str().unwrap_or(""),
             client_ip: self.client.to_string(),
@@ -495,7 +499,11 @@ impl Exchange {
             reason: outcome.reason,
             incomplete: !outcome.complete,
             ai: outcome.usage.map(|o| ai::fields(o, cost)),
-        });
+        };
+        gw.access_log.log(&rec);
+        if let Some(l) = &gw.request_log {
+            l.log(&rec, id, self.log_fields.as_ref());
+        }
     }
 }
 

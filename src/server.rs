@@ -271,6 +271,15 @@ pub fn run_as(
         if let Some(b) = &live.gateway().budgets {
             b.flush();
         }
+        // … and the request log's queued and spooled rows reach its store
+        if let Some(l) = &live.gateway().request_log {
+            let t = l.config().flush_timeout;
+            let _ = tokio::task::spawn_blocking({
+                let l = l.clone();
+                move || l.shutdown(t)
+            })
+            .await;
+        }
         Ok::<(), ServerError>(())
     })
 }

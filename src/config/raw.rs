@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub budgets: Option<RawBudgets>,
     #[serde(default)]
     pub prices: Vec<RawPrice>,
+    pub request_log: Option<RawRequestLog>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,4 +235,19 @@ pub struct RawTiers {
     pub claim: String,
     /// `[low, high, "N/period"]`; `high` may be "inf"
     pub ranges: Vec<Vec<toml::Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequestLog {
+    pub store: Option<String>,
+    pub retention: Option<String>,
+    pub max_size: Option<String>,
+    pub fields: Option<BTreeMap<String, String>>,
+    pub queue_size: Option<i64>,
+    pub batch_size: Option<i64>,
+    pub flush_interval: Option<String>,
+    pub spool_size: Option<i64>,
+    pub flush_timeout: Option<String>,
+    pub node: Option<String>,
 }

@@ -79,6 +79,9 @@ impl Config {
                 let _ = writeln!(s, "  {:<16} {kind}", r.name);
             }
         }
+        if let Some(l) = &self.request_log {
+            let _ = writeln!(s, "{}", l.summary());
+        }
         s
     }
 }
