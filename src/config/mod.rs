@@ -21,6 +21,7 @@ mod references;
 mod routes;
 mod server;
 mod summary;
+mod tcp_routes;
 mod tls;
 mod upstreams;
 
@@ -38,6 +39,7 @@ pub use log::{AccessLog, Log, LogFormat};
 pub use prices::{Price, Prices};
 pub use routes::{Route, RouteAuth, RouteKind, RouteStreams};
 pub use server::{AdminToken, Server};
+pub use tcp_routes::{split_host_port, TcpRoute, TcpTarget};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
 pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};
 
@@ -67,6 +69,8 @@ pub struct Config {
     pub budgets: Option<Budgets>,
     /// `[[prices]]`: the cost of AI usage on `kind = "ai"` routes
     pub prices: Prices,
+    /// `[[tcp_routes]]`: L4 routes, each with its own listen addresses
+    pub tcp_routes: Vec<TcpRoute>,
 }
 
 /// `count` units per `period`.
@@ -180,6 +184,7 @@ impl Validator {
         let routes = self.routes(raw.routes, &upstreams, &issuers)?;
         self.client_cert_rules_need_client_auth(&routes, &server)?;
         let budgets = raw.budgets.map(|b| self.budgets(b, &routes)).transpose()?;
+        let tcp_routes = self.tcp_routes(raw.tcp_routes, &upstreams, &server)?;
         Ok(Config {
             source: source.to_path_buf(),
             server,
@@ -190,6 +195,7 @@ impl Validator {
             upstreams,
             budgets,
             prices: self.prices(raw.prices)?,
+            tcp_routes,
         })
     }
 

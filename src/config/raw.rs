@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub budgets: Option<RawBudgets>,
     #[serde(default)]
     pub prices: Vec<RawPrice>,
+    #[serde(default)]
+    pub tcp_routes: Vec<RawTcpRoute>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,4 +195,19 @@ pub struct RawTiers {
     pub claim: String,
     /// `[low, high, "N/period"]`; `high` may be "inf"
     pub ranges: Vec<Vec<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcpRoute {
+    pub name: Option<String>,
+    pub listen: Option<Vec<String>>,
+    pub target: Option<String>,
+    pub tls: Option<bool>,
+    pub server_names: Option<Vec<String>>,
+    pub client_cert: Option<RawClientCertRule>,
+    pub idle_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub proxy_protocol: Option<bool>,
 }
