@@ -15,6 +15,8 @@ have make || need_pkgs+=(make)
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || need_pkgs+=(procps)
 # the budget tests run a real Redis (spawned on an ephemeral port, stopped by PID)
 have redis-server || need_pkgs+=(redis-server)
+# the L4 route tests run a real PostgreSQL (initdb on a free port, stopped by PID)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_pkgs+=(postgresql)
 # the unit file test runs `systemd-analyze verify` on deploy/systemd/cc-gateway.service
 have systemd-analyze || need_pkgs+=(systemd)
 # extra tools for a target, e.g. PREREQS_EXTRA="wrk h2load:nghttp2-client" (command[:package])

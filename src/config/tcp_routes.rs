@@ -224,8 +224,8 @@ impl Validator {
                     return Err(self.err(path, format!("{a} is an HTTP or admin listener")));
                 }
                 for (k, o) in routes.iter().enumerate().take(i) {
-                    // the same address as written is the same socket, port 0 included
-                    if !o.listen.contains(a) {
+                    // port 0 is never shared: each route gets a port of its own
+                    if a.port() == 0 || !o.listen.contains(a) {
                         continue;
                     }
                     if !(r.tls && o.tls) {

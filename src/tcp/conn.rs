@@ -6,17 +6,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::copy::{self, End, Tally};
-use super::{target, Shared, Slot};
+use super::{target, Key, Shared, Slot};
 use crate::config::TcpRoute;
 use crate::gateway::Gateway;
 use crate::metrics::TCP_METRICS;
 
 /// The TLS handshake's bound when `server.header_read_timeout` is off.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused TLS connection's `close_notify` may take to leave.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a connection was refused: the `result` label and the log's `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +127,7 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    configured: SocketAddr,
+    key: Arc<Key>,
 ) {
     let conn = Conn {
         started: Instant::now(),
@@ -134,11 +136,7 @@ pub async fn serve(
         gateway: shared.gateway.load_full(),
     };
     let config = conn.gateway.config.clone();
-    let candidates: Vec<&TcpRoute> = config
-        .tcp_routes
-        .iter()
-        .filter(|r| r.listen.contains(&configured))
-        .collect();
+    let candidates: Vec<&TcpRoute> = config.tcp_routes.iter().filter(|r| key.serves(r)).collect();
     let Some(first) = candidates.first() else {
         return conn.refuse("", None, Refusal::NoRoute);
     };
@@ -167,15 +165,23 @@ pub async fn serve(
         .server_name()
         .map(str::to_ascii_lowercase);
     let Some(route) = by_server_name(&candidates, sni.as_deref()) else {
-        return conn.refuse(label, None, Refusal::NoRoute);
+        conn.refuse(label, None, Refusal::NoRoute);
+        return close_notify(stream).await;
     };
     if let Some(rule) = &route.client_cert {
         if let Err(e) = crate::auth::client_cert::check(rule, cert.as_deref(), true) {
             tracing::debug!(route = %route.name, client = %peer, error = %e, "client certificate refused");
-            return conn.refuse(&route.name, None, Refusal::ClientCert);
+            conn.refuse(&route.name, None, Refusal::ClientCert);
+            return close_notify(stream).await;
         }
     }
     carry(&shared, &conn, route, stream).await;
+}
+
+/// Ends a TLS connection refused after its handshake cleanly (`close_notify`), so the client
+/// sees an orderly close rather than a truncation; bounded, as the client may not read.
+async fn close_notify(mut stream: impl AsyncWrite + Unpin) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
 }
 
 /// The route for an SNI name: one that lists it, else one matching it by wildcard, else the

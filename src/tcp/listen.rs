@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use super::Shared;
+use super::{Key, Shared};
 use crate::config::Config;
 use crate::engine::listener::{self, AdoptError, BindError, Inherited};
 use crate::engine::worker::Stop;
@@ -20,33 +20,44 @@ use crate::tls::server::TlsServer;
 /// One worker's socket for one configured address.
 struct Socket {
     socket: std::net::TcpListener,
-    /// the address as configured (port 0 stays 0): routes name their sockets by it
-    configured: SocketAddr,
+    key: Key,
 }
 
 /// Every worker's L4 sockets, bound or taken over, not yet accepting.
 pub struct TcpSockets {
     per_worker: Vec<Vec<Socket>>,
-    /// each distinct configured address and the address bound for it (port 0 resolved)
-    bound: Vec<(SocketAddr, SocketAddr)>,
+    /// each socket's key and the address bound for it (port 0 resolved)
+    bound: Vec<(Key, SocketAddr)>,
 }
 
-/// The distinct listen addresses of all routes, in config order.
-fn addresses(config: &Config) -> Vec<SocketAddr> {
-    let mut out: Vec<SocketAddr> = Vec::new();
-    for a in config.tcp_routes.iter().flat_map(|r| &r.listen) {
-        if !out.contains(a) {
-            out.push(*a);
+/// The sockets `config`'s routes need, in config order: one per distinct address, and one per
+/// route for each port-0 address.
+fn keys(config: &Config) -> Vec<Key> {
+    let mut out: Vec<Key> = Vec::new();
+    for r in &config.tcp_routes {
+        for a in &r.listen {
+            let key = Key {
+                configured: *a,
+                owner: (a.port() == 0).then(|| r.name.clone()),
+            };
+            if !out.contains(&key) {
+                out.push(key);
+            }
         }
     }
     out
 }
 
+/// The addresses to bind, one per socket.
+fn addresses(keys: &[Key]) -> Vec<SocketAddr> {
+    keys.iter().map(|k| k.configured).collect()
+}
+
 /// Binds every worker's sockets for `config`'s L4 routes.
 pub fn bind(config: &Config, workers: usize) -> Result<TcpSockets, BindError> {
-    let addrs = addresses(config);
-    let (socks, bound) = listener::bind_all(&addrs, workers)?;
-    Ok(TcpSockets::new(socks, &addrs, bound))
+    let keys = keys(config);
+    let (socks, bound) = listener::bind_all(&addresses(&keys), workers)?;
+    Ok(TcpSockets::new(socks, keys, bound))
 }
 
 /// Takes over the L4 sockets `held` by the process this one replaces.
@@ -55,22 +66,19 @@ pub fn adopt(
     held: Vec<Inherited>,
     workers: usize,
 ) -> Result<TcpSockets, AdoptError> {
-    let addrs = addresses(config);
-    let (socks, bound) = listener::adopt_all("tcp_routes[].listen", &addrs, held, workers)?;
-    Ok(TcpSockets::new(socks, &addrs, bound))
+    let keys = keys(config);
+    let (socks, bound) =
+        listener::adopt_all("tcp_routes[].listen", &addresses(&keys), held, workers)?;
+    Ok(TcpSockets::new(socks, keys, bound))
 }
 
 impl TcpSockets {
     fn new(
         socks: Vec<Vec<std::net::TcpListener>>,
-        configured: &[SocketAddr],
+        keys: Vec<Key>,
         bound: Vec<SocketAddr>,
     ) -> TcpSockets {
-        let pairs: Vec<(SocketAddr, SocketAddr)> = configured
-            .iter()
-            .copied()
-            .zip(bound.iter().copied())
-            .collect();
+        let pairs: Vec<(Key, SocketAddr)> = keys.into_iter().zip(bound).collect();
         // a worker may hold several sockets of one address (an upgrade to fewer workers):
         // each is matched to its address by what it is bound to
         let per_worker = socks
@@ -79,10 +87,10 @@ impl TcpSockets {
                 w.into_iter()
                     .filter_map(|socket| {
                         let at = socket.local_addr().ok()?;
-                        let (configured, _) = pairs.iter().find(|(_, b)| *b == at)?;
+                        let (key, _) = pairs.iter().find(|(_, b)| *b == at)?;
                         Some(Socket {
                             socket,
-                            configured: *configured,
+                            key: key.clone(),
                         })
                     })
                     .collect()
@@ -105,7 +113,8 @@ impl TcpSockets {
         let mut out = Vec::new();
         for r in &config.tcp_routes {
             for a in &r.listen {
-                if let Some((_, b)) = self.bound.iter().find(|(c, _)| c == a) {
+                let mine = |k: &Key| k.configured == *a && k.serves(r);
+                if let Some((_, b)) = self.bound.iter().find(|(k, _)| mine(k)) {
                     out.push(format!("{}@{b}", r.name));
                 }
             }
@@ -156,7 +165,7 @@ impl TcpService {
             let mut all = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
             all.get_mut(i).and_then(Option::take).unwrap_or_default()
         };
-        for Socket { socket, configured } in mine {
+        for Socket { socket, key } in mine {
             let listener = match tokio::net::TcpListener::from_std(socket) {
                 Ok(l) => l,
                 Err(e) => {
@@ -166,7 +175,7 @@ impl TcpService {
             };
             tokio::spawn(accept_loop(
                 listener,
-                configured,
+                key.clone(),
                 self.shared.clone(),
                 self.stop.subscribe(),
             ));
@@ -183,11 +192,12 @@ impl TcpService {
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    configured: SocketAddr,
+    key: Key,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<Stop>,
 ) {
-    let local = listener.local_addr().unwrap_or(configured);
+    let local = listener.local_addr().unwrap_or(key.configured);
+    let key = Arc::new(key);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -202,7 +212,7 @@ async fn accept_loop(
                     stream,
                     peer,
                     local,
-                    configured,
+                    key.clone(),
                 ));
             }
             Err(e) => {

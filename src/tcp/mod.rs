@@ -15,6 +15,7 @@ mod listen;
 mod target;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,6 +51,22 @@ impl Shared {
         // replaced whole under the lock: a panic elsewhere cannot leave it torn
         let mut map = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(name.to_string()).or_default().clone()
+    }
+}
+
+/// What a socket is for: the address as configured (port 0 stays 0), which routes name it by;
+/// a port-0 address is never shared (each route gets its own port), so it also names its route.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Key {
+    configured: SocketAddr,
+    owner: Option<String>,
+}
+
+impl Key {
+    /// Does `route` listen on this socket?
+    fn serves(&self, route: &crate::config::TcpRoute) -> bool {
+        route.listen.contains(&self.configured)
+            && self.owner.as_ref().is_none_or(|o| *o == route.name)
     }
 }
 
