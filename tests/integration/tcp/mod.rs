@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::common::fixture::q;
 use crate::common::Gateway;
 
+mod lifecycle;
 mod plain;
 mod postgres;
 mod tls;
