@@ -261,3 +261,47 @@ where
     );
     conn.log(name, Some(&dial), "ok", reason, bytes);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TcpTarget;
+
+    fn route(name: &str, names: &[&str]) -> TcpRoute {
+        TcpRoute {
+            name: name.into(),
+            listen: vec![],
+            target: TcpTarget::Address {
+                host: "h".into(),
+                port: 1,
+            },
+            tls: true,
+            server_names: names.iter().map(|n| n.to_string()).collect(),
+            client_cert: None,
+            idle_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            proxy_protocol: false,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn exact_names_win_over_wildcards_over_the_default() {
+        let (exact, wild, default) = (
+            route("exact", &["db.example.org"]),
+            route("wild", &["*.example.org"]),
+            route("default", &[]),
+        );
+        let all = [&default, &wild, &exact];
+        let pick = |sni| by_server_name(&all, sni).map(|r| r.name.as_str());
+        assert_eq!(pick(Some("db.example.org")), Some("exact"));
+        assert_eq!(pick(Some("pg.example.org")), Some("wild"));
+        // one label only
+        assert_eq!(pick(Some("a.b.example.org")), Some("default"));
+        assert_eq!(pick(None), Some("default"));
+        assert_eq!(
+            by_server_name(&[&exact], Some("other.org")).map(|r| &r.name[..]),
+            None
+        );
+    }
+}
