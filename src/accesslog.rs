@@ -108,7 +108,7 @@ impl AccessLogger {
 
     /// Appends the line to this thread's buffer; writes the buffer when it is full or old. On a
     /// thread without a flusher (not a worker) the line is written at once.
-    pub fn log(&self, r: &Record<'_>) {
+    pub fn log(&self, r: &impl Serialize) {
         let Some(sink) = &self.sink else { return };
         BUFFER.with(|b| {
             let Ok(mut b) = b.try_borrow_mut() else {
@@ -169,7 +169,7 @@ struct Buffer {
 }
 
 impl Buffer {
-    fn push(&mut self, sink: &Arc<Sink>, r: &Record<'_>) {
+    fn push(&mut self, sink: &Arc<Sink>, r: &impl Serialize) {
         if !self.sink.as_ref().is_some_and(|s| Arc::ptr_eq(s, sink)) {
             // a reload reopened the log: what is pending belongs to the old file
             self.flush();

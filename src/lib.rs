@@ -22,6 +22,7 @@ pub mod requestlog;
 pub mod respond;
 pub mod routing;
 pub mod server;
+pub mod tcp;
 pub mod tls;
 pub mod token;
 pub mod upgrade;

@@ -459,6 +459,50 @@ pub static POOL_METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| {
     }
 });
 
+/// L4 routes (`[[tcp_routes]]`), registered in [`METRICS`]'s registry on first use.
+pub struct TcpMetrics {
+    /// open connections per route
+    pub open: IntGaugeVec,
+    /// connections per route and result: `ok` (carried to the target) or why refused
+    pub connections: IntCounterVec,
+    /// bytes per route and direction: `in` from clients, `out` to clients
+    pub bytes: IntCounterVec,
+}
+
+pub static TCP_METRICS: LazyLock<TcpMetrics> = LazyLock::new(|| {
+    let r = &METRICS.registry;
+    let vec = |name: &str, help: &str, labels: &[&str]| {
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+    };
+    TcpMetrics {
+        open: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new("tcp_connections", "Open connections of each L4 route."),
+                &["route"],
+            )
+            .unwrap_or_else(|e| panic!("metric tcp_connections: {e}")),
+        ),
+        connections: reg(
+            r,
+            vec(
+                "tcp_connections_total",
+                "L4 connections by route and result (ok, limit, client_cert, tls, connect_failed, no_route).",
+                &["route", "result"],
+            ),
+        ),
+        bytes: reg(
+            r,
+            vec(
+                "tcp_bytes_total",
+                "Bytes carried by L4 routes: direction in (from clients) or out (to clients).",
+                &["route", "direction"],
+            ),
+        ),
+    }
+});
+
 /// The request log (`[request_log]`, `cc_gateway_request_log_*`), registered in the one
 /// registry when a request log starts.
 pub struct RequestLogMetrics {

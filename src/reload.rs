@@ -148,8 +148,20 @@ impl Live {
 /// The `[server]` keys of `new` that differ from `started` (what the process is bound to) and
 /// that only a restart applies. `admin_token` and `trusted_proxies` apply at once.
 fn restart_needed(started: &Config, new_config: &Config) -> Vec<&'static str> {
-    let (bound, new) = (&started.server, &new_config.server);
     let mut keys = Vec::new();
+    // L4 routes' settings apply to the next connection; their sockets do not
+    let tcp_listen = |c: &Config| {
+        let set: std::collections::BTreeSet<_> = c
+            .tcp_routes
+            .iter()
+            .flat_map(|r| r.listen.iter().copied())
+            .collect();
+        set
+    };
+    if tcp_listen(started) != tcp_listen(new_config) {
+        keys.push("tcp_routes.listen");
+    }
+    let (bound, new) = (&started.server, &new_config.server);
     if bound.listen != new.listen {
         keys.push("server.listen");
     }

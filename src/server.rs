@@ -95,9 +95,10 @@ pub fn run_as(
         None => None,
     };
     let tls_listen = tls.as_ref().map(|(t, s)| (&t.listen[..], s.clone()));
-    let (sockets, admin_listener, predecessor) = match start {
+    let (sockets, tcp_sockets, admin_listener, predecessor) = match start {
         Start::Fresh => (
             listener::bind_workers(&config.server.listen, tls_listen, config.server.threads)?,
+            crate::tcp::bind(&config, config.server.threads)?,
             config
                 .server
                 .admin_listen
@@ -119,6 +120,11 @@ pub fn run_as(
                 std::mem::take(&mut taken.tls),
                 config.server.threads,
             )?;
+            let tcp = crate::tcp::adopt(
+                &config,
+                std::mem::take(&mut taken.tcp),
+                config.server.threads,
+            )?;
             // the admin socket too, when the address stayed: binding it anew would collide
             let admin = match (config.server.admin_listen, taken.admin.take()) {
                 (Some(want), Some((held, l))) if listener::same_address(want, held) => Some(l),
@@ -126,7 +132,7 @@ pub fn run_as(
                 (None, _) => None,
             };
             tracing::info!(from = taken.from, "took over the listening sockets");
-            (sockets, admin, Some(taken))
+            (sockets, tcp, admin, Some(taken))
         }
     };
     let listener::WorkerSockets {
@@ -138,7 +144,7 @@ pub fn run_as(
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     // what a later upgrade hands over: this process's own duplicates of every socket
     let passable = match &config.server.upgrade_socket {
-        Some(_) => passable(&per_worker, admin_listener.as_ref())?,
+        Some(_) => passable(&per_worker, &tcp_sockets, admin_listener.as_ref())?,
         None => Vec::new(),
     };
 
@@ -196,8 +202,15 @@ pub fn run_as(
             )?),
             None => None,
         };
-        let threads = WorkerThreads::start(per_worker, opts, move |i| handlers[i].clone())
-            .map_err(ServerError::Runtime)?;
+        let tcp_ready = tcp_sockets.describe(&config);
+        let tcp = crate::tcp::TcpService::new(tcp_sockets, live.current.clone(), tls.clone());
+        let tcp_worker = tcp.clone();
+        let threads = WorkerThreads::start(per_worker, opts, move |i| {
+            // on worker i's thread: its L4 connections live there too
+            tcp_worker.start_worker(i);
+            handlers[i].clone()
+        })
+        .map_err(ServerError::Runtime)?;
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadReply>(4);
         let admin_task = admin_listener.map(|l| {
             let admin = Admin {
@@ -211,9 +224,10 @@ pub fn run_as(
         let listen: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
         let tls_listen: Vec<String> = tls_bound.iter().map(|a| a.to_string()).collect();
         // the one stable startup line (scripts and tests wait for it); `tls=` only when TLS
-        // listeners exist, after the fields older readers know
+        // listeners exist, `tcp=route@addr,…` only with L4 routes, after the fields older
+        // readers know
         eprintln!(
-            "cc-gateway ready listen={} admin={}{}",
+            "cc-gateway ready listen={} admin={}{}{}",
             listen.join(","),
             admin_addr
                 .map(|a| a.to_string())
@@ -222,6 +236,11 @@ pub fn run_as(
                 String::new()
             } else {
                 format!(" tls={}", tls_listen.join(","))
+            },
+            if tcp_ready.is_empty() {
+                String::new()
+            } else {
+                format!(" tcp={}", tcp_ready.join(","))
             }
         );
         tracing::info!(listen = %listen.join(","), tls = %tls_listen.join(","), threads = config.server.threads, "serving");
@@ -265,6 +284,7 @@ pub fn run_as(
                 Stop::HandOver
             }
         };
+        tcp.stop(stop);
         // the admin listener keeps answering (/readyz 503) while the workers drain
         let _ = tokio::task::spawn_blocking(move || threads.shutdown(stop)).await;
         // the last counters reach the budget store before the process ends
@@ -284,9 +304,11 @@ pub fn run_as(
     })
 }
 
-/// Duplicates of every worker's listening sockets and of the admin socket, to hand over.
+/// Duplicates of every worker's listening sockets (HTTP and L4) and of the admin socket, to
+/// hand over.
 fn passable(
     per_worker: &[Vec<listener::Listening>],
+    tcp: &crate::tcp::TcpSockets,
     admin: Option<&std::net::TcpListener>,
 ) -> Result<Vec<upgrade::Passable>, ServerError> {
     let mut out = Vec::new();
@@ -297,6 +319,7 @@ fn passable(
         };
         (&l.socket, kind)
     });
+    let kinded = kinded.chain(tcp.sockets().map(|s| (s, upgrade::Kind::Tcp)));
     for (socket, kind) in kinded.chain(admin.map(|a| (a, upgrade::Kind::Admin))) {
         let dup = || -> std::io::Result<upgrade::Passable> {
             Ok(upgrade::Passable {

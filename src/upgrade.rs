@@ -52,6 +52,8 @@ pub enum Kind {
     Plain,
     Tls,
     Admin,
+    /// an L4 route's (`[[tcp_routes]]`)
+    Tcp,
 }
 
 /// A listening socket the running process can hand over: its own descriptor (a duplicate of
@@ -226,6 +228,7 @@ fn peer_pid(conn: &UnixStream) -> u32 {
 pub struct TakenOver {
     pub plain: Vec<Inherited>,
     pub tls: Vec<Inherited>,
+    pub tcp: Vec<Inherited>,
     pub admin: Option<(SocketAddr, TcpListener)>,
     /// the old process's pid
     pub from: u32,
@@ -259,6 +262,7 @@ pub fn take_over(path: &Path) -> Result<TakenOver, UpgradeError> {
     let mut taken = TakenOver {
         plain: Vec::new(),
         tls: Vec::new(),
+        tcp: Vec::new(),
         admin: None,
         from: 0,
         conn: conn.try_clone()?,
@@ -283,6 +287,7 @@ pub fn take_over(path: &Path) -> Result<TakenOver, UpgradeError> {
                 }
                 Kind::Plain => &mut taken.plain,
                 Kind::Tls => &mut taken.tls,
+                Kind::Tcp => &mut taken.tcp,
             };
             match group.iter_mut().find(|g| g.addr == d.addr) {
                 Some(g) => g.sockets.push(socket),

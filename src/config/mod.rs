@@ -23,6 +23,7 @@ mod request_log;
 mod routes;
 mod server;
 mod summary;
+mod tcp_routes;
 mod tls;
 mod upstreams;
 
@@ -42,6 +43,7 @@ pub use prices::{Price, Prices};
 pub use request_log::{redact_url, FieldSource, RequestLog, RequestLogStore, StoreUrl};
 pub use routes::{Route, RouteAuth, RouteKind, RouteStreams};
 pub use server::{AdminToken, Server};
+pub use tcp_routes::{split_host_port, TcpRoute, TcpTarget};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
 pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};
 
@@ -73,6 +75,8 @@ pub struct Config {
     pub prices: Prices,
     /// `[request_log]`; `None` when off
     pub request_log: Option<RequestLog>,
+    /// `[[tcp_routes]]`: L4 routes, each with its own listen addresses
+    pub tcp_routes: Vec<TcpRoute>,
 }
 
 /// `count` units per `period`.
@@ -187,6 +191,7 @@ impl Validator {
         self.client_cert_rules_need_client_auth(&routes, &server)?;
         let budgets = raw.budgets.map(|b| self.budgets(b, &routes)).transpose()?;
         let request_log = self.request_log(raw.request_log, &auth)?;
+        let tcp_routes = self.tcp_routes(raw.tcp_routes, &upstreams, &server)?;
         Ok(Config {
             source: source.to_path_buf(),
             server,
@@ -198,6 +203,7 @@ impl Validator {
             budgets,
             prices: self.prices(raw.prices)?,
             request_log,
+            tcp_routes,
         })
     }
 

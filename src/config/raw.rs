@@ -24,6 +24,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub prices: Vec<RawPrice>,
     pub request_log: Option<RawRequestLog>,
+    #[serde(default)]
+    pub tcp_routes: Vec<RawTcpRoute>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,4 +252,19 @@ pub struct RawRequestLog {
     pub spool_size: Option<i64>,
     pub flush_timeout: Option<String>,
     pub node: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcpRoute {
+    pub name: Option<String>,
+    pub listen: Option<Vec<String>>,
+    pub target: Option<String>,
+    pub tls: Option<bool>,
+    pub server_names: Option<Vec<String>>,
+    pub client_cert: Option<RawClientCertRule>,
+    pub idle_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub proxy_protocol: Option<bool>,
 }

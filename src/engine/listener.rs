@@ -131,7 +131,7 @@ pub fn same_address(configured: SocketAddr, held: SocketAddr) -> bool {
 /// they are — never closed, since closing one would reset the connections queued in it: with
 /// fewer workers than before, a worker accepts on several sockets of an address; with more,
 /// the extra workers bind new sockets into the same `SO_REUSEPORT` group.
-fn adopt_all(
+pub fn adopt_all(
     key: &'static str,
     addrs: &[SocketAddr],
     held: Vec<Inherited>,

@@ -27,6 +27,7 @@ mod request_log;
 mod routing;
 mod streams;
 mod structure;
+mod tcp;
 mod tls;
 mod upgrades;
 mod upstream_tls;

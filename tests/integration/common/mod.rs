@@ -7,6 +7,7 @@ pub mod client;
 pub mod fixture;
 pub mod gateway;
 pub mod metrics;
+pub mod postgres;
 pub mod redis;
 pub mod routing;
 pub mod servers;

@@ -1,0 +1,119 @@
+//! L4 routes (`[[tcp_routes]]`) through the real binary: bytes and half-close both ways, 100 MB
+//! checksummed, back pressure on a slow reader, `max_connections`, PROXY v2 toward the target,
+//! idle timeout, unreachable targets, SNI between TLS routes, client-certificate rules, and a
+//! real PostgreSQL reached by `psql` and `pgbench`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::common::fixture::q;
+use crate::common::Gateway;
+
+mod lifecycle;
+mod plain;
+mod postgres;
+mod tls;
+
+/// A gateway with `routes` (and `server_extra` in `[server]`), access log in the temp dir.
+pub async fn gateway(server_extra: &str, routes: &str) -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write(&dir, server_extra, routes);
+    (Gateway::spawn(&path).await, dir)
+}
+
+pub fn write(dir: &tempfile::TempDir, server_extra: &str, routes: &str) -> PathBuf {
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nthreads = 2\n{server_extra}\n\n[log]\naccess = {}\n\n{routes}\n",
+        q(&dir.path().join("access.log").display().to_string())
+    );
+    let path = dir.path().join("gw.toml");
+    std::fs::write(&path, text).expect("writing config");
+    path
+}
+
+/// Route `name`'s (first) listen address, from the ready line's `tcp=` field.
+pub fn tcp_addr(gw: &Gateway, name: &str) -> SocketAddr {
+    let err = gw.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.contains("cc-gateway ready "))
+        .unwrap_or_else(|| panic!("no ready line in {err}"));
+    let field = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("tcp="))
+        .unwrap_or_else(|| panic!("no tcp= in {line}"));
+    field
+        .split(',')
+        .find_map(|e| e.strip_prefix(&format!("{name}@")))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}@ in {line}"))
+}
+
+/// The access log's TCP lines (JSON), once `n` of them are there.
+pub async fn tcp_log_lines(dir: &tempfile::TempDir, n: usize) -> Vec<serde_json::Value> {
+    let path = dir.path().join("access.log");
+    crate::common::wait_until(
+        &format!("{n} tcp lines in the access log"),
+        crate::common::wait::DEADLINE,
+        || async {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["kind"] == "tcp")
+                .collect();
+            if lines.len() >= n {
+                Ok(lines)
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await
+}
+
+/// A target server on a loopback port: every accepted connection goes to `handle`, in its own
+/// task.
+pub async fn target<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind target");
+    let addr = l.local_addr().expect("target addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(handle(s));
+        }
+    });
+    addr
+}
+
+/// A target that echoes every byte back and closes when the client does.
+pub async fn echo_target() -> SocketAddr {
+    target(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
+}
+
+/// Waits until a gauge is exactly `expected` (`wait_metric` is for counters: it stops at the
+/// first value at or above).
+pub async fn wait_gauge(gw: &Gateway, name: &str, labels: &[(&str, &str)], expected: f64) {
+    crate::common::wait_until(
+        &format!("{name}{labels:?} == {expected}"),
+        crate::common::wait::DEADLINE,
+        || async {
+            let v = crate::common::metric(&gw.metrics().await, name, labels);
+            if v == expected {
+                Ok(())
+            } else {
+                Err(format!("value {v}"))
+            }
+        },
+    )
+    .await
+}
