@@ -61,18 +61,6 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
     ok.then(|| (host.to_string(), port))
 }
 
-fn is_dns_name(n: &str) -> bool {
-    let rest = n.strip_prefix("*.").unwrap_or(n);
-    !rest.is_empty()
-        && rest.len() <= 253
-        && rest.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
 impl Validator {
     pub(super) fn tcp_routes(
         &self,
@@ -140,23 +128,10 @@ impl Validator {
                 "needs [server.tls]: its certificates terminate TLS on this route",
             ));
         }
-        let server_names = r
-            .server_names
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-            .map(|(j, n)| {
-                let n = n.to_ascii_lowercase();
-                if is_dns_name(&n) {
-                    Ok(n)
-                } else {
-                    Err(self.err(
-                        format!("tcp_routes[{i}].server_names[{j}]"),
-                        format!("{n:?} is not a DNS name"),
-                    ))
-                }
-            })
-            .collect::<VResult<Vec<_>>>()?;
+        let server_names = self.server_names(
+            &format!("tcp_routes[{i}].server_names"),
+            r.server_names.unwrap_or_default(),
+        )?;
         if !tls && !server_names.is_empty() {
             return Err(self.err(at("server_names"), "needs tls = true (SNI is a TLS field)"));
         }

@@ -186,25 +186,10 @@ impl Validator {
         if c.key.is_empty() {
             return Err(self.err(at("key"), "must name a PEM file"));
         }
-        let server_names = c
-            .server_names
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-            .map(|(j, n)| {
-                let n = n.to_ascii_lowercase();
-                if is_server_name(&n) {
-                    Ok(n)
-                } else {
-                    Err(self.err(
-                        format!("server.tls.certificates[{i}].server_names[{j}]"),
-                        format!(
-                            "{n:?} is not a DNS name (e.g. \"api.example.org\", \"*.example.org\")"
-                        ),
-                    ))
-                }
-            })
-            .collect::<VResult<Vec<_>>>()?;
+        let server_names = self.server_names(
+            &format!("server.tls.certificates[{i}].server_names"),
+            c.server_names.unwrap_or_default(),
+        )?;
         Ok(CertificateFiles {
             cert: self.path(&c.cert),
             key: self.path(&c.key),
@@ -286,6 +271,30 @@ impl Validator {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+impl Validator {
+    /// SNI names (lowercased): DNS names, optionally with one leading `*.` label. `at` is the
+    /// list's key path.
+    pub(super) fn server_names(&self, at: &str, names: Vec<String>) -> VResult<Vec<String>> {
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(j, n)| {
+                let n = n.to_ascii_lowercase();
+                if is_server_name(&n) {
+                    Ok(n)
+                } else {
+                    Err(self.err(
+                        format!("{at}[{j}]"),
+                        format!(
+                            "{n:?} is not a DNS name (e.g. \"api.example.org\", \"*.example.org\")"
+                        ),
+                    ))
+                }
+            })
+            .collect()
     }
 }
 

@@ -373,7 +373,7 @@ async fn serve<H, IO>(
 /// TCP keepalive probes on an accepted connection: a quiet HTTP/1.1 stream or WebSocket
 /// (which has no PING of its own) is not dropped by NATs and load balancers, and a vanished
 /// peer is found. 30 s idle is under the common 60–350 s NAT and LB idle cuts.
-fn tcp_keepalive(stream: &tokio::net::TcpStream) {
+pub(crate) fn tcp_keepalive(stream: &tokio::net::TcpStream) {
     let ka = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(30))
         .with_interval(Duration::from_secs(10))

@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -90,16 +89,10 @@ impl Drop for Slot {
     }
 }
 
-/// TCP keepalive on both connections: a quiet database session is not dropped by NATs in
-/// between, and a vanished peer is found (the same settings as the HTTP listeners).
+/// TCP keepalive on both connections (the HTTP listeners' settings): a quiet database
+/// session is not dropped by NATs in between, and a vanished peer is found.
 fn keepalive(stream: &tokio::net::TcpStream) {
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
-    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
-        tracing::debug!(error = %e, "cannot set TCP keepalive");
-    }
+    crate::engine::worker::tcp_keepalive(stream);
 }
 
 #[cfg(test)]
