@@ -366,7 +366,7 @@ impl Validator {
     }
 
     /// `claim:<name>`, `header:<name>`, `route` or `client_ip`.
-    fn key_part(&self, kp: &str, k: &str) -> VResult<KeyPart> {
+    pub(super) fn key_part(&self, kp: &str, k: &str) -> VResult<KeyPart> {
         Ok(match k {
             "route" => KeyPart::Route,
             "client_ip" => KeyPart::ClientIp,

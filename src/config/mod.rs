@@ -13,6 +13,7 @@
 
 mod auth;
 mod budgets;
+mod canary;
 mod issuers;
 mod log;
 mod prices;
@@ -34,6 +35,7 @@ pub use auth::{Auth, TokenHeader};
 pub use budgets::{
     BudgetRule, BudgetStore, BudgetUnit, Budgets, KeyPart, LimitKind, OnStoreError, Tier, Tiers,
 };
+pub use canary::{Canary, Share};
 pub use issuers::{Issuer, KeySource};
 pub use log::{AccessLog, Log, LogFormat};
 pub use prices::{Price, Prices};
