@@ -12,6 +12,7 @@ mod admin;
 mod ai;
 mod auth;
 mod budgets;
+mod canary;
 mod check;
 mod cli;
 mod deploy;
