@@ -24,6 +24,7 @@ mod jwks;
 mod lifecycle;
 mod operations;
 mod routing;
+mod secrets;
 mod streams;
 mod structure;
 mod tls;
