@@ -5,6 +5,7 @@
 //! from `ai-v1` to `ai-v2`. The override header is honoured only where configured, only for
 //! names in the split, and never forwarded.
 
+mod check;
 mod override_header;
 mod sticky;
 
