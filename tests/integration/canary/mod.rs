@@ -107,10 +107,22 @@ impl Split {
         tokens: &[(String, String)],
         conns: usize,
     ) -> BTreeMap<String, String> {
+        self.placements_on(self.fx.gw.addr, path, tokens, conns)
+            .await
+    }
+
+    /// [`Split::placements`] through the gateway listening on `addr`.
+    pub async fn placements_on(
+        &self,
+        addr: std::net::SocketAddr,
+        path: &str,
+        tokens: &[(String, String)],
+        conns: usize,
+    ) -> BTreeMap<String, String> {
         let mut set = JoinSet::new();
         for chunk in tokens.chunks(tokens.len().div_ceil(conns)) {
             let chunk = chunk.to_vec();
-            let (addr, path) = (self.fx.gw.addr, path.to_string());
+            let path = path.to_string();
             set.spawn(async move {
                 let mut conn = H1Conn::connect(addr).await;
                 let mut out = Vec::with_capacity(chunk.len());

@@ -57,6 +57,29 @@ async fn each_subject_stays_on_one_upstream_and_a_raised_weight_moves_subjects_o
         2.0 * (SUBJECTS as f64 - on_v2)
     );
     assert_eq!(s.v2.count() + s.v1.count(), 3 * SUBJECTS);
+    let sent_to = |up: &str| {
+        metric(
+            &m,
+            "cc_gateway_upstream_duration_seconds_count",
+            &[("upstream", up)],
+        )
+    };
+    assert_eq!(
+        sent_to("ai-v2"),
+        3.0 * on_v2,
+        "upstream metrics by upstream"
+    );
+
+    // another gateway process on the same config places every subject the same way
+    let other = Gateway::start(&s.fx.config_path).await;
+    let elsewhere = s
+        .placements_on(other.addr, "/canary/v2/x", &tokens, 8)
+        .await;
+    assert_eq!(
+        elsewhere, first,
+        "another process placed subjects differently"
+    );
+    drop(other);
 
     // a reload that keeps the weights (the file rewritten, the split rebuilt) moves no one
     s.reload(20, 80).await;
