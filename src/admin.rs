@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `GET /issuers`,
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `GET /issuers`, `GET /upstreams`,
 //! `POST /issuers/<name>/refresh`. Runs on the control-plane runtime, never on a worker.
 
 use std::convert::Infallible;
@@ -125,6 +125,12 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             METRICS.render(),
         ),
         (&Method::GET, "/issuers") => json_reply(StatusCode::OK, issuers_status(&verifier)),
+        // every endpoint of every upstream with its health; deliberately not part of /readyz:
+        // a dead backend must not take the edge out of its load balancer
+        (&Method::GET, "/upstreams") => json_reply(
+            StatusCode::OK,
+            crate::engine::upstream::describe_pools(&gw.pools),
+        ),
         (&Method::POST, p) if p.starts_with("/issuers/") && p.ends_with("/refresh") => {
             let name = &p["/issuers/".len()..p.len() - "/refresh".len()];
             let Some((idx, _)) = verifier.issuer_by_name(name) else {
@@ -152,7 +158,8 @@ async fn route(a: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (m @ (&Method::GET | &Method::DELETE), p) if p.starts_with("/budgets/") => {
             budget_key(&gw, m, &p["/budgets/".len()..]).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/issuers" | "/reload") => reply(
+        (_, p) if p == "/logs" || p.starts_with("/logs/") => logs(&gw, req).await,
+        (_, "/healthz" | "/readyz" | "/metrics" | "/issuers" | "/reload" | "/upstreams") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n",
@@ -201,6 +208,32 @@ fn bearer_matches(h: &http::HeaderMap, token: &str) -> bool {
         return false;
     };
     aws_lc_rs::constant_time::verify_slices_are_equal(sent, token.as_bytes()).is_ok()
+}
+
+/// `/logs…`: the request log's queries and feedback (`requestlog::api`); bodies are small JSON.
+async fn logs(gw: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::{BodyExt, Limited};
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, 16 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "payload_too_large", "reason": "body_too_large"}),
+            )
+        }
+    };
+    let rest = parts.uri.path()["/logs".len()..].to_string();
+    let query = parts.uri.query().map(str::to_string);
+    let (status, v) = crate::requestlog::api::admin(
+        gw.config.request_log.clone(),
+        parts.method,
+        rest,
+        query,
+        body,
+    )
+    .await;
+    json_reply(status, v)
 }
 
 /// `GET|DELETE /budgets/<rule>/<key>`; the key is percent-encoded in the path.

@@ -17,7 +17,7 @@ use crate::accesslog::AccessLogger;
 use crate::auth::Verifier;
 use crate::budget::{Budgets, StoreError};
 use crate::config::{AccessLog, Config};
-use crate::engine::upstream::UpstreamClient;
+use crate::engine::upstream::{self, Pool, UpstreamClient};
 use crate::forward::IdentityNames;
 use crate::metrics::{AuthFailureCounters, RouteMetrics, METRICS};
 use crate::routing::Router;
@@ -37,6 +37,11 @@ pub struct Gateway {
     pub access_log: AccessLogger,
     /// request budgets (None when none are configured)
     pub budgets: Option<Budgets>,
+    /// the upstreams' endpoints and their health, one per process (not per worker), indexed
+    /// like `config.upstreams`
+    pub pools: Vec<Arc<Pool>>,
+    /// `[request_log]` (None when off)
+    pub request_log: Option<crate::requestlog::RequestLog>,
 }
 
 /// Why a gateway could not be built from a (valid) config: at startup the process exits with
@@ -50,6 +55,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Budgets(#[from] StoreError),
+    #[error("request log: cannot start its writer thread: {0}")]
+    RequestLog(std::io::Error),
 }
 
 impl Gateway {
@@ -85,8 +92,23 @@ impl Gateway {
                 )
             })
             .transpose()?;
+        // kept while `[request_log]` is unchanged: one writer, its queue and spool go on
+        let request_log = match (&config.request_log, previous) {
+            (None, _) => None,
+            (Some(c), Some(p)) if p.config.request_log.as_ref() == Some(c) => p.request_log.clone(),
+            (Some(c), _) => {
+                Some(crate::requestlog::RequestLog::start(c).map_err(BuildError::RequestLog)?)
+            }
+        };
+        // last, once nothing can fail: building the pools retires the previous ones (their
+        // supervisors stop); unchanged endpoints keep their health
+        let pools = upstream::build_pools(&config, previous.map_or(&[][..], |p| &p.pools[..]));
+        // at a reload (on the control plane); at startup the control plane starts them
+        upstream::supervise(&pools);
         Ok(Gateway {
+            pools,
             budgets,
+            request_log,
             router: Router::new(&config.routes),
             identity: IdentityNames::new(&config.auth.identity_header_prefix),
             route_metrics: config
@@ -116,22 +138,17 @@ pub struct WorkerSnapshot {
 }
 
 impl WorkerSnapshot {
-    /// Pools are kept for upstreams whose config did not change (`previous`).
+    /// A worker's client (and its connections) is kept while the gateway keeps its pool
+    /// (the upstream's config did not change, see `upstream::build_pools`).
     pub fn new(gw: Arc<Gateway>, previous: Option<&WorkerSnapshot>) -> Self {
         let upstreams = gw
-            .config
-            .upstreams
+            .pools
             .iter()
-            .map(|u| {
+            .map(|pool| {
                 previous
-                    .and_then(|p| {
-                        p.gw.config
-                            .upstreams
-                            .iter()
-                            .position(|o| o == u)
-                            .map(|i| p.upstreams[i].clone())
-                    })
-                    .unwrap_or_else(|| Arc::new(UpstreamClient::new(u)))
+                    .and_then(|p| p.upstreams.iter().find(|c| Arc::ptr_eq(&c.pool, pool)))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(UpstreamClient::new(pool.clone())))
             })
             .collect();
         WorkerSnapshot { gw, upstreams }

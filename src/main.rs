@@ -1,5 +1,7 @@
 //! The `cc-gateway` command line. `anyhow` lives here only: library errors are typed.
 
+mod cli_logs;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -60,6 +62,8 @@ enum Cmd {
     /// Mint and inspect tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Query the request log ([request_log]): rows newest first, or `logs stats`.
+    Logs(Box<cli_logs::LogsArgs>),
 }
 
 #[derive(Subcommand)]
@@ -199,6 +203,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             cc_gateway::dev::run(cc_gateway::dev::DevOptions { listen, admin, dir })?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Logs(a) => cli_logs::run(*a),
         Cmd::Token(TokenCmd::Mint(a)) => {
             use std::io::Write;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -240,17 +245,27 @@ fn load(path: &Path) -> Result<Config> {
 }
 
 fn init_tracing(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    // RUST_LOG, when set, wins over the file's level, at startup and at every reload
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    if !pinned {
+        cc_gateway::logging::register(Box::new(move |level| {
+            let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            handle.reload(f).map_err(|e| e.to_string())
+        }));
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+    let out = fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Text => b.init(),
+        LogFormat::Json => registry.with(out.json()).init(),
+        LogFormat::Text => registry.with(out).init(),
     }
 }
 

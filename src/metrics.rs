@@ -409,6 +409,123 @@ impl AiMetrics {
     }
 }
 
+/// Upstream pools: where requests went, which endpoints can serve, and why some were taken out.
+/// A static of its own (registered in the one registry) so the pool metrics stand apart from
+/// the request path's struct.
+pub struct PoolMetrics {
+    /// by upstream, endpoint and result (`ok`, `5xx`, or the failure kind: `connect`, `tls`,
+    /// `timeout`, `protocol`)
+    pub upstream_requests: IntCounterVec,
+    /// 1 while the endpoint is in rotation (not ejected, not failing its active checks)
+    pub endpoint_healthy: IntGaugeVec,
+    /// by cause: `consecutive_failures` (passive, live traffic) or `health_check` (active)
+    pub upstream_ejections: IntCounterVec,
+}
+
+pub static POOL_METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| {
+    let r = &METRICS.registry;
+    let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+    };
+    PoolMetrics {
+        upstream_requests: reg(
+            r,
+            counter_vec(
+                "upstream_requests_total",
+                "Requests sent to upstream endpoints, by upstream, endpoint and result.",
+                &["upstream", "endpoint", "result"],
+            ),
+        ),
+        endpoint_healthy: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "endpoint_healthy",
+                    "1 while an upstream endpoint is in rotation, 0 while ejected or failing its health checks.",
+                ),
+                &["upstream", "endpoint"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        ),
+        upstream_ejections: reg(
+            r,
+            counter_vec(
+                "upstream_ejections_total",
+                "Endpoints taken out of rotation, by upstream, endpoint and cause.",
+                &["upstream", "endpoint", "cause"],
+            ),
+        ),
+    }
+});
+
+/// The request log (`[request_log]`, `cc_gateway_request_log_*`), registered in the one
+/// registry when a request log starts.
+pub struct RequestLogMetrics {
+    /// rows lost, by cause: `queue_full` (the writer is behind), `spool_full` (the store was
+    /// unreachable longer than the spool holds), `shutdown` (not written within the flush timeout)
+    pub dropped: IntCounterVec,
+    pub queue_depth: IntGauge,
+    /// rows waiting in the spool for the store to come back
+    pub spooled: IntGauge,
+    pub rows_written: IntCounter,
+    pub store_errors: IntCounter,
+}
+
+pub static REQUEST_LOG: LazyLock<RequestLogMetrics> = LazyLock::new(|| {
+    let r = &METRICS.registry;
+    let m = RequestLogMetrics {
+        dropped: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "request_log_dropped_total",
+                    "Request log rows lost, by cause (queue_full, spool_full, shutdown, rejected).",
+                ),
+                &["cause"],
+            )
+            .unwrap_or_else(|e| panic!("metric request_log_dropped_total: {e}")),
+        ),
+        queue_depth: reg(
+            r,
+            IntGauge::new(
+                "request_log_queue_depth",
+                "Request log rows queued for the writer.",
+            )
+            .unwrap_or_else(|e| panic!("metric request_log_queue_depth: {e}")),
+        ),
+        spooled: reg(
+            r,
+            IntGauge::new(
+                "request_log_spooled_rows",
+                "Request log rows held while the store is unreachable.",
+            )
+            .unwrap_or_else(|e| panic!("metric request_log_spooled_rows: {e}")),
+        ),
+        rows_written: reg(
+            r,
+            IntCounter::new(
+                "request_log_rows_written_total",
+                "Request log rows written to the store.",
+            )
+            .unwrap_or_else(|e| panic!("metric request_log_rows_written_total: {e}")),
+        ),
+        store_errors: reg(
+            r,
+            IntCounter::new(
+                "request_log_store_errors_total",
+                "Failed writes to the request log store (the rows are spooled and retried).",
+            )
+            .unwrap_or_else(|e| panic!("metric request_log_store_errors_total: {e}")),
+        ),
+    };
+    // every cause's series from the start, for alerts
+    for c in ["queue_full", "spool_full", "shutdown", "rejected"] {
+        m.dropped.with_label_values(&[c]);
+    }
+    m
+});
+
 /// `cc_gateway_canary_decisions_total{route,upstream,cause}`: where each request on a split
 /// route went and why (`hash`: its key; `override`: the override header; `no_key`: no key, so
 /// the heaviest upstream). Registered in the one registry when a config with a split is loaded;

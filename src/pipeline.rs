@@ -18,7 +18,7 @@ use crate::auth::{self, AuthError, Verified};
 use crate::config::{Route, RouteAuth};
 use crate::engine::body::{Done, Limits};
 use crate::engine::drain;
-use crate::engine::upstream::{ReqBody, UpstreamError};
+use crate::engine::upstream::{self, ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo, Handler};
 use crate::forward::{self, X_REQUEST_ID};
 use crate::gateway::{Gateway, WorkerHandler, WorkerSnapshot};
@@ -72,7 +72,14 @@ pub async fn handle(
     ex.upstream = Some(upstream);
     let forwarded = prepare_upstream(gw, route.route, req, &mut ex);
     let sent = Instant::now();
-    let exchange = w.upstreams[upstream].send(forwarded.request, forwarded.path);
+    let mut tried = Vec::new();
+    let exchange = upstream::send(
+        &w.upstreams,
+        upstream,
+        forwarded.request,
+        forwarded.path,
+        &mut tried,
+    );
     // the route's `timeout` bounds the whole exchange, the wait for the head included
     let result = match route.route.streams.timeout {
         None => exchange.await,
@@ -274,8 +281,10 @@ struct Exchange {
     trusted_peer: bool,
     method: Method,
     version: Version,
-    /// only kept when the access log is on
+    /// only kept when the access log or the request log is on
     path: Option<String>,
+    /// the request headers `[request_log] fields` names
+    log_fields: Option<crate::requestlog::Captured>,
     /// index of the selected route (`RouteRef::index`)
     route: Option<usize>,
     /// index into the config's upstreams
@@ -316,10 +325,12 @@ impl Exchange {
                 .any(|n| n.contains(conn.peer.ip())),
             method: req.method().clone(),
             version: req.version(),
-            path: gw
-                .access_log
-                .enabled()
+            path: (gw.access_log.enabled() || gw.request_log.is_some())
                 .then(|| req.uri().path().to_string()),
+            log_fields: gw
+                .request_log
+                .as_ref()
+                .and_then(|l| l.capture(req.headers())),
             route: None,
             upstream: None,
             identity: None,
@@ -453,7 +464,7 @@ impl Exchange {
                 .map_or("_none", |r| gw.config.routes[r].name.as_str());
             ai::account(gw, route, o, outcome.upstream_status, self.metered.as_ref())
         });
-        if gw.access_log.enabled() {
+        if gw.access_log.enabled() || gw.request_log.is_some() {
             self.log(gw, elapsed, outcome, cost);
         }
     }
@@ -467,7 +478,7 @@ impl Exchange {
     ) {
         let cfg = &gw.config;
         let id = self.identity.as_deref();
-        gw.access_log.log(&Record {
+        let rec = Record {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             request_id: self.request_id.to_str().unwrap_or(""),
             client_ip: self.client.to_string(),
@@ -490,7 +501,11 @@ impl Exchange {
             reason: outcome.reason,
             incomplete: !outcome.complete,
             ai: outcome.usage.map(|o| ai::fields(o, cost)),
-        });
+        };
+        gw.access_log.log(&rec);
+        if let Some(l) = &gw.request_log {
+            l.log(&rec, id, self.log_fields.as_ref());
+        }
     }
 }
 

@@ -120,7 +120,14 @@ impl Live {
             })?),
             _ => None,
         };
-        let gw = Arc::new(Gateway::build(config, Some(&self.gateway()))?);
+        let previous = self.gateway();
+        let gw = Arc::new(Gateway::build(config.clone(), Some(&previous))?);
+        if previous.config.log.level != config.log.level {
+            // a level the config accepted; the subscriber refusing it keeps the old one
+            if let Err(e) = crate::logging::apply_level(&config.log.level) {
+                tracing::warn!(error = %e, "log.level not applied; the running level stays");
+            }
+        }
         for w in &self.workers {
             w.install(gw.clone());
         }
@@ -140,8 +147,8 @@ impl Live {
 
 /// The `[server]` keys of `new` that differ from `started` (what the process is bound to) and
 /// that only a restart applies. `admin_token` and `trusted_proxies` apply at once.
-fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str> {
-    let (bound, new) = (&started.server, &new.server);
+fn restart_needed(started: &Config, new_config: &Config) -> Vec<&'static str> {
+    let (bound, new) = (&started.server, &new_config.server);
     let mut keys = Vec::new();
     if bound.listen != new.listen {
         keys.push("server.listen");
@@ -169,6 +176,9 @@ fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str> {
     }
     if bound.proxy_protocol != new.proxy_protocol {
         keys.push("server.proxy_protocol");
+    }
+    if started.log.format != new_config.log.format {
+        keys.push("log.format");
     }
     if bound.http2_keepalive_interval != new.http2_keepalive_interval
         || bound.http2_keepalive_timeout != new.http2_keepalive_timeout

@@ -151,6 +151,11 @@ impl From<&UpstreamError> for Refusal {
                 "upstream_tls_error",
                 "TLS to the upstream could not be established",
             ),
+            UpstreamError::Unavailable { .. } => Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_unavailable",
+                "no endpoint of the upstream can serve",
+            ),
             UpstreamError::Protocol { .. } | UpstreamError::Uri(_) => Refusal::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",

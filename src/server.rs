@@ -182,6 +182,8 @@ pub fn run_as(
         }
         // keys load in the background: startup does not wait for them (/readyz does)...
         live.start_refreshers();
+        // one supervisor per upstream pool (health checks, DNS), here on the control plane
+        crate::engine::upstream::supervise(&live.gateway().pools);
         // ...except when taking over: the old process serves until this one has them
         if predecessor.is_some() {
             wait_for_keys(&live).await?;
@@ -268,6 +270,15 @@ pub fn run_as(
         // the last counters reach the budget store before the process ends
         if let Some(b) = &live.gateway().budgets {
             b.flush();
+        }
+        // … and the request log's queued and spooled rows reach its store
+        if let Some(l) = &live.gateway().request_log {
+            let t = l.config().flush_timeout;
+            let _ = tokio::task::spawn_blocking({
+                let l = l.clone();
+                move || l.shutdown(t)
+            })
+            .await;
         }
         Ok::<(), ServerError>(())
     })

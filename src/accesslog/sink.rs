@@ -51,7 +51,6 @@ impl Sink {
         let file = File::from(fd);
         let sink = match mode_of(&file)? {
             Mode::NonBlocking => match std::fs::OpenOptions::new()
-                .write(true)
                 .append(true)
                 .custom_flags(libc::O_NONBLOCK)
                 .open("/proc/self/fd/1")

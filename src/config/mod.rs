@@ -16,9 +16,11 @@ mod budgets;
 mod canary;
 mod issuers;
 mod log;
+mod pools;
 mod prices;
 mod raw;
 mod references;
+mod request_log;
 mod routes;
 mod secret;
 mod server;
@@ -38,7 +40,9 @@ pub use budgets::{
 pub use canary::{Canary, Share};
 pub use issuers::{Issuer, KeySource};
 pub use log::{AccessLog, Log, LogFormat};
+pub use pools::{Balance, Endpoint, HealthCheck, Outlier};
 pub use prices::{Price, Prices};
+pub use request_log::{redact_url, FieldSource, RequestLog, RequestLogStore, StoreUrl};
 pub use routes::{Route, RouteAuth, RouteKind, RouteStreams};
 pub use secret::{Literal, Secret, SecretSource};
 pub use server::{AdminToken, Server};
@@ -71,6 +75,8 @@ pub struct Config {
     pub budgets: Option<Budgets>,
     /// `[[prices]]`: the cost of AI usage on `kind = "ai"` routes
     pub prices: Prices,
+    /// `[request_log]`; `None` when off
+    pub request_log: Option<RequestLog>,
 }
 
 /// `count` units per `period`.
@@ -184,6 +190,7 @@ impl Validator {
         let routes = self.routes(raw.routes, &upstreams, &issuers)?;
         self.client_cert_rules_need_client_auth(&routes, &server)?;
         let budgets = raw.budgets.map(|b| self.budgets(b, &routes)).transpose()?;
+        let request_log = self.request_log(raw.request_log, &auth)?;
         Ok(Config {
             source: source.to_path_buf(),
             server,
@@ -194,6 +201,7 @@ impl Validator {
             upstreams,
             budgets,
             prices: self.prices(raw.prices)?,
+            request_log,
         })
     }
 

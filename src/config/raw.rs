@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub budgets: Option<RawBudgets>,
     #[serde(default)]
     pub prices: Vec<RawPrice>,
+    pub request_log: Option<RawRequestLog>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +43,7 @@ pub struct RawServer {
     pub proxy_protocol: Option<bool>,
     pub drain_delay: Option<String>,
     pub upgrade_socket: Option<String>,
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,7 +158,7 @@ pub struct RawClientCertRule {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub name: String,
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<RawEndpoint>,
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
@@ -165,6 +167,46 @@ pub struct RawUpstream {
     pub tls: Option<RawUpstreamTls>,
     pub http2_keepalive_interval: Option<String>,
     pub http2_keepalive_timeout: Option<String>,
+    pub balance: Option<String>,
+    pub fallback: Option<Vec<String>>,
+    pub outlier: Option<RawOutlier>,
+    pub health_check: Option<RawHealthCheck>,
+    pub resolve_interval: Option<String>,
+}
+
+/// `"host:port"` or `{ addr = "host:port", weight = 2, region = "us-east1" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawEndpoint {
+    Addr(String),
+    Table(RawEndpointTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpointTable {
+    pub addr: String,
+    pub weight: Option<i64>,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<i64>,
+    pub ejection: Option<String>,
+    pub max_ejection: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub unhealthy_threshold: Option<i64>,
+    pub expect_status: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,4 +253,19 @@ pub struct RawTiers {
     pub claim: String,
     /// `[low, high, "N/period"]`; `high` may be "inf"
     pub ranges: Vec<Vec<toml::Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequestLog {
+    pub store: Option<String>,
+    pub retention: Option<String>,
+    pub max_size: Option<String>,
+    pub fields: Option<BTreeMap<String, String>>,
+    pub queue_size: Option<i64>,
+    pub batch_size: Option<i64>,
+    pub flush_interval: Option<String>,
+    pub spool_size: Option<i64>,
+    pub flush_timeout: Option<String>,
+    pub node: Option<String>,
 }

@@ -34,6 +34,9 @@ pub struct Server {
     /// the Unix socket a `run --upgrade` process takes the listeners over from (None: no
     /// binary upgrade)
     pub upgrade_socket: Option<std::path::PathBuf>,
+    /// this gateway's region: its upstream endpoints without a region are in it, and are
+    /// preferred while any is healthy
+    pub region: Option<String>,
 }
 
 /// The admin bearer token, read from the environment or a file at load time (a `Secret`, see
@@ -135,6 +138,10 @@ impl Validator {
                 Some("") => return Err(self.err("server.upgrade_socket", "must be a path")),
                 Some(p) => Some(self.path(p)),
             },
+            region: r
+                .region
+                .map(|g| self.name("server.region", &g).map(|()| g))
+                .transpose()?,
         })
         .and_then(|s| {
             if s.proxy_protocol && s.trusted_proxies.is_empty() {

@@ -55,7 +55,7 @@ impl Config {
         }
         let _ = writeln!(s, "upstreams ({}):", self.upstreams.len());
         for u in &self.upstreams {
-            let _ = writeln!(s, "  {:<16} {}", u.name, u.endpoints.join(", "));
+            let _ = writeln!(s, "  {:<16} {}", u.name, u.endpoint_list());
         }
         if let Some(b) = &self.budgets {
             // config words, so what `check` prints can be pasted back into the file
@@ -78,6 +78,9 @@ impl Config {
                 };
                 let _ = writeln!(s, "  {:<16} {kind}", r.name);
             }
+        }
+        if let Some(l) = &self.request_log {
+            let _ = writeln!(s, "{}", l.summary());
         }
         s
     }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::pools::{Balance, Endpoint, HealthCheck, Outlier};
 use super::raw::{RawUpstream, RawUpstreamTls};
 use super::{VResult, Validator};
 
@@ -34,8 +35,15 @@ pub struct UpstreamTls {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub name: String,
-    /// `host:port` authorities
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<Endpoint>,
+    pub balance: Balance,
+    /// upstream names tried in order when no endpoint of this one can serve (validated:
+    /// known, not this one, no cycle)
+    pub fallback: Vec<String>,
+    pub outlier: Outlier,
+    pub health_check: Option<HealthCheck>,
+    /// hostname endpoints are resolved again at least this often
+    pub resolve_interval: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub pool_idle_timeout: Duration,
@@ -46,6 +54,14 @@ pub struct Upstream {
     pub http2_keepalive_interval: Duration,
     /// a PING unanswered this long closes the connection
     pub http2_keepalive_timeout: Duration,
+}
+
+impl Upstream {
+    /// `a:1, b:2`, as `check` prints it
+    pub fn endpoint_list(&self) -> String {
+        let addrs: Vec<&str> = self.endpoints.iter().map(|e| e.addr.as_str()).collect();
+        addrs.join(", ")
+    }
 }
 
 /// The default PING interval toward upstreams: 5 minutes, never less. Default gRPC servers
@@ -100,14 +116,27 @@ impl Validator {
             }
             let mut endpoints = Vec::new();
             for (j, e) in r.endpoints.iter().enumerate() {
-                endpoints.push(self.endpoint(&format!("{p}.endpoints[{j}]"), e)?);
+                endpoints.push(self.pool_endpoint(&format!("{p}.endpoints[{j}]"), e)?);
             }
             let tls = match r.tls {
                 Some(t) => Some(self.upstream_tls(&format!("{p}.tls"), t)?),
                 None => None,
             };
             let protocol = self.upstream_protocol(&p, r.protocol.as_deref(), tls.is_some())?;
+            let balance = self.balance(&p, r.balance.as_deref())?;
             out.push(Upstream {
+                balance,
+                fallback: r.fallback.unwrap_or_default(),
+                outlier: self.outlier(&format!("{p}.outlier"), r.outlier.unwrap_or_default())?,
+                health_check: r
+                    .health_check
+                    .map(|h| self.health_check(&format!("{p}.health_check"), h))
+                    .transpose()?,
+                resolve_interval: self.positive_duration(
+                    &format!("{p}.resolve_interval"),
+                    &r.resolve_interval,
+                    Duration::from_secs(30),
+                )?,
                 name: r.name,
                 protocol,
                 tls,
@@ -146,6 +175,11 @@ impl Validator {
                 )?,
             });
         }
+        let chains: Vec<(&str, &[String])> = out
+            .iter()
+            .map(|u| (u.name.as_str(), &u.fallback[..]))
+            .collect();
+        self.fallbacks(&chains)?;
         Ok(out)
     }
 
@@ -222,23 +256,6 @@ impl Validator {
             client_cert,
         })
     }
-
-    fn endpoint(&self, path: &str, e: &str) -> VResult<String> {
-        let e = e.trim();
-        if e.contains("://") {
-            return Err(self.err(
-                path,
-                format!("{e:?}: give \"host:port\" without a scheme (TLS is `tls = {{}}`)"),
-            ));
-        }
-        let auth: http::uri::Authority = e
-            .parse()
-            .map_err(|_| self.err(path, format!("{e:?} is not \"host:port\"")))?;
-        if auth.port_u16().is_none() {
-            return Err(self.err(path, format!("{e:?} has no port")));
-        }
-        Ok(e.to_string())
-    }
 }
 
 #[cfg(test)]
@@ -249,7 +266,11 @@ mod tests {
     #[test]
     fn endpoints_are_host_port_without_scheme() {
         let u = &parse(GOOD).expect("valid").upstreams[0];
-        assert_eq!(u.endpoints, vec!["127.0.0.1:5052".to_string()]);
+        assert_eq!(u.endpoints[0].addr, "127.0.0.1:5052");
+        assert_eq!(u.endpoints[0].weight, 1);
+        assert_eq!(u.balance, Balance::RoundRobin);
+        assert_eq!(u.outlier.consecutive_failures, 5);
+        assert_eq!(u.resolve_interval, Duration::from_secs(30));
         assert_eq!(u.connect_timeout, Duration::from_secs(2));
         let cases = [
             ("[\"http://127.0.0.1:5052\"]", "without a scheme"),

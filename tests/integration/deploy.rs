@@ -19,15 +19,21 @@
 //! budget tests, a missing promtool fails these tests rather than skipping them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 
 use crate::common::fixture::q;
 use crate::common::gateway::BIN;
+use crate::common::servers::read_head;
+use crate::common::wait::DEADLINE;
 use crate::common::*;
 use crate::tls::{client, send_tls, tls_addr, tls_line, Ca};
 
@@ -316,6 +322,88 @@ fn exported(text: &str) -> BTreeSet<String> {
     out
 }
 
+/// An OpenAI-style upstream for a `kind = "ai"` route: a request for [`Self::WITH_USAGE`] gets
+/// the shared `openai.json` fixture (usage reported, model gpt-4o), anything else an event
+/// stream in a shape no parser knows (usage missing). Content-Length, then the connection
+/// closes. Requests must come without a body: closing on unread bytes would send a reset,
+/// which can cost the gateway the end of the answer.
+struct AiUpstream {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AiUpstream {
+    const WITH_USAGE: &'static str = "/v1/chat/completions";
+    const WITHOUT_USAGE: &'static str = "/v1/unknown";
+
+    async fn start() -> AiUpstream {
+        let reply = |ct: &str, body: Vec<u8>| {
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: {ct}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(&body);
+            r
+        };
+        let with = Arc::new(reply("application/json", crate::ai::fixture("openai.json")));
+        let without = Arc::new(reply(
+            "text/event-stream",
+            crate::ai::fixture("unknown.sse"),
+        ));
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (with, without) = (with.clone(), without.clone());
+                tokio::spawn(async move {
+                    let Some(head) = read_head(&mut s).await else {
+                        return;
+                    };
+                    let line = String::from_utf8_lossy(&head);
+                    let usage = line
+                        .lines()
+                        .next()
+                        .is_some_and(|l| l.contains(AiUpstream::WITH_USAGE));
+                    let _ = s.write_all(if usage { &with } else { &without }).await;
+                });
+            }
+        });
+        AiUpstream { addr, task }
+    }
+
+    /// A public AI route `/<name>/` to this upstream, and the price of its model.
+    fn config(&self, name: &str) -> String {
+        format!(
+            r#"
+[[routes]]
+name = "{name}"
+path_prefix = "/{name}/"
+upstream = "{name}"
+auth = "public"
+kind = "ai"
+
+[[upstreams]]
+name = "{name}"
+endpoints = ["{addr}"]
+
+[[prices]]
+model = "gpt-4o*"
+input = 2.5
+output = 10
+cache_read = 1.25
+"#,
+            addr = self.addr
+        )
+    }
+}
+
+impl Drop for AiUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[tokio::test]
 async fn every_metric_the_dashboard_and_rules_name_is_exported_by_a_live_gateway() {
     let mut named = metric_names(&read(&deploy("grafana/cc-gateway.json")));
@@ -325,14 +413,17 @@ async fn every_metric_the_dashboard_and_rules_name_is_exported_by_a_live_gateway
         "names found: {named:?}"
     );
 
-    // One gateway with what labelled series need to exist: a TLS listener, a budget rule, an
-    // upstream that refuses connections; then requests of each kind and a reload.
+    // One gateway with what labelled series need to exist: a TLS listener, budget rules (one
+    // counted in tokens), an upstream that refuses connections (ejected by its one failure), an
+    // upstream failing its health checks, and an AI route; then requests of each kind and a
+    // reload.
     let ca = Ca::new("deploy test CA");
     let certs = tempfile::tempdir().expect("temp dir");
     let (c, k) = ca
         .leaf("edge", &["gw.test"], &[])
         .write(certs.path(), "edge");
-    let dead = dead_addr();
+    let (dead, checked) = (dead_addr(), dead_addr());
+    let llm = AiUpstream::start().await;
     let fx = Fixture::with(Opts {
         server_extra: tls_line(&[(&c, &k, &[])], ""),
         budgets: r#"
@@ -345,6 +436,13 @@ routes = ["ai"]
 key = ["claim:sub"]
 rate = "600/1m"
 burst = 50
+
+[[budgets.rules]]
+name = "llm-tokens"
+routes = ["llm"]
+key = ["route"]
+quota = "1000000/1d"
+unit = "tokens"
 "#
         .to_string(),
         extra: format!(
@@ -357,10 +455,19 @@ auth = "public"
 
 [[upstreams]]
 name = "dead"
-endpoints = [{}]
+endpoints = [{dead}]
 connect_timeout = "1s"
-"#,
-            q(&dead.to_string())
+outlier = {{ consecutive_failures = 1, ejection = "5m" }}
+
+[[upstreams]]
+name = "checked"
+endpoints = [{checked}]
+health_check = {{ path = "/hz", interval = "50ms", unhealthy_threshold = 1 }}
+
+{ai}"#,
+            dead = q(&dead.to_string()),
+            checked = q(&checked.to_string()),
+            ai = llm.config("llm"),
         ),
         ..Opts::default()
     })
@@ -370,6 +477,10 @@ connect_timeout = "1s"
         .await;
     let r = fx.send(Req::get("/dead/x")).await;
     assert_eq!(r.status, 502, "{}", r.describe());
+    for path in [AiUpstream::WITH_USAGE, AiUpstream::WITHOUT_USAGE] {
+        let r = fx.send(Req::post(&format!("/llm{path}"), "")).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.describe());
+    }
     let r = send_tls(
         tls_addr(&fx.gw),
         "gw.test",
@@ -384,6 +495,53 @@ connect_timeout = "1s"
         &fx.gw,
         "cc_gateway_upstream_errors_total",
         &[("upstream", "dead")],
+        1.0,
+    )
+    .await;
+    // the series the "Upstream endpoints" row and alerts read, with the values that mean
+    // something: the refused connect ejected "dead", the checks took "checked" out
+    wait_metric(
+        &fx.gw,
+        "cc_gateway_upstream_ejections_total",
+        &[("upstream", "dead"), ("cause", "consecutive_failures")],
+        1.0,
+    )
+    .await;
+    for upstream in ["dead", "checked"] {
+        wait_until(
+            &format!("upstream {upstream} has no healthy endpoint"),
+            DEADLINE,
+            || async {
+                let m = fx.metrics().await;
+                let v = metric(&m, "cc_gateway_endpoint_healthy", &[("upstream", upstream)]);
+                if v == 0.0 {
+                    Ok(())
+                } else {
+                    Err(format!("{v} healthy"))
+                }
+            },
+        )
+        .await;
+    }
+    // the "AI usage" row's: openai.json's 1200 input tokens, and one response without usage
+    wait_metric(
+        &fx.gw,
+        "cc_gateway_ai_tokens_total",
+        &[("route", "llm"), ("kind", "input")],
+        1200.0,
+    )
+    .await;
+    wait_metric(
+        &fx.gw,
+        "cc_gateway_ai_usage_missing_total",
+        &[("route", "llm")],
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &fx.gw,
+        "cc_gateway_budget_unmetered_total",
+        &[("rule", "llm-tokens")],
         1.0,
     )
     .await;

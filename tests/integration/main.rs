@@ -23,6 +23,8 @@ mod grpc_refusals;
 mod jwks;
 mod lifecycle;
 mod operations;
+mod pools;
+mod request_log;
 mod routing;
 mod secrets;
 mod streams;

@@ -343,3 +343,65 @@ async fn restart_needed_compares_with_what_is_bound_not_with_the_last_file() {
     assert_eq!(reload(original).await, serde_json::json!([]));
     fx.expect_ok(Req::get("/public/x")).await;
 }
+
+#[tokio::test]
+async fn a_reload_applies_log_level_and_says_log_format_needs_a_restart() {
+    let fx = Fixture::with(Opts {
+        log_level: "error".into(),
+        ..Opts::default()
+    })
+    .await;
+    let original = std::fs::read_to_string(&fx.config_path).expect("config");
+    let level_line = "level = \"error\"";
+    assert!(
+        original.contains(level_line),
+        "fixture config changed: {original}"
+    );
+    let reload = |text: String| {
+        let fx = &fx;
+        async move {
+            std::fs::write(&fx.config_path, text).expect("write");
+            let r = fx.gw.admin_post("/reload").await;
+            assert_eq!(r.status, 200, "{}", r.describe());
+            r.json()
+        }
+    };
+    let reloaded_lines = |fx: &Fixture| fx.gw.stderr().matches("configuration reloaded").count();
+
+    // at "error" the info line of a reload is not written
+    reload(original.clone()).await;
+    // raised to "info": this reload's own line is (the level applies before it is logged)
+    let r = reload(original.replace(level_line, "level = \"info\"")).await;
+    assert_eq!(r["restart_needed"], serde_json::json!([]));
+    wait_until(
+        "the info line of the reload at level info",
+        DEADLINE,
+        || {
+            let n = reloaded_lines(&fx);
+            async move {
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} lines"))
+                }
+            }
+        },
+    )
+    .await;
+    // back to "error": silent again; a changed format only applies after a restart
+    let r = reload(original.replace(level_line, "level = \"error\"\nformat = \"json\"")).await;
+    assert_eq!(r["restart_needed"], serde_json::json!(["log.format"]));
+    // raised once more: its line is the second — the reload at "error" wrote none
+    reload(original.replace(level_line, "level = \"info\"")).await;
+    wait_until("the second info line", DEADLINE, || {
+        let text = fx.gw.stderr();
+        async move {
+            match text.matches("configuration reloaded").count() {
+                2 => Ok(()),
+                n => Err(format!("{n} lines: {text}")),
+            }
+        }
+    })
+    .await;
+    fx.expect_ok(Req::get("/public/x")).await;
+}

@@ -77,10 +77,15 @@ impl TlsConnect {
     }
 }
 
+/// The TLS server name for an endpoint authority that is an address resolved from a
+/// configured hostname (the certificate names the host, not the address).
+pub type HostOf = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Connector {
     pub http: HttpConnector,
     pub tls: Option<Arc<TlsConnect>>,
+    pub host_of: HostOf,
 }
 
 /// A connection to an upstream, plain or TLS.
@@ -102,6 +107,7 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tcp = tower_service::Service::<Uri>::call(&mut self.http, uri.clone());
         let tls = self.tls.clone();
+        let resolved_from = uri.authority().and_then(|a| (self.host_of)(a.as_str()));
         Box::pin(async move {
             let tcp = tcp
                 .await
@@ -114,7 +120,7 @@ impl tower_service::Service<Uri> for Connector {
             let name = match &tls.sni {
                 Some(n) => n.clone(),
                 None => {
-                    let host = uri.host().unwrap_or("");
+                    let host = resolved_from.as_deref().or(uri.host()).unwrap_or("");
                     let host = host.trim_start_matches('[').trim_end_matches(']');
                     ServerName::try_from(host.to_string())
                         .map_err(|_| ConnectError::ServerName(host.to_string()))?

@@ -90,9 +90,9 @@ async fn a_stalled_stdout_pipe_costs_counted_lines_never_a_request() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning the gateway");
-    let _kill = KillOnDrop(child.id());
     let stdout = child.stdout.take().expect("stdout");
     let stderr = child.stderr.take().expect("stderr");
+    let _kill = KillOnDrop(child);
     let (addr, admin) = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stderr).lines();
         loop {
@@ -230,12 +230,12 @@ async fn a_stalled_stdout_pipe_costs_counted_lines_never_a_request() {
     assert_eq!(*torn.lock().expect("lock"), None, "a torn line");
 }
 
-struct KillOnDrop(u32);
+/// The gateway process, killed and reaped when the test ends (also when it fails).
+struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg(self.0.to_string())
-            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
