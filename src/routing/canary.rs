@@ -26,8 +26,8 @@ use crate::budget::keys::{parts_into, Claims};
 use crate::config::{Canary, KeyPart};
 use crate::metrics::CANARY_DECISIONS;
 
-/// The fixed SipHash key of canary keys ("cc-gateway canary" in ASCII, little-endian). Never
-/// change it: every key would move.
+/// The fixed SipHash key of canary keys: two arbitrary constants, pinned by the unit tests.
+/// Never change them: every key would move to another upstream.
 const KEY: (u64, u64) = (0x7761_6574_6167_2d63, 0x7972_616e_6163_2079);
 
 /// Why a request went where it did (the `cause` label).
