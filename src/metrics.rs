@@ -569,3 +569,21 @@ pub static REQUEST_LOG: LazyLock<RequestLogMetrics> = LazyLock::new(|| {
     }
     m
 });
+
+/// `cc_gateway_canary_decisions_total{route,upstream,cause}`: where each request on a split
+/// route went and why (`hash`: its key; `override`: the override header; `no_key`: no key, so
+/// the heaviest upstream). Registered in the one registry when a config with a split is loaded;
+/// the request path counts through handles resolved then (`routing::canary`).
+pub static CANARY_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    reg(
+        &METRICS.registry,
+        IntCounterVec::new(
+            Opts::new(
+                "canary_decisions_total",
+                "Requests on routes split across upstreams, by route, chosen upstream and cause (hash/override/no_key).",
+            ),
+            &["route", "upstream", "cause"],
+        )
+        .unwrap_or_else(|e| panic!("metric canary_decisions_total: {e}")),
+    )
+});

@@ -33,7 +33,7 @@ mod tunnel;
 /// Serves one request with worker snapshot `w` (held until the request is logged).
 pub async fn handle(
     w: Arc<WorkerSnapshot>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: ConnInfo,
 ) -> Response<Body> {
     let gw = &w.gw;
@@ -66,7 +66,9 @@ pub async fn handle(
     }
 
     // 4. upstream
-    let upstream = route.route.upstream;
+    let upstream = gw
+        .router
+        .upstream(route, req.headers_mut(), ex.identity.as_deref(), ex.client);
     ex.upstream = Some(upstream);
     let forwarded = prepare_upstream(gw, route.route, req, &mut ex);
     let sent = Instant::now();
@@ -203,7 +205,7 @@ fn prepare_upstream(
     };
     // gRPC needs `te: trailers` end to end; HTTP/2 allows exactly that TE, HTTP/1.1 upstreams
     // get none (TE is hop-by-hop there)
-    let te_trailers = gw.config.upstreams[r.upstream].protocol
+    let te_trailers = gw.config.upstreams[ex.upstream.unwrap_or(r.upstream)].protocol
         != crate::config::UpstreamProtocol::Http1
         && head.headers.get_all(http::header::TE).iter().any(|v| {
             v.to_str().is_ok_and(|v| {

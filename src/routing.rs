@@ -1,8 +1,17 @@
-//! Path routing: the longest matching `path_prefix` wins; `methods` narrows a route.
+//! Path routing: the longest matching `path_prefix` wins; `methods` narrows a route. Then, at
+//! step 4, the route's upstream: its own, or of a split the one the request's canary key places
+//! it on (`canary.rs`).
 
-use http::Method;
+use std::net::IpAddr;
 
+use http::{HeaderMap, Method};
+
+use crate::auth::Verified;
 use crate::config::Route;
+
+mod canary;
+
+pub use canary::Cause;
 
 /// The route a request selected, and its position in the config's routes (per-route metric and
 /// budget tables are indexed by it).
@@ -16,6 +25,8 @@ pub struct Router {
     /// indices into the config's routes, longest prefix first
     order: Vec<usize>,
     routes: Vec<Route>,
+    /// per route (same index): its split's placement, computed once (None: one upstream)
+    placements: Vec<Option<canary::Placement>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -41,6 +52,29 @@ impl Router {
         Router {
             order,
             routes: routes.to_vec(),
+            placements: routes
+                .iter()
+                .map(|r| {
+                    let c = r.canary.as_ref()?;
+                    Some(canary::Placement::new(&r.name, r.upstream, c))
+                })
+                .collect(),
+        }
+    }
+
+    /// Step 4: the upstream (index into the config's upstreams) for a request on `route`: the
+    /// route's own or, on a split route, the one its canary key places it on (see `canary`).
+    /// A configured override header is removed from `headers` here: it never goes upstream.
+    pub fn upstream(
+        &self,
+        route: RouteRef<'_>,
+        headers: &mut HeaderMap,
+        id: Option<&Verified>,
+        client: IpAddr,
+    ) -> usize {
+        match self.placements.get(route.index) {
+            Some(Some(p)) => p.choose(&route.route.name, headers, id, client),
+            _ => route.route.upstream,
         }
     }
 
@@ -122,6 +156,7 @@ mod tests {
             path_prefix: prefix.into(),
             strip_prefix: true,
             upstream: 0,
+            canary: None,
             audience: None,
             scopes: vec![],
             auth: RouteAuth::Required,

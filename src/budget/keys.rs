@@ -4,6 +4,7 @@
 //! client cannot make the store hold arbitrarily long keys. Stores hold `<rule>|<key>`.
 
 use std::borrow::Cow;
+use std::fmt::Write;
 use std::net::IpAddr;
 
 use http::HeaderMap;
@@ -18,7 +19,7 @@ const MAX_PART: usize = 128;
 
 /// What key and limit selection read from the verified token. A trait rather than `Verified`
 /// itself so that selection can be unit-tested without a signed token.
-pub(super) trait Claims {
+pub(crate) trait Claims {
     /// A claim's string form (strings as they are, numbers and booleans as JSON).
     fn claim_str(&self, name: &str) -> Option<Cow<'_, str>>;
     /// A claim as a number: a JSON number, or a string that parses as one (tiers).
@@ -54,43 +55,65 @@ pub(super) fn key_into<C: Claims + ?Sized>(
     ip: IpAddr,
     key: &mut String,
 ) {
-    for (i, part) in rule.key.iter().enumerate() {
+    parts_into(&rule.key, route_name, id, headers, ip, key);
+}
+
+/// Writes the key that `parts` make of this request to `out` (a `String`, or a hasher that
+/// never holds the key: canary placement); false when a claim or header had no value (written
+/// as `_missing_`). Budget rules and canary splits share it, so a key means the same in both.
+pub(crate) fn parts_into<C: Claims + ?Sized, W: Write>(
+    parts: &[KeyPart],
+    route_name: &str,
+    id: Option<&C>,
+    headers: &HeaderMap,
+    ip: IpAddr,
+    out: &mut W,
+) -> bool {
+    // (writing to a String or a hasher cannot fail: the results are not errors to handle)
+    let mut complete = true;
+    for (i, part) in parts.iter().enumerate() {
         if i > 0 {
-            key.push('|');
+            let _ = out.write_char('|');
         }
         match part {
             KeyPart::Claim(c) => match id.and_then(|v| v.claim_str(c)) {
-                Some(v) => escape_part(v.as_bytes(), key),
-                None => key.push_str(MISSING),
+                Some(v) => escape_part(v.as_bytes(), out),
+                None => {
+                    complete = false;
+                    let _ = out.write_str(MISSING);
+                }
             },
             KeyPart::Header(h) => match headers.get(h) {
-                Some(v) => escape_part(v.as_bytes(), key),
-                None => key.push_str(MISSING),
+                Some(v) => escape_part(v.as_bytes(), out),
+                None => {
+                    complete = false;
+                    let _ = out.write_str(MISSING);
+                }
             },
-            KeyPart::Route => escape_part(route_name.as_bytes(), key),
+            KeyPart::Route => escape_part(route_name.as_bytes(), out),
             KeyPart::ClientIp => {
-                use std::fmt::Write;
-                let _ = write!(key, "{ip}");
+                let _ = write!(out, "{ip}");
             }
         }
     }
+    complete
 }
 
 /// One key part as stored: `%` and `|` escaped (parts are joined with `|`), long values hashed.
-fn escape_part(v: &[u8], out: &mut String) {
+fn escape_part<W: Write>(v: &[u8], out: &mut W) {
     let s = String::from_utf8_lossy(v);
     if s.len() <= MAX_PART && !s.contains(['%', '|']) {
-        out.push_str(&s); // the common case: nothing to escape, no allocation
+        let _ = out.write_str(&s); // the common case: nothing to escape, no allocation
         return;
     }
     let escaped = s.replace('%', "%25").replace('|', "%7C");
     if escaped.len() > MAX_PART {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, v);
-        out.push_str("sha256:");
+        let _ = out.write_str("sha256:");
         for b in d.as_ref() {
-            out.push_str(&format!("{b:02x}"));
+            let _ = write!(out, "{b:02x}");
         }
     } else {
-        out.push_str(&escaped);
+        let _ = out.write_str(&escaped);
     }
 }

@@ -7,7 +7,7 @@
 //! 429 or 503 answer; the admin API reads [`Usage`] and the configured rules.
 
 mod failure_log;
-mod keys;
+pub(crate) mod keys;
 pub mod memory;
 mod plan;
 pub mod redact;

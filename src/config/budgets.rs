@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::raw::{RawBudgets, RawRule, RawTiers};
+use super::secret::{Literal, Secret};
 use super::{Limit, Route, RouteKind, VResult, Validator};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -22,13 +23,25 @@ pub struct Budgets {
     pub rules: Vec<BudgetRule>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub enum BudgetStore {
     Memory,
     /// counters in memory, persisted to this SQLite file every `flush_interval`
     Sqlite(PathBuf),
-    /// counters in Redis, shared by every node pointing at it
+    /// counters in Redis, shared by every node pointing at it (the URL as read through
+    /// `env:`/`file:` when written so; it may hold a password: shown only through `Display`)
     Redis(String),
+}
+
+/// Redacted as `Display` is: a `{:?}` of the config must not print a Redis password either.
+impl std::fmt::Debug for BudgetStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BudgetStore::Memory => f.write_str("Memory"),
+            BudgetStore::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            BudgetStore::Redis(_) => write!(f, "Redis({self})"),
+        }
+    }
 }
 
 /// The store as config writes it and as it may be shown anywhere (`check`, admin API, logs):
@@ -119,7 +132,15 @@ pub struct BudgetRule {
 
 impl Validator {
     pub(super) fn budgets(&self, r: RawBudgets, routes: &[Route]) -> VResult<Budgets> {
-        let store = self.store(r.store.as_deref().unwrap_or("memory"))?;
+        let store = match r.store.as_deref() {
+            None => BudgetStore::Memory,
+            // a Redis URL may carry a password: `env:`/`file:` keep it out of the config
+            Some(s) if s.starts_with("env:") || s.starts_with("file:") => {
+                let url = self.secret("budgets.store", s, Literal::Allowed)?;
+                self.store(url.expose(), Some(&url))?
+            }
+            Some(s) => self.store(s, None)?,
+        };
         let on_store_error = match r.on_store_error.as_deref().unwrap_or("allow") {
             "allow" => OnStoreError::Allow,
             "deny" => OnStoreError::Deny,
@@ -171,8 +192,9 @@ impl Validator {
         })
     }
 
-    /// `memory`, `sqlite://PATH` (relative to the config file) or `redis://HOST:PORT/DB`.
-    fn store(&self, s: &str) -> VResult<BudgetStore> {
+    /// `memory`, `sqlite://PATH` (relative to the config file) or `redis://HOST:PORT/DB`; `from`
+    /// is the secret it was read through, named in messages instead of the value.
+    fn store(&self, s: &str, from: Option<&Secret>) -> VResult<BudgetStore> {
         Ok(match s {
             "memory" => BudgetStore::Memory,
             s if s.starts_with("sqlite://") => {
@@ -184,20 +206,26 @@ impl Validator {
             }
             s if s.starts_with("redis://") || s.starts_with("rediss://") => {
                 if redis::Client::open(s).is_err() {
+                    let shown = from.map_or_else(
+                        || format!("{:?}", crate::budget::redact::redact_url(s)),
+                        |f| format!("the value of {f}"),
+                    );
                     return Err(self.err(
                         "budgets.store",
-                        format!("{s:?} is not a Redis URL (redis://HOST:PORT/DB)"),
+                        format!("{shown} is not a Redis URL (redis://HOST:PORT/DB)"),
                     ));
                 }
                 BudgetStore::Redis(s.to_string())
             }
             other => {
+                let shown =
+                    from.map_or_else(|| format!("{other:?}"), |f| format!("the value of {f}"));
                 return Err(self.err(
                     "budgets.store",
                     format!(
-                    "{other:?}: expected \"memory\", \"sqlite://PATH\" or \"redis://HOST:PORT/DB\""
+                    "{shown}: expected \"memory\", \"sqlite://PATH\", \"redis://HOST:PORT/DB\" or one of them through \"env:NAME\" / \"file:PATH\""
                 ),
-                ))
+                ));
             }
         })
     }
@@ -338,7 +366,7 @@ impl Validator {
     }
 
     /// `claim:<name>`, `header:<name>`, `route` or `client_ip`.
-    fn key_part(&self, kp: &str, k: &str) -> VResult<KeyPart> {
+    pub(super) fn key_part(&self, kp: &str, k: &str) -> VResult<KeyPart> {
         Ok(match k {
             "route" => KeyPart::Route,
             "client_ip" => KeyPart::ClientIp,
@@ -538,5 +566,40 @@ mod tests {
         assert_eq!(e.path, "budgets.rules[0].burst", "{e}");
         let e = parse(&with_rule("rate = \"0/1s\"")).unwrap_err();
         assert_eq!(e.path, "budgets.rules[0].rate", "{e}");
+    }
+
+    #[test]
+    fn store_through_env_or_file_stays_redacted() {
+        use crate::config::BudgetStore;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("redis-url");
+        std::fs::write(&file, "redis://:s3cret@10.0.0.1:6379/0\n").expect("write");
+        let with_store = |store: &str| format!("{GOOD}\n[budgets]\nstore = {store:?}\n");
+        let c = parse(&with_store(&format!("file:{}", file.display()))).expect("valid");
+        let b = c.budgets.expect("budgets");
+        assert_eq!(
+            b.store,
+            BudgetStore::Redis("redis://:s3cret@10.0.0.1:6379/0".into())
+        );
+        assert_eq!(b.store.to_string(), "redis://:***@10.0.0.1:6379/0");
+        assert!(!format!("{:?}", b).contains("s3cret"), "Debug redacts too");
+        // a literal URL keeps working, redacted in the same way
+        let c = parse(&with_store("redis://:s3cret@h:6379/0")).expect("valid");
+        let b = c.budgets.expect("budgets");
+        assert_eq!(b.store.to_string(), "redis://:***@h:6379/0");
+        assert!(!format!("{b:?}").contains("s3cret"));
+        // problems name the key, and neither the value nor its password
+        let e = parse(&with_store("env:CC_GW_TEST_SURELY_UNSET_REDIS_URL")).unwrap_err();
+        assert_eq!(e.path, "budgets.store", "{e}");
+        assert!(
+            e.problem.contains("CC_GW_TEST_SURELY_UNSET_REDIS_URL"),
+            "{e}"
+        );
+        std::fs::write(&file, "mysql://:s3cret@h/0\n").expect("write");
+        let e = parse(&with_store(&format!("file:{}", file.display()))).unwrap_err();
+        assert_eq!(e.path, "budgets.store", "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let e = parse(&with_store("redis://:s3cret@h:notaport/0")).unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 }

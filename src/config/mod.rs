@@ -13,6 +13,7 @@
 
 mod auth;
 mod budgets;
+mod canary;
 mod issuers;
 mod log;
 mod pools;
@@ -21,6 +22,7 @@ mod raw;
 mod references;
 mod request_log;
 mod routes;
+mod secret;
 mod server;
 mod summary;
 mod tcp_routes;
@@ -36,12 +38,14 @@ pub use auth::{Auth, TokenHeader};
 pub use budgets::{
     BudgetRule, BudgetStore, BudgetUnit, Budgets, KeyPart, LimitKind, OnStoreError, Tier, Tiers,
 };
+pub use canary::{Canary, Share};
 pub use issuers::{Issuer, KeySource};
 pub use log::{AccessLog, Log, LogFormat};
 pub use pools::{Balance, Endpoint, HealthCheck, Outlier};
 pub use prices::{Price, Prices};
 pub use request_log::{redact_url, FieldSource, RequestLog, RequestLogStore, StoreUrl};
 pub use routes::{Route, RouteAuth, RouteKind, RouteStreams};
+pub use secret::{Literal, Secret, SecretSource};
 pub use server::{AdminToken, Server};
 pub use tcp_routes::{split_host_port, TcpRoute, TcpTarget};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};

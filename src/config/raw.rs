@@ -107,7 +107,10 @@ pub struct RawRoute {
     pub name: String,
     pub path_prefix: String,
     pub strip_prefix: Option<bool>,
-    pub upstream: Option<String>,
+    /// an upstream's name, or a split `[{ name, weight }, …]` (validated by hand in
+    /// `routes.rs`, so that a problem is named down to `upstream[1].weight`)
+    pub upstream: Option<toml::Value>,
+    pub canary: Option<RawCanary>,
     pub audience: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub auth: Option<String>,
@@ -119,6 +122,21 @@ pub struct RawRoute {
     pub timeout: Option<String>,
     pub client_cert: Option<RawClientCertRule>,
     pub kind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    pub key: Option<RawKeyParts>,
+    pub override_header: Option<String>,
+}
+
+/// `key = "claim:sub"` or `key = ["claim:sub", "header:x"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawKeyParts {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]

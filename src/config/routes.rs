@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::Method;
 
 use super::raw::RawRoute;
-use super::{ClientCertRule, Issuer, Upstream, VResult, Validator};
+use super::{Canary, ClientCertRule, Issuer, Upstream, VResult, Validator};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteAuth {
@@ -29,8 +29,11 @@ pub struct Route {
     pub name: String,
     pub path_prefix: String,
     pub strip_prefix: bool,
-    /// index into `Config::upstreams`
+    /// index into `Config::upstreams`: the route's upstream, or of a split the heaviest (where
+    /// a request without a canary key goes)
     pub upstream: usize,
+    /// `upstream = [{ name, weight }, …]`: the split and how a request's share is chosen
+    pub canary: Option<Canary>,
     pub audience: Option<String>,
     pub scopes: Vec<String>,
     pub auth: RouteAuth,
@@ -126,18 +129,6 @@ impl Validator {
                     ),
                 ));
             }
-            let up_name = r.upstream.as_deref().ok_or_else(|| {
-                self.err(
-                    format!("{p}.upstream"),
-                    "missing: name one of [[upstreams]]",
-                )
-            })?;
-            let upstream = *ups.get(up_name).ok_or_else(|| {
-                self.err(
-                    format!("{p}.upstream"),
-                    format!("unknown upstream {up_name:?}"),
-                )
-            })?;
             let auth = match r.auth.as_deref() {
                 None | Some("required") => RouteAuth::Required,
                 Some("public") => RouteAuth::Public,
@@ -203,6 +194,8 @@ impl Validator {
                         .collect::<VResult<Vec<_>>>()?,
                 ),
             };
+            let (upstream, canary) =
+                self.route_upstream(&p, r.upstream.as_ref(), r.canary, auth, &ups)?;
             if auth == RouteAuth::Required && issuers.is_empty() {
                 return Err(self.err(format!("{p}.auth"), "requires tokens but no [[issuers]] are configured (set auth = \"public\" or add an issuer)"));
             }
@@ -227,6 +220,7 @@ impl Validator {
                 path_prefix: r.path_prefix,
                 strip_prefix: r.strip_prefix.unwrap_or(false),
                 upstream,
+                canary,
                 audience: r.audience.filter(|a| !a.is_empty()),
                 scopes: r.scopes.unwrap_or_default(),
                 auth,

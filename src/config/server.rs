@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::raw::RawServer;
+use super::secret::Literal;
 use super::{ServerTls, VResult, Validator};
 use crate::forward::ipnet::IpNet;
 
@@ -38,7 +39,8 @@ pub struct Server {
     pub region: Option<String>,
 }
 
-/// The admin bearer token, read from the environment or a file at load time.
+/// The admin bearer token, read from the environment or a file at load time (a `Secret`, see
+/// `secret.rs`; kept as its value here because the admin listener compares it on every call).
 #[derive(Clone, PartialEq)]
 pub struct AdminToken(pub String);
 
@@ -162,22 +164,11 @@ impl Validator {
         let token = match v.as_deref() {
             None => None,
             Some(s) => {
-                let secret = if let Some(name) = s.strip_prefix("env:") {
-                    std::env::var(name).map_err(|_| {
-                        self.err(p, format!("environment variable {name:?} is not set"))
-                    })?
-                } else if let Some(f) = s.strip_prefix("file:") {
-                    let path = self.path(f);
-                    std::fs::read_to_string(&path)
-                        .map_err(|e| self.err(p, format!("cannot read {}: {e}", path.display())))?
-                } else {
-                    return Err(self.err(p, "use \"env:NAME\" or \"file:PATH\" (a token written in the config would leak with it)"));
-                };
-                let secret = secret.trim().to_string();
-                if secret.len() < 16 {
+                let secret = self.secret(p, s, Literal::Refused("use \"env:NAME\" or \"file:PATH\" (a token written in the config would leak with it)"))?;
+                if secret.expose().len() < 16 {
                     return Err(self.err(p, "the token must be at least 16 characters"));
                 }
-                Some(AdminToken(secret))
+                Some(AdminToken(secret.expose().to_string()))
             }
         };
         if token.is_none() && admin.is_some_and(|a| !a.ip().is_loopback()) {

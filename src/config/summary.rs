@@ -49,7 +49,7 @@ impl Config {
                 r.name,
                 r.path_prefix,
                 if r.strip_prefix { " (strip)" } else { "" },
-                self.upstreams[r.upstream].name,
+                r.upstream_label(&self.upstreams),
                 auth
             );
         }
