@@ -43,6 +43,8 @@ pub use server::{AdminToken, Server};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
 pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};
 
+pub use routes::{Retries, RetryOn};
+
 use raw::RawConfig;
 
 /// A refused configuration: which file, which key, what is wrong.
