@@ -23,6 +23,7 @@ mod jwks;
 mod lifecycle;
 mod operations;
 mod pools;
+mod retries;
 mod routing;
 mod streams;
 mod structure;
