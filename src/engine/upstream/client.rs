@@ -185,13 +185,16 @@ impl UpstreamClient {
 
     /// Sends `req` (whose URI carries only path and query) to the chosen endpoint and records
     /// how it went in the endpoint's health. The response body is streamed, not buffered;
-    /// `read_timeout` bounds the wait for the response head.
+    /// `read_timeout` bounds the wait for the response head, and a route's `per_try_timeout`
+    /// when shorter (so that a try it cuts counts against the endpoint's health as a timeout).
     pub async fn attempt(
         &self,
         c: &Choice,
         mut req: Request<ReqBody>,
         path: PathAndQuery,
+        per_try: Option<Duration>,
     ) -> Result<Response<Incoming>, Failed> {
+        let limit = per_try.map_or(self.read_timeout, |t| t.min(self.read_timeout));
         let ep = c.endpoint();
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
@@ -210,7 +213,7 @@ impl UpstreamClient {
             latency: None,
         };
         let sent = Instant::now();
-        let result = tokio::time::timeout(self.read_timeout, self.client.request(req)).await;
+        let result = tokio::time::timeout(limit, self.client.request(req)).await;
         let endpoint = ep.authority.as_str();
         let outlier = &self.pool.config.outlier;
         let client_side = matches!(&result, Ok(Err(e)) if body_broke_off(e));
@@ -254,7 +257,7 @@ impl UpstreamClient {
             },
             Err(_) => UpstreamError::Timeout {
                 endpoint: endpoint.into(),
-                timeout: self.read_timeout,
+                timeout: limit,
             },
         };
         let outcome = match &r {

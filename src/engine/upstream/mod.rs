@@ -45,6 +45,7 @@ pub use supervise::start as supervise;
 /// it to `tried` and sets `endpoint` to its authority — so a retry passes the same list and
 /// gets another endpoint where one exists (and the same one where none does: an upstream of
 /// one endpoint still gets its retry). Returns the response and the endpoint's authority.
+/// `per_try` (a route's `per_try_timeout`) bounds the try when shorter than `read_timeout`.
 ///
 /// Choice: a usable endpoint of this upstream (its region first), else of each `fallback`
 /// upstream in order (their own fallbacks after them), else panic mode — the least recently
@@ -58,6 +59,7 @@ pub async fn send(
     path: PathAndQuery,
     tried: &mut Vec<EndpointId>,
     endpoint: &mut Option<Authority>,
+    per_try: Option<std::time::Duration>,
 ) -> Result<(Response<Incoming>, Authority), Failed> {
     let Some(primary) = clients.get(upstream) else {
         return Err(Failed::other(UpstreamError::Uri(format!(
@@ -74,7 +76,7 @@ pub async fn send(
         let client = &clients[k];
         tried.push(c.endpoint().state.id);
         *endpoint = Some(c.endpoint().authority.clone());
-        let resp = client.attempt(&c, req, path).await?;
+        let resp = client.attempt(&c, req, path, per_try).await?;
         return Ok((resp, c.endpoint().authority.clone()));
     }
     let name = primary.pool.name().to_string();
@@ -90,7 +92,7 @@ pub async fn send(
     tracing::warn!(upstream = %name, endpoint = %c.endpoint().authority, "no endpoint in rotation and no fallback can serve: panic mode");
     tried.push(c.endpoint().state.id);
     *endpoint = Some(c.endpoint().authority.clone());
-    match primary.attempt(&c, req, path).await {
+    match primary.attempt(&c, req, path, per_try).await {
         Ok(resp) => Ok((resp, c.endpoint().authority.clone())),
         Err(
             f @ Failed {

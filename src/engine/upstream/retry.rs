@@ -79,7 +79,7 @@ pub async fn send_with_retries(
             &path,
             policy.per_try_timeout,
             &mut tried,
-            tries,
+            &mut tries.endpoint,
         )
         .await;
         let cause = match &result {
@@ -115,33 +115,19 @@ async fn one_try(
     path: &PathAndQuery,
     per_try_timeout: Option<Duration>,
     tried: &mut Vec<EndpointId>,
-    tries: &mut Tries,
+    endpoint: &mut Option<Authority>,
 ) -> Result<(Response<Incoming>, Authority), Failed> {
     let req = Request::from_parts(head.clone(), body);
-    let send = super::send(
+    super::send(
         clients,
         upstream,
         req,
         path.clone(),
         tried,
-        &mut tries.endpoint,
-    );
-    let Some(limit) = per_try_timeout else {
-        return send.await;
-    };
-    let result = tokio::time::timeout(limit, send).await;
-    result.unwrap_or_else(|_| {
-        Err(Failed {
-            error: UpstreamError::Timeout {
-                endpoint: tries
-                    .endpoint
-                    .as_ref()
-                    .map_or_else(String::new, |a| a.to_string()),
-                timeout: limit,
-            },
-            failure: Failure::Timeout,
-        })
-    })
+        endpoint,
+        per_try_timeout,
+    )
+    .await
 }
 
 /// The `on` value that retries this failure, if any.
