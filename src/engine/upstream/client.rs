@@ -279,13 +279,18 @@ impl UpstreamClient {
         Err(Failed { error: r, failure })
     }
 
-    /// A request canceled because its connection died of a TLS alert just now (HTTP/2 hides the
-    /// cause from the request): the TLS failure. Scoped to this worker's client for this
-    /// upstream and to the last two seconds.
+    /// A request canceled, or failed with its connection's I/O error, because the connection
+    /// died of a TLS alert just now (HTTP/2 hides the cause from the request: h2 passes a
+    /// connection error on to its streams as text, without the rustls error): the TLS failure.
+    /// Scoped to this worker's client for this upstream and to the last two seconds.
     fn late_tls_failure(&self, e: &hyper_util::client::legacy::Error) -> Option<String> {
         let canceled = std::error::Error::source(e)
             .and_then(|s| s.downcast_ref::<hyper::Error>())
-            .is_some_and(|h| h.is_canceled() || h.is_incomplete_message());
+            .is_some_and(|h| {
+                h.is_canceled()
+                    || h.is_incomplete_message()
+                    || std::error::Error::source(h).is_some_and(|s| s.is::<std::io::Error>())
+            });
         if !e.is_connect() && canceled {
             return self.tls.as_ref()?.recent_failure(Duration::from_secs(2));
         }
