@@ -47,6 +47,10 @@ pub struct Record<'a> {
     pub duration_ms: f64,
     pub upstream: Option<&'a str>,
     pub upstream_status: Option<u16>,
+    /// tries sent upstream (0: none; more than 1: the route's `retries` repeated it)
+    pub attempts: u32,
+    /// the endpoint (address:port) of the last try
+    pub endpoint: Option<&'a str>,
     pub sub: Option<&'a str>,
     pub iss: Option<&'a str>,
     pub realm: Option<&'a str>,

@@ -587,3 +587,19 @@ pub static CANARY_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .unwrap_or_else(|e| panic!("metric canary_decisions_total: {e}")),
     )
 });
+
+/// Tries repeated by a route's `retries`, by the route's upstream and the cause that allowed
+/// it (`connect`, `refused`, `timeout`, or the status, e.g. `503`).
+pub static UPSTREAM_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    reg(
+        &METRICS.registry,
+        IntCounterVec::new(
+            Opts::new(
+                "upstream_retries_total",
+                "Upstream tries repeated by a route's retries, by upstream and cause.",
+            ),
+            &["upstream", "cause"],
+        )
+        .unwrap_or_else(|e| panic!("upstream_retries_total: {e}")),
+    )
+});

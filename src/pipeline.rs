@@ -72,15 +72,17 @@ pub async fn handle(
     ex.upstream = Some(upstream);
     let forwarded = prepare_upstream(gw, route.route, req, &mut ex);
     let sent = Instant::now();
-    let mut tried = Vec::new();
-    let exchange = upstream::send(
+    // every try of the route's `retries`; their count and last endpoint stay on `ex.tries`
+    let exchange = upstream::send_with_retries(
         &w.upstreams,
         upstream,
+        route.route,
         forwarded.request,
         forwarded.path,
-        &mut tried,
+        &mut ex.tries,
     );
-    // the route's `timeout` bounds the whole exchange, the wait for the head included
+    // the route's `timeout` bounds the whole exchange, every try and the wait for the head
+    // included
     let result = match route.route.streams.timeout {
         None => exchange.await,
         Some(t) => tokio::time::timeout_at((ex.start + t).into(), exchange)
@@ -289,6 +291,8 @@ struct Exchange {
     route: Option<usize>,
     /// index into the config's upstreams
     upstream: Option<usize>,
+    /// the upstream tries (`attempts`, last `endpoint`)
+    tries: upstream::Tries,
     identity: Option<Arc<Verified>>,
     bytes_in: Option<Arc<AtomicU64>>,
     /// RateLimit-Policy / RateLimit for an admitted response
@@ -333,6 +337,7 @@ impl Exchange {
                 .and_then(|l| l.capture(req.headers())),
             route: None,
             upstream: None,
+            tries: Default::default(),
             identity: None,
             bytes_in: None,
             budget_headers: None,
@@ -490,6 +495,8 @@ impl Exchange {
             duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             upstream: self.upstream.map(|u| cfg.upstreams[u].name.as_str()),
             upstream_status: outcome.upstream_status,
+            attempts: self.tries.attempts,
+            endpoint: self.tries.endpoint.as_ref().map(|a| a.as_str()),
             sub: id.and_then(|v| v.sub.as_deref()),
             iss: id.map(|v| &*v.iss),
             realm: id.and_then(|v| v.realm.as_deref()),

@@ -165,6 +165,7 @@ mod tests {
             client_cert: None,
             cost: None,
             streams: Default::default(),
+            retries: Default::default(),
             kind: Default::default(),
         }
     }

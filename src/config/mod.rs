@@ -51,6 +51,8 @@ pub use tcp_routes::{split_host_port, TcpRoute, TcpTarget};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
 pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};
 
+pub use routes::{Retries, RetryOn};
+
 use raw::RawConfig;
 
 /// A refused configuration: which file, which key, what is wrong.

@@ -119,6 +119,7 @@ pub struct RawRoute {
     pub cost: Option<i64>,
     pub upgrades: Option<Vec<String>>,
     pub idle_timeout: Option<String>,
+    pub retries: Option<RawRetries>,
     pub timeout: Option<String>,
     pub client_cert: Option<RawClientCertRule>,
     pub kind: Option<String>,
@@ -154,6 +155,25 @@ pub struct RawPrice {
 pub struct RawClientCertRule {
     pub uris: Option<Vec<String>>,
     pub dns: Option<Vec<String>>,
+}
+
+/// A route's `retries` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    pub attempts: Option<i64>,
+    pub backoff: Option<String>,
+    pub on: Option<Vec<String>>,
+    pub per_try_timeout: Option<String>,
+    pub body_limit: Option<RawSize>,
+}
+
+/// A size: bytes as a number, or text with a unit (`"64KiB"`, `"1MiB"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,6 +8,9 @@ use http::Method;
 use super::raw::RawRoute;
 use super::{Canary, ClientCertRule, Issuer, Upstream, VResult, Validator};
 
+mod retries;
+pub use retries::{Retries, RetryOn};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteAuth {
     Required,
@@ -46,6 +49,8 @@ pub struct Route {
     pub client_cert: Option<ClientCertRule>,
     /// upgrades and long-lived streams (`upgrades`, `idle_timeout`, `timeout`)
     pub streams: RouteStreams,
+    /// `retries`: when a failed try is repeated (default: once on `connect` and `refused`)
+    pub retries: Retries,
     /// `kind = "ai"`: usage is read from responses
     pub kind: RouteKind,
 }
@@ -235,6 +240,7 @@ impl Validator {
                     })
                     .transpose()?,
                 streams: self.route_streams(&p, r.upgrades, r.idle_timeout, r.timeout)?,
+                retries: self.retries(&p, r.retries)?,
                 kind,
             });
         }

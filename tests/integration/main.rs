@@ -25,6 +25,7 @@ mod lifecycle;
 mod operations;
 mod pools;
 mod request_log;
+mod retries;
 mod routing;
 mod secrets;
 mod streams;

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::balance::{Choice, Local};
 use super::body::ReqBody;
 use super::connect::{self, Connector, HostOf, TlsConnect};
-use super::error::{error_chain, UpstreamError};
+use super::error::{classify, error_chain, Failed, Failure, UpstreamError};
 use super::health::{now_ms, EndpointId, Outcome};
 use super::pool::Pool;
 use crate::config::{Balance, Upstream, UpstreamProtocol};
@@ -50,7 +50,10 @@ pub fn host_of(pool: Weak<Pool>) -> HostOf {
     })
 }
 
-pub fn build(u: &Upstream, host_of: HostOf) -> Built {
+/// `retry_canceled`: hyper-util's own retry of a request handed back unsent by a pooled
+/// connection (same endpoint, uncounted, unbounded). The workers' clients turn it off: the
+/// retry loop (`retry.rs`) does it counted, bounded and on another endpoint where one exists.
+pub fn build(u: &Upstream, host_of: HostOf, retry_canceled: bool) -> Built {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(u.connect_timeout));
@@ -94,6 +97,7 @@ pub fn build(u: &Upstream, host_of: HostOf) -> Built {
         .pool_max_idle_per_host(u.pool_max_idle)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
+        .retry_canceled_requests(retry_canceled)
         // h2/h2c: every request of this worker to an endpoint is a stream on one connection
         .http2_only(matches!(
             u.protocol,
@@ -147,7 +151,7 @@ impl Drop for InFlight<'_> {
 
 impl UpstreamClient {
     pub fn new(pool: Arc<Pool>) -> Self {
-        let b = build(&pool.config, host_of(Arc::downgrade(&pool)));
+        let b = build(&pool.config, host_of(Arc::downgrade(&pool)), false);
         UpstreamClient {
             read_timeout: pool.config.read_timeout,
             pool,
@@ -181,19 +185,23 @@ impl UpstreamClient {
 
     /// Sends `req` (whose URI carries only path and query) to the chosen endpoint and records
     /// how it went in the endpoint's health. The response body is streamed, not buffered;
-    /// `read_timeout` bounds the wait for the response head.
+    /// `read_timeout` bounds the wait for the response head, and a route's `per_try_timeout`
+    /// when shorter (so that a try it cuts counts against the endpoint's health as a timeout).
     pub async fn attempt(
         &self,
         c: &Choice,
         mut req: Request<ReqBody>,
         path: PathAndQuery,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        per_try: Option<Duration>,
+    ) -> Result<Response<Incoming>, Failed> {
+        let limit = per_try.map_or(self.read_timeout, |t| t.min(self.read_timeout));
         let ep = c.endpoint();
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(ep.authority.clone());
         parts.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamError::Uri(e.to_string()))?;
+        *req.uri_mut() =
+            Uri::from_parts(parts).map_err(|e| Failed::other(UpstreamError::Uri(e.to_string())))?;
         // in-flight counts and latency are what peak EWMA weighs; round robin needs neither
         let ewma = self.pool.config.balance == Balance::PeakEwma;
         if ewma {
@@ -205,10 +213,15 @@ impl UpstreamClient {
             latency: None,
         };
         let sent = Instant::now();
-        let result = tokio::time::timeout(self.read_timeout, self.client.request(req)).await;
+        let result = tokio::time::timeout(limit, self.client.request(req)).await;
         let endpoint = ep.authority.as_str();
         let outlier = &self.pool.config.outlier;
         let client_side = matches!(&result, Ok(Err(e)) if body_broke_off(e));
+        let failure = match &result {
+            Ok(Err(e)) if !client_side => classify(e),
+            Err(_) => Failure::Timeout,
+            _ => Failure::Other,
+        };
         let r = match result {
             Ok(Ok(resp)) => {
                 let latency = sent.elapsed();
@@ -244,7 +257,7 @@ impl UpstreamClient {
             },
             Err(_) => UpstreamError::Timeout {
                 endpoint: endpoint.into(),
-                timeout: self.read_timeout,
+                timeout: limit,
             },
         };
         let outcome = match &r {
@@ -258,16 +271,26 @@ impl UpstreamClient {
         } else {
             ep.state.record(outcome, None, Some(r.to_string()), outlier);
         }
-        Err(r)
+        // a TLS failure is never retried: the next endpoint has the same trust and identity
+        let failure = match r {
+            UpstreamError::Tls { .. } => Failure::Other,
+            _ => failure,
+        };
+        Err(Failed { error: r, failure })
     }
 
-    /// A request canceled because its connection died of a TLS alert just now (HTTP/2 hides the
-    /// cause from the request): the TLS failure. Scoped to this worker's client for this
-    /// upstream and to the last two seconds.
+    /// A request canceled, or failed with its connection's I/O error, because the connection
+    /// died of a TLS alert just now (HTTP/2 hides the cause from the request: h2 passes a
+    /// connection error on to its streams as text, without the rustls error): the TLS failure.
+    /// Scoped to this worker's client for this upstream and to the last two seconds.
     fn late_tls_failure(&self, e: &hyper_util::client::legacy::Error) -> Option<String> {
         let canceled = std::error::Error::source(e)
             .and_then(|s| s.downcast_ref::<hyper::Error>())
-            .is_some_and(|h| h.is_canceled() || h.is_incomplete_message());
+            .is_some_and(|h| {
+                h.is_canceled()
+                    || h.is_incomplete_message()
+                    || std::error::Error::source(h).is_some_and(|s| s.is::<std::io::Error>())
+            });
         if !e.is_connect() && canceled {
             return self.tls.as_ref()?.recent_failure(Duration::from_secs(2));
         }

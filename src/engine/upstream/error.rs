@@ -48,3 +48,87 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// What a failed try proves about the request, which decides whether it may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// no connection could be made: nothing was sent
+    Connect,
+    /// the request provably never reached the application: the client handed it back unsent
+    /// (the pooled connection closed before a byte of it was written), HTTP/2 REFUSED_STREAM,
+    /// or a stream above a graceful GOAWAY's last-stream-id
+    Unsent,
+    /// the connection broke after (part of) the request went out and before the answer's head:
+    /// the upstream may have read it (a stale keep-alive connection looks like this)
+    Broken,
+    /// the answer's head did not come in time
+    Timeout,
+    /// anything else (TLS, a malformed answer, …): never retried
+    Other,
+}
+
+/// A failed try: the error to answer with, and what it proves.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: UpstreamError,
+    pub failure: Failure,
+}
+
+impl Failed {
+    pub fn other(error: UpstreamError) -> Failed {
+        Failed {
+            error,
+            failure: Failure::Other,
+        }
+    }
+}
+
+/// What a client error proves about the request (`is_connect` is checked by the caller).
+pub fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
+    if e.is_connect() {
+        return Failure::Connect;
+    }
+    // hyper-util's `Canceled` kind is exactly "hyper gave the request back unsent" (its
+    // `is_canceled` is private; its Display names the kind)
+    if e.to_string() == "client error (Canceled)" {
+        return Failure::Unsent;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if let Some(h2e) = c.downcast_ref::<h2::Error>() {
+            return h2_failure(h2e);
+        }
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                return Failure::Broken;
+            }
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            ) {
+                return Failure::Broken;
+            }
+        }
+        cur = c.source();
+    }
+    Failure::Other
+}
+
+/// REFUSED_STREAM says the server did no processing of the stream (RFC 9113 §8.7); a remote
+/// GOAWAY error on a stream means the stream was above its last-stream-id or opened after it —
+/// with NO_ERROR only: after an error GOAWAY, the streams below it get the same error.
+fn h2_failure(e: &h2::Error) -> Failure {
+    if e.reason() == Some(h2::Reason::REFUSED_STREAM) && e.is_remote() && e.is_reset() {
+        return Failure::Unsent;
+    }
+    if e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR) {
+        return Failure::Unsent;
+    }
+    if e.is_io() {
+        return Failure::Broken;
+    }
+    Failure::Other
+}

@@ -8,6 +8,8 @@
 //!   weighted round robin or peak EWMA), excluding endpoints already tried.
 //! - `client.rs`: a worker's client per upstream (keep-alive pool, HTTP/1.1 or HTTP/2, TLS in
 //!   `connect.rs`), one attempt to one endpoint.
+//! - `retry.rs`: a route's tries — which failures are retried, the body kept for a replay,
+//!   per-try timeout and backoff.
 //! - `supervise.rs`: once per process, per pool: active checks, DNS, gauges.
 //!
 //! [`send`] ties them together: this upstream's endpoints, else its fallbacks in order, else
@@ -20,6 +22,7 @@ mod connect;
 mod error;
 mod health;
 mod pool;
+mod retry;
 mod supervise;
 
 use std::sync::Arc;
@@ -31,15 +34,18 @@ use hyper::body::Incoming;
 pub use balance::Choice;
 pub use body::ReqBody;
 pub use client::UpstreamClient;
-pub use error::{error_chain, UpstreamError};
+pub use error::{error_chain, Failed, Failure, UpstreamError};
 pub use health::EndpointId;
 pub use pool::{build as build_pools, describe as describe_pools, Pool};
+pub use retry::{send_with_retries, Tries};
 pub use supervise::start as supervise;
 
 /// Sends `req` for upstream `upstream` (an index into the worker's `clients`, which are
-/// indexed like `config.upstreams`) to one endpoint that is not in `tried`, and adds that
-/// endpoint to `tried` — so a retry passes the same list and gets another endpoint where one
-/// exists. Returns the response and the endpoint's authority.
+/// indexed like `config.upstreams`) to one endpoint, preferably one not in `tried`, and adds
+/// it to `tried` and sets `endpoint` to its authority — so a retry passes the same list and
+/// gets another endpoint where one exists (and the same one where none does: an upstream of
+/// one endpoint still gets its retry). Returns the response and the endpoint's authority.
+/// `per_try` (a route's `per_try_timeout`) bounds the try when shorter than `read_timeout`.
 ///
 /// Choice: a usable endpoint of this upstream (its region first), else of each `fallback`
 /// upstream in order (their own fallbacks after them), else panic mode — the least recently
@@ -52,32 +58,54 @@ pub async fn send(
     req: Request<ReqBody>,
     path: PathAndQuery,
     tried: &mut Vec<EndpointId>,
-) -> Result<(Response<Incoming>, Authority), UpstreamError> {
+    endpoint: &mut Option<Authority>,
+    per_try: Option<std::time::Duration>,
+) -> Result<(Response<Incoming>, Authority), Failed> {
     let Some(primary) = clients.get(upstream) else {
-        return Err(UpstreamError::Uri(format!("no upstream #{upstream}")));
+        return Err(Failed::other(UpstreamError::Uri(format!(
+            "no upstream #{upstream}"
+        ))));
     };
-    let mut visited = Vec::new();
-    if let Some((k, c)) = choose(clients, upstream, tried, &mut visited) {
+    let fresh = choose(clients, upstream, tried, &mut Vec::new());
+    let usable = fresh.or_else(|| {
+        (!tried.is_empty())
+            .then(|| choose(clients, upstream, &[], &mut Vec::new()))
+            .flatten()
+    });
+    if let Some((k, c)) = usable {
         let client = &clients[k];
         tried.push(c.endpoint().state.id);
-        let resp = client.attempt(&c, req, path).await?;
+        *endpoint = Some(c.endpoint().authority.clone());
+        let resp = client.attempt(&c, req, path, per_try).await?;
         return Ok((resp, c.endpoint().authority.clone()));
     }
     let name = primary.pool.name().to_string();
-    let Some(c) = primary.panic_pick(tried) else {
-        return Err(UpstreamError::Unavailable {
+    let Some(c) = primary
+        .panic_pick(tried)
+        .or_else(|| primary.panic_pick(&[]))
+    else {
+        return Err(Failed::other(UpstreamError::Unavailable {
             upstream: name,
-            detail: "every endpoint was tried".into(),
-        });
+            detail: "the upstream has no endpoint".into(),
+        }));
     };
     tracing::warn!(upstream = %name, endpoint = %c.endpoint().authority, "no endpoint in rotation and no fallback can serve: panic mode");
     tried.push(c.endpoint().state.id);
-    match primary.attempt(&c, req, path).await {
+    *endpoint = Some(c.endpoint().authority.clone());
+    match primary.attempt(&c, req, path, per_try).await {
         Ok(resp) => Ok((resp, c.endpoint().authority.clone())),
-        Err(e @ (UpstreamError::Tls { .. } | UpstreamError::Timeout { .. })) => Err(e),
-        Err(e) => Err(UpstreamError::Unavailable {
-            upstream: name,
-            detail: e.to_string(),
+        Err(
+            f @ Failed {
+                error: UpstreamError::Tls { .. } | UpstreamError::Timeout { .. },
+                ..
+            },
+        ) => Err(f),
+        Err(Failed { error, failure }) => Err(Failed {
+            error: UpstreamError::Unavailable {
+                upstream: name,
+                detail: error.to_string(),
+            },
+            failure,
         }),
     }
 }

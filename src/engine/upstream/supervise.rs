@@ -39,7 +39,7 @@ pub fn start(pools: &[Arc<Pool>]) {
 async fn run(pool: Weak<Pool>) {
     let (client, scheme, hosts) = {
         let Some(p) = pool.upgrade() else { return };
-        let b = build(&p.config, host_of(pool.clone()));
+        let b = build(&p.config, host_of(pool.clone()), true);
         (b.client, b.scheme, p.hostnames())
     };
     let mut next_check = Instant::now();

@@ -39,6 +39,8 @@ name = "all"
 path_prefix = "/"
 upstream = "pool"
 auth = "public"
+# one try per request: these tests count what each endpoint sees (retries: tests/integration/retries)
+retries = {{ attempts = 1 }}
 
 {upstreams}
 "#
