@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod llm;
 pub mod metrics;
 pub mod postgres;
+pub mod process;
 pub mod redis;
 pub mod routing;
 pub mod servers;
