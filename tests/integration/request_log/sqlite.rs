@@ -294,14 +294,14 @@ async fn a_reload_keeps_an_unchanged_log_and_moves_to_a_changed_one() {
     let text = std::fs::read_to_string(&fx.config_path).expect("config");
     // an unrelated change: the same writer goes on
     let unrelated = text.replace("threads = 2", "threads = 2\nshutdown_timeout = \"9s\"");
-    reload_with(&fx, &unrelated).await;
+    reload_with(fx, &unrelated).await;
     send(2).await;
     wait_rows_written(&fx.gw, 5.0).await;
     assert_eq!(db_rows(&old_db), 5);
     // a new store: new rows go there, the old writer finished what it had
     let moved = text.replace(&old_db.display().to_string(), &new_db.display().to_string());
     assert_ne!(moved, text);
-    reload_with(&fx, &moved).await;
+    reload_with(fx, &moved).await;
     send(4).await;
     wait_rows_written(&fx.gw, 9.0).await;
     assert_eq!(db_rows(&old_db), 5);
