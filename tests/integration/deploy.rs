@@ -375,25 +375,14 @@ impl AiUpstream {
     /// A public AI route `/<name>/` to this upstream, and the price of its model.
     fn config(&self, name: &str) -> String {
         format!(
-            r#"
-[[routes]]
-name = "{name}"
-path_prefix = "/{name}/"
-upstream = "{name}"
-auth = "public"
-kind = "ai"
-
-[[upstreams]]
-name = "{name}"
-endpoints = ["{addr}"]
-
+            r#"{}
 [[prices]]
 model = "gpt-4o*"
 input = 2.5
 output = 10
 cache_read = 1.25
 "#,
-            addr = self.addr
+            crate::common::llm::ai_route(name, self.addr)
         )
     }
 }

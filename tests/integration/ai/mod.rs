@@ -325,23 +325,7 @@ pub async fn ai_fixture_with(up: SocketAddr, budgets: String) -> Fixture {
     Fixture::with(Opts {
         budgets,
         extra: format!(
-            r#"
-[[routes]]
-name = "llm"
-path_prefix = "/llm/"
-upstream = "llm"
-auth = "public"
-kind = "ai"
-
-[[upstreams]]
-name = "llm"
-endpoints = ["{up}"]
-
-[[prices]]
-model = "gpt-4o-mini*"
-input = 0.15
-output = 0.6
-
+            r#"{llm_route}
 [[prices]]
 model = "gpt-4o*"
 input = 2.5
@@ -354,7 +338,8 @@ input = 3
 output = 15
 cache_read = 0.3
 cache_write = 3.75
-"#
+"#,
+            llm_route = crate::common::llm::llm_route(up)
         ),
         ..Opts::default()
     })

@@ -1,5 +1,7 @@
-//! A real PostgreSQL for tests: `initdb` into a temp dir, `postgres` on a free loopback port
-//! with its Unix socket in that dir, stopped by PID on drop. Debian's packages
+//! A real PostgreSQL for tests (the L4 route's `psql`/`pgbench` tests and the request log's
+//! store): `initdb` into a temp dir, `postgres` on a free loopback port with its Unix socket in
+//! that dir, stopped by PID on drop; `stop` and `start_again` take it down and bring it back on
+//! the same port and data for outage tests. Debian's packages
 //! (`/usr/lib/postgresql/<version>/bin`, installed by scripts/prereqs.sh). PostgreSQL refuses
 //! to run as root: as root, the data dir is given to `nobody` and the server runs as it
 //! (`setpriv`, which execs in place, so the PID is the server's own).
@@ -17,8 +19,9 @@ pub struct Postgres {
     /// the superuser (trust auth on loopback)
     pub user: &'static str,
     bin: PathBuf,
-    child: Child,
-    _dir: tempfile::TempDir,
+    /// the running server; `None` between `stop` and `start_again`
+    child: Option<Child>,
+    dir: tempfile::TempDir,
 }
 
 /// The newest installed server's `bin` directory.
@@ -101,12 +104,26 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
-        let mut child = as_server_user(&bin.join("postgres"))
+        let mut pg = Postgres {
+            port: free_port(),
+            user: "postgres",
+            bin,
+            child: None,
+            dir,
+        };
+        pg.start_again();
+        pg
+    }
+
+    /// Starts the server on the existing data dir and port (after `stop`); returns once it
+    /// accepts connections.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "postgres is already running");
+        let mut child = as_server_user(&self.bin.join("postgres"))
             .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path())
             .args([
                 "-c",
                 "listen_addresses=127.0.0.1",
@@ -148,13 +165,22 @@ impl Postgres {
                 panic!("postgres not ready within {START_TIMEOUT:?}")
             }
         }
-        Postgres {
-            port,
-            user: "postgres",
-            bin,
-            child,
-            _dir: dir,
+        self.child = Some(child);
+    }
+
+    /// Fast shutdown (SIGINT), waited for: once it returns, the port refuses connections.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
         }
+    }
+
+    /// A client URL for the superuser's `postgres` database over TCP.
+    pub fn url(&self) -> String {
+        format!("postgres://{}@127.0.0.1:{}/postgres", self.user, self.port)
     }
 
     /// `psql` against `host:port` (the server itself, or the gateway in front of it), with
@@ -200,10 +226,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // SIGINT: PostgreSQL's fast shutdown; waited for so the temp dir can go
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        // waited for so the temp dir can go
+        self.stop();
     }
 }

@@ -9,7 +9,6 @@ mod shutdown;
 mod upgrade;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::client::REQUEST_TIMEOUT;
+use crate::common::process::wait_exit;
 use crate::common::servers::{SSE_FIRST, SSE_SECOND};
 use crate::common::wait::{wait_until, DEADLINE};
 use crate::common::Gateway;
@@ -36,21 +36,6 @@ fn route(name: &str, addr: SocketAddr) -> String {
     format!(
         "\n[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}/\"\nupstream = \"{name}\"\nauth = \"public\"\n\n[[upstreams]]\nname = \"{name}\"\nendpoints = [\"{addr}\"]\nread_timeout = \"60s\"\n"
     )
-}
-
-/// Waits until the process has exited.
-async fn wait_exit(gw: &mut Gateway, within: Duration) {
-    wait_until("the gateway process to exit", within, || {
-        let running = gw.is_running();
-        async move {
-            if running {
-                Err("still running".to_string())
-            } else {
-                Ok(())
-            }
-        }
-    })
-    .await;
 }
 
 /// An SSE response in flight through the gateway: the head and the first event have arrived.

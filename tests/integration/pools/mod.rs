@@ -68,6 +68,11 @@ async fn spread(gw: &Gateway, n: usize, names: &[&str]) -> Vec<usize> {
     c
 }
 
+/// The gateway's `name` for `endpoint` with one more label (`result` or `cause`), scraped now.
+async fn endpoint_metric(gw: &Gateway, name: &str, endpoint: &str, label: (&str, &str)) -> f64 {
+    metric(&gw.metrics().await, name, &[("endpoint", endpoint), label])
+}
+
 async fn wait_state(gw: &Gateway, endpoint: &str, state: &str) {
     wait_until(
         &format!("{endpoint} {state} in /upstreams"),
@@ -207,13 +212,10 @@ async fn active_checks_flip_at_exact_thresholds_and_never_flap() {
     let (h, u) = ("healthy", "unhealthy");
     let expected = [h, h, h, h, h, h, h, h, h, h, h, u, u, u, u, h, h];
     assert_eq!(seen, expected);
-    let m = gw.metrics().await;
     let ep = b.addr.to_string();
-    let labels = [("endpoint", ep.as_str()), ("cause", "health_check")];
-    assert_eq!(
-        metric(&m, "cc_gateway_upstream_ejections_total", &labels),
-        1.0
-    );
+    let ejections = "cc_gateway_upstream_ejections_total";
+    let cause = ("cause", "health_check");
+    assert_eq!(endpoint_metric(&gw, ejections, &ep, cause).await, 1.0);
 }
 
 /// Passive ejection: `consecutive_failures` in a row eject for `ejection`; failing again right
@@ -261,17 +263,12 @@ async fn passive_ejection_backs_off_while_failing() {
     assert_eq!(lengths, vec![300, 600, 1000, 1000]);
     // 2 to eject, then 1 per back-off step: never a request while ejected
     assert_eq!(failed, 2 + 3);
-    let m = gw.metrics().await;
-    let labels = [("endpoint", d.as_str()), ("result", "connect")];
-    assert_eq!(
-        metric(&m, "cc_gateway_upstream_requests_total", &labels),
-        5.0
-    );
-    let labels = [("endpoint", d.as_str()), ("cause", "consecutive_failures")];
-    assert_eq!(
-        metric(&m, "cc_gateway_upstream_ejections_total", &labels),
-        4.0
-    );
+    let requests = "cc_gateway_upstream_requests_total";
+    let result = ("result", "connect");
+    assert_eq!(endpoint_metric(&gw, requests, &d, result).await, 5.0);
+    let ejections = "cc_gateway_upstream_ejections_total";
+    let cause = ("cause", "consecutive_failures");
+    assert_eq!(endpoint_metric(&gw, ejections, &d, cause).await, 4.0);
     let v = endpoint_json(gw.admin, &d).await;
     assert!(
         v["last_error"].as_str().unwrap_or("").contains("connect"),
@@ -311,11 +308,10 @@ async fn alternating_answers_never_eject() {
         endpoint_state(gw.admin, &b.addr.to_string()).await,
         "ejected"
     );
-    let m = gw.metrics().await;
     let ep = b.addr.to_string();
-    let labels = [("endpoint", ep.as_str()), ("result", "5xx")];
+    let requests = "cc_gateway_upstream_requests_total";
     assert_eq!(
-        metric(&m, "cc_gateway_upstream_requests_total", &labels),
+        endpoint_metric(&gw, requests, &ep, ("result", "5xx")).await,
         22.0
     );
 }

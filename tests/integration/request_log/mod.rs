@@ -47,14 +47,7 @@ pub async fn fixture_with(
             "\n[budgets]\n\n[[budgets.rules]]\nname = \"shared\"\nkey = [\"claim:sub\"]\nrate = \"1/1h\"\nburst = {burst}\nroutes = [\"ai\"]\n"
         ),
         extra: format!(
-            r#"
-[[routes]]
-name = "llm"
-path_prefix = "/llm/"
-upstream = "llm"
-auth = "public"
-kind = "ai"
-
+            r#"{llm_route}
 [[routes]]
 name = "down"
 path_prefix = "/down/"
@@ -62,22 +55,14 @@ upstream = "dead"
 auth = "public"
 
 [[upstreams]]
-name = "llm"
-endpoints = ["{llm}"]
-
-[[upstreams]]
 name = "dead"
 endpoints = ["{dead}"]
 connect_timeout = "1s"
 
-[[prices]]
-model = "gpt-4o-mini*"
-input = 0.15
-output = 0.6
-
 [request_log]
 {request_log}
 "#,
+            llm_route = crate::common::llm::llm_route(llm),
             dead = dead_addr(),
         ),
         ..Opts::default()

@@ -1,148 +1,34 @@
-//! The request log on a real PostgreSQL server, started per test with `initdb` + `pg_ctl` in a
-//! temp dir on a free loopback port (as `nobody` when the tests run as root: initdb refuses
-//! root), stopped by `pg_ctl` when the test ends. `scripts/prereqs.sh` installs Debian's
-//! `postgresql` when it is missing.
+//! The request log on a real PostgreSQL server (`common::postgres`, one per test), with the
+//! request-log tests' own client helpers on top: `with` runs a closure on a blocking client,
+//! `count` reads one number.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::ops::{Deref, DerefMut};
 
 use super::query::{
     feedback_is_recorded_and_validated, filters_and_stats_answer_known_data, seed_sql,
 };
 use super::*;
+use crate::common::postgres::Postgres;
 use crate::common::wait::{wait_until, DEADLINE};
 
-pub struct Pg {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    pub port: u16,
-    as_nobody: bool,
-}
+pub struct Pg(Postgres);
 
-/// The newest `/usr/lib/postgresql/N/bin`, else the directory of `initdb` on PATH.
-fn pg_bin() -> PathBuf {
-    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v: u32 = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((v, bin))
-        })
-        .collect();
-    dirs.sort();
-    if let Some((_, b)) = dirs.pop() {
-        return b;
+impl Deref for Pg {
+    type Target = Postgres;
+    fn deref(&self) -> &Postgres {
+        &self.0
     }
-    let out = Command::new("sh")
-        .args(["-c", "command -v initdb"])
-        .output()
-        .expect("sh");
-    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        !p.is_empty(),
-        "PostgreSQL's initdb/pg_ctl are needed for the request log tests: run scripts/prereqs.sh (Debian: apt-get install postgresql)"
-    );
-    std::fs::canonicalize(&p)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .expect("initdb's directory")
 }
 
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions
-    unsafe { libc::getuid() == 0 }
+impl DerefMut for Pg {
+    fn deref_mut(&mut self) -> &mut Postgres {
+        &mut self.0
+    }
 }
 
 impl Pg {
     pub fn start() -> Pg {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let as_nobody = is_root();
-        if as_nobody {
-            let out = Command::new("id")
-                .args(["-u", "nobody"])
-                .output()
-                .expect("id");
-            let uid: u32 = String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .expect("nobody's uid");
-            std::os::unix::fs::chown(dir.path(), Some(uid), None).expect("chown the temp dir");
-        }
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let pg = Pg {
-            dir,
-            bin: pg_bin(),
-            port,
-            as_nobody,
-        };
-        let data = pg.data();
-        pg.run(
-            "initdb",
-            &[
-                "-D",
-                &data,
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        );
-        pg.ctl_start();
-        pg
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) {
-        let exe = self.bin.join(tool);
-        let mut cmd = if self.as_nobody {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "nobody", "--"]).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
-        let out = cmd
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .expect("running a PostgreSQL tool");
-        assert!(
-            out.status.success(),
-            "{tool} {args:?}: {}",
-            describe_output(&out)
-        );
-    }
-
-    pub fn ctl_start(&self) {
-        let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories={} -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("pg.log").display().to_string();
-        self.run(
-            "pg_ctl",
-            &["-D", &self.data(), "-l", &log, "-o", &opts, "-w", "start"],
-        );
-    }
-
-    pub fn ctl_stop(&self) {
-        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
-    }
-
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        Pg(Postgres::start())
     }
 
     /// Runs `f` with a client (off the async runtime: the blocking client has its own).
@@ -167,23 +53,6 @@ impl Pg {
                 .unwrap_or(-1)
         })
         .await
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let exe = self.bin.join("pg_ctl");
-        let data = self.data();
-        let mut cmd = if self.as_nobody {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "nobody", "--"]).arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        };
-        let _ = cmd
-            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
-            .output();
     }
 }
 
@@ -221,7 +90,7 @@ async fn every_kind_of_request_filters_stats_and_feedback_on_postgres() {
 
 #[tokio::test]
 async fn two_gateways_share_one_log_without_loss_or_duplicates_through_a_restart() {
-    let pg = Pg::start();
+    let mut pg = Pg::start();
     let a = fixture(&pg_store(&pg, "node = \"gw-a\""), 1000).await;
     let b = fixture(&pg_store(&pg, "node = \"gw-b\""), 1000).await;
     let send = |n: usize| {
@@ -241,7 +110,7 @@ async fn two_gateways_share_one_log_without_loss_or_duplicates_through_a_restart
         }
     })
     .await;
-    pg.ctl_stop();
+    pg.stop();
     // requests go on while the log is down: their rows are spooled, not lost, not blocking
     send(40).await;
     for fx in [&a, &b] {
@@ -257,7 +126,7 @@ async fn two_gateways_share_one_log_without_loss_or_duplicates_through_a_restart
         })
         .await;
     }
-    pg.ctl_start();
+    pg.start_again();
     send(30).await;
     wait_until(
         "200 rows after the restart",

@@ -45,6 +45,18 @@ async fn wait_table(path: &Path) {
     .await;
 }
 
+/// Waits until the log has written `n` rows in all.
+async fn wait_rows_written(gw: &Gateway, n: f64) {
+    wait_metric(gw, "cc_gateway_request_log_rows_written_total", &[], n).await;
+}
+
+/// Writes `text` as the fixture's config and reloads; the reload must be accepted.
+async fn reload_with(fx: &Fixture, text: &str) {
+    std::fs::write(&fx.config_path, text).expect("write");
+    let r = fx.gw.admin_post("/reload").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 fn sum(metrics: &str, name: &str) -> f64 {
     metric(metrics, name, &[])
 }
@@ -143,13 +155,7 @@ async fn retention_deletes_rows_older_than_retention() {
     for _ in 0..5 {
         assert_eq!(fx.send(Req::get("/public/x")).await.status, 200);
     }
-    wait_metric(
-        &fx.gw,
-        "cc_gateway_request_log_rows_written_total",
-        &[],
-        5.0,
-    )
-    .await;
+    wait_rows_written(&fx.gw, 5.0).await;
     wait_until("the rows to age out", DEADLINE, || async {
         let n = cli_json(&fx.config_path, &[]).await.len();
         if n == 0 {
@@ -178,13 +184,7 @@ async fn max_size_deletes_the_oldest_rows() {
         assert_eq!(r.status, 200);
         ids.push(r.header("x-request-id").expect("id"));
     }
-    wait_metric(
-        &fx.gw,
-        "cc_gateway_request_log_rows_written_total",
-        &[],
-        N as f64,
-    )
-    .await;
+    wait_rows_written(&fx.gw, N as f64).await;
     let newest = row(&fx.gw, &ids[N - 1]).await;
     assert_eq!(newest["status"], 200);
     let before = live_bytes(&db);
@@ -212,13 +212,7 @@ async fn max_size_deletes_the_oldest_rows() {
             200
         );
     }
-    wait_metric(
-        &fx.gw,
-        "cc_gateway_request_log_rows_written_total",
-        &[],
-        2.0 * N as f64,
-    )
-    .await;
+    wait_rows_written(&fx.gw, 2.0 * N as f64).await;
     wait_until("the log to stay bounded", DEADLINE, || async {
         let n = db_rows(&db) as usize;
         let size = live_bytes(&db);
@@ -299,36 +293,17 @@ async fn a_reload_keeps_an_unchanged_log_and_moves_to_a_changed_one() {
     send(3).await;
     let text = std::fs::read_to_string(&fx.config_path).expect("config");
     // an unrelated change: the same writer goes on
-    std::fs::write(
-        &fx.config_path,
-        text.replace("threads = 2", "threads = 2\nshutdown_timeout = \"9s\""),
-    )
-    .expect("write");
-    let r = fx.gw.admin_post("/reload").await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let unrelated = text.replace("threads = 2", "threads = 2\nshutdown_timeout = \"9s\"");
+    reload_with(fx, &unrelated).await;
     send(2).await;
-    wait_metric(
-        &fx.gw,
-        "cc_gateway_request_log_rows_written_total",
-        &[],
-        5.0,
-    )
-    .await;
+    wait_rows_written(&fx.gw, 5.0).await;
     assert_eq!(db_rows(&old_db), 5);
     // a new store: new rows go there, the old writer finished what it had
     let moved = text.replace(&old_db.display().to_string(), &new_db.display().to_string());
     assert_ne!(moved, text);
-    std::fs::write(&fx.config_path, moved).expect("write");
-    let r = fx.gw.admin_post("/reload").await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    reload_with(fx, &moved).await;
     send(4).await;
-    wait_metric(
-        &fx.gw,
-        "cc_gateway_request_log_rows_written_total",
-        &[],
-        9.0,
-    )
-    .await;
+    wait_rows_written(&fx.gw, 9.0).await;
     assert_eq!(db_rows(&old_db), 5);
     assert_eq!(db_rows(&new_db), 4);
 }

@@ -8,7 +8,6 @@ use tokio::net::TcpStream;
 
 use super::*;
 use crate::common::wait::DEADLINE;
-use crate::common::wait_until;
 
 async fn tagged(tag: &'static str) -> SocketAddr {
     target(move |mut s| async move {
@@ -75,17 +74,7 @@ async fn reloads_apply_to_new_connections_and_an_upgrade_takes_the_l4_sockets_ov
     ];
     let new = Gateway::spawn_with(args, &path).await;
     assert_eq!(tcp_addr(&new, "r"), addr, "the same L4 socket");
-    wait_until("the old process to exit", Duration::from_secs(20), || {
-        let running = old.is_running();
-        async move {
-            if running {
-                Err("still running".to_string())
-            } else {
-                Ok(())
-            }
-        }
-    })
-    .await;
+    crate::common::process::wait_exit(&mut old, Duration::from_secs(20)).await;
     assert_eq!(read_tag(addr).await, "2");
     crate::common::wait_metric(
         &new,
