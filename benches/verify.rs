@@ -104,7 +104,10 @@ endpoints = ["127.0.0.1:1"]
         None,
     )
     .unwrap_or_else(|e| panic!("jwks: {e}"));
-    let k = set.by_kid("bench").next().unwrap_or_else(|| panic!("no key"));
+    let k = set
+        .by_kid("bench")
+        .next()
+        .unwrap_or_else(|| panic!("no key"));
     let v = k
         .verifier(cfg.issuers[0].algorithms[0])
         .unwrap_or_else(|| panic!("no verifier"));

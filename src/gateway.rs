@@ -21,6 +21,7 @@ use crate::engine::upstream::UpstreamClient;
 use crate::forward::IdentityNames;
 use crate::metrics::{AuthFailureCounters, RouteMetrics, METRICS};
 use crate::routing::Router;
+use crate::telemetry::Tracer;
 
 pub struct Gateway {
     pub config: Arc<Config>,
@@ -37,6 +38,8 @@ pub struct Gateway {
     pub access_log: AccessLogger,
     /// request budgets (None when none are configured)
     pub budgets: Option<Budgets>,
+    /// trace export (`[telemetry]`); kept at a reload that leaves the section unchanged
+    pub tracer: Tracer,
 }
 
 /// Why a gateway could not be built from a (valid) config: at startup the process exits with
@@ -85,7 +88,12 @@ impl Gateway {
                 )
             })
             .transpose()?;
+        let tracer = match previous.filter(|p| p.config.telemetry == config.telemetry) {
+            Some(p) => p.tracer.clone(),
+            None => Tracer::start(config.telemetry.as_ref()),
+        };
         Ok(Gateway {
+            tracer,
             budgets,
             router: Router::new(&config.routes),
             identity: IdentityNames::new(&config.auth.identity_header_prefix),

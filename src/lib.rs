@@ -20,6 +20,7 @@ pub mod reload;
 pub mod respond;
 pub mod routing;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod upgrade;

@@ -269,6 +269,7 @@ pub fn run_as(
         if let Some(b) = &live.gateway().budgets {
             b.flush();
         }
+        live.gateway().tracer.flush(std::time::Duration::from_secs(5));
         Ok::<(), ServerError>(())
     })
 }

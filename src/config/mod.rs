@@ -21,6 +21,7 @@ mod references;
 mod routes;
 mod server;
 mod summary;
+mod telemetry;
 mod tls;
 mod upstreams;
 
@@ -38,6 +39,7 @@ pub use log::{AccessLog, Log, LogFormat};
 pub use prices::{Price, Prices};
 pub use routes::{Route, RouteAuth, RouteKind, RouteStreams};
 pub use server::{AdminToken, Server};
+pub use telemetry::{SecretHeader, Telemetry};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
 pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};
 
@@ -67,6 +69,8 @@ pub struct Config {
     pub budgets: Option<Budgets>,
     /// `[[prices]]`: the cost of AI usage on `kind = "ai"` routes
     pub prices: Prices,
+    /// `[telemetry]`: OTLP trace export; `None` when absent (no span is ever recorded)
+    pub telemetry: Option<Telemetry>,
 }
 
 /// `count` units per `period`.
@@ -190,6 +194,7 @@ impl Validator {
             upstreams,
             budgets,
             prices: self.prices(raw.prices)?,
+            telemetry: self.telemetry(raw.telemetry)?,
         })
     }
 

@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub budgets: Option<RawBudgets>,
     #[serde(default)]
     pub prices: Vec<RawPrice>,
+    pub telemetry: Option<RawTelemetry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,4 +194,18 @@ pub struct RawTiers {
     pub claim: String,
     /// `[low, high, "N/period"]`; `high` may be "inf"
     pub ranges: Vec<Vec<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub sample_ratio: Option<f64>,
+    pub keep_errors: Option<bool>,
+    pub slow_threshold: Option<String>,
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
 }

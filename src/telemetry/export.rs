@@ -1,0 +1,222 @@
+//! The export thread: spans arrive through a bounded queue, leave in batches as OTLP/HTTP
+//! protobuf POSTs. Workers only ever `try_send` (a full queue drops the trace and counts its
+//! spans), so a slow or absent collector costs memory up to the bound and never latency.
+//!
+//! The HTTP client is our own hyper client on a current-thread runtime that this thread alone
+//! drives: the OTLP exporter's hyper client, run from a batch processor's plain thread, is
+//! known to deadlock waiting on a runtime nobody polls; here the runtime and the thread are
+//! one.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::otlp::{self, KeyValue, Span};
+use crate::config::Telemetry;
+use crate::metrics::METRICS;
+
+/// Traces (one request's spans each) waiting for the export thread.
+const QUEUE_TRACES: usize = 4096;
+/// An export is sent when this many spans are waiting …
+const MAX_BATCH_SPANS: usize = 512;
+/// … or when the oldest waiting span is this old.
+const BATCH_DELAY: Duration = Duration::from_millis(500);
+/// How long one export may take before its spans are given up (and counted).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The workers' side: a queue and a way to ask for a flush.
+pub(super) struct Exporter {
+    tx: SyncSender<Vec<Span>>,
+    flush: Arc<FlushState>,
+}
+
+/// Flush requests and completions, counted so a waiter knows its own was served.
+#[derive(Default)]
+struct FlushState {
+    counts: Mutex<(u64, u64)>,
+    done: Condvar,
+}
+
+impl Exporter {
+    /// Starts the export thread; it ends (after a last export) when the exporter is dropped.
+    pub(super) fn start(cfg: &Telemetry) -> std::io::Result<Exporter> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_TRACES);
+        let flush = Arc::new(FlushState::default());
+        let mut resource = vec![otlp::kv_str("service.name", cfg.service_name.clone())];
+        resource.extend(cfg.resource.iter().map(|(k, v)| otlp::kv_str(k, v.clone())));
+        let target = Target {
+            endpoint: cfg.endpoint.clone(),
+            headers: cfg
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.0.clone()))
+                .collect(),
+            resource,
+        };
+        let state = flush.clone();
+        std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || run(rx, target, state))?;
+        Ok(Exporter { tx, flush })
+    }
+
+    /// Queues one trace's spans; never blocks.
+    pub(super) fn send(&self, spans: Vec<Span>) {
+        let n = spans.len() as u64;
+        match self.tx.try_send(spans) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => METRICS
+                .spans_dropped
+                .with_label_values(&["queue_full"])
+                .inc_by(n),
+            Err(TrySendError::Disconnected(_)) => METRICS
+                .spans_dropped
+                .with_label_values(&["export_failed"])
+                .inc_by(n),
+        }
+    }
+
+    /// Exports what is queued now and waits for it, at most `timeout` (shutdown).
+    pub(super) fn flush(&self, timeout: Duration) {
+        let Ok(mut c) = self.flush.counts.lock() else {
+            return;
+        };
+        c.0 += 1;
+        let want = c.0;
+        let deadline = Instant::now() + timeout;
+        while c.1 < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!("trace export did not finish before shutdown");
+                return;
+            }
+            c = match self.flush.done.wait_timeout(c, left) {
+                Ok((c, _)) => c,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+struct Target {
+    endpoint: http::Uri,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    resource: Vec<KeyValue>,
+}
+
+/// How often the thread looks at flush requests while the queue is quiet.
+const TICK: Duration = Duration::from_millis(50);
+
+fn run(rx: Receiver<Vec<Span>>, target: Target, flush: Arc<FlushState>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "trace export disabled: no runtime for its client");
+            return;
+        }
+    };
+    let client = client();
+    let mut batch: Vec<Span> = Vec::new();
+    let mut oldest: Option<Instant> = None;
+    loop {
+        let wait = oldest.map_or(TICK, |t| {
+            (t + BATCH_DELAY)
+                .saturating_duration_since(Instant::now())
+                .min(TICK)
+        });
+        let (closed, got) = match rx.recv_timeout(wait) {
+            Ok(spans) => (false, Some(spans)),
+            Err(RecvTimeoutError::Timeout) => (false, None),
+            Err(RecvTimeoutError::Disconnected) => (true, None),
+        };
+        if let Some(spans) = got {
+            oldest.get_or_insert_with(Instant::now);
+            batch.extend(spans);
+        }
+        let requested = flush.counts.lock().map(|c| c.0).unwrap_or(0);
+        let flushing = requested > flush.counts.lock().map(|c| c.1).unwrap_or(0);
+        if flushing || closed {
+            // everything already queued belongs to this flush
+            while let Ok(spans) = rx.try_recv() {
+                batch.extend(spans);
+            }
+        }
+        let due = oldest.is_some_and(|t| t.elapsed() >= BATCH_DELAY);
+        if !batch.is_empty() && (flushing || closed || due || batch.len() >= MAX_BATCH_SPANS) {
+            let spans = std::mem::take(&mut batch);
+            oldest = None;
+            rt.block_on(export(&client, &target, spans));
+        }
+        if flushing {
+            if let Ok(mut c) = flush.counts.lock() {
+                c.1 = requested;
+            }
+            flush.done.notify_all();
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+type OtlpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+fn client() -> OtlpClient {
+    let https = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+        Ok(b) => b.https_or_http().enable_http1().build(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no system CA certificates: an https OTLP endpoint will fail");
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+                .https_or_http()
+                .enable_http1()
+                .build()
+        }
+    };
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
+async fn export(client: &OtlpClient, target: &Target, spans: Vec<Span>) {
+    let n = spans.len() as u64;
+    let body = otlp::encode(&target.resource, spans);
+    let mut req = http::Request::post(target.endpoint.clone())
+        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(Bytes::from(body)));
+    if let Ok(r) = &mut req {
+        for (name, value) in &target.headers {
+            r.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    let outcome = match req {
+        Ok(req) => match tokio::time::timeout(EXPORT_TIMEOUT, client.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+            Ok(Ok(resp)) => Err(format!("collector answered {}", resp.status())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {EXPORT_TIMEOUT:?}")),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    match outcome {
+        Ok(()) => METRICS.spans_exported.inc_by(n),
+        Err(e) => {
+            METRICS
+                .spans_dropped
+                .with_label_values(&["export_failed"])
+                .inc_by(n);
+            tracing::warn!(endpoint = %target.endpoint, error = %e, spans = n, "trace export failed; spans dropped");
+        }
+    }
+}
