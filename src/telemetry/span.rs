@@ -255,7 +255,11 @@ impl Trace {
             });
         }
         server.end_time_unix_nano = end_ns;
-        if let Some(t) = self.auth {
+        // a public route verifies nothing: no `auth.verify` span
+        let public = f
+            .route
+            .is_some_and(|r| r.auth == crate::config::RouteAuth::Public);
+        if let Some(t) = self.auth.filter(|_| !public) {
             let mut s = self.child("auth.verify", otlp::KIND_INTERNAL, t, end);
             if let Some(hit) = self.token_cache {
                 s.attributes

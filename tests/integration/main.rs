@@ -25,6 +25,7 @@ mod operations;
 mod routing;
 mod streams;
 mod structure;
+mod telemetry;
 mod tls;
 mod upgrades;
 mod upstream_tls;
