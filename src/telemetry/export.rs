@@ -125,6 +125,7 @@ fn run(rx: Receiver<Vec<Span>>, target: Target, flush: Arc<FlushState>) {
         }
     };
     let client = client();
+    let mut failing = false;
     let mut batch: Vec<Span> = Vec::new();
     let mut oldest: Option<Instant> = None;
     loop {
@@ -142,8 +143,8 @@ fn run(rx: Receiver<Vec<Span>>, target: Target, flush: Arc<FlushState>) {
             oldest.get_or_insert_with(Instant::now);
             batch.extend(spans);
         }
-        let requested = flush.counts.lock().map(|c| c.0).unwrap_or(0);
-        let flushing = requested > flush.counts.lock().map(|c| c.1).unwrap_or(0);
+        let (requested, served) = flush.counts.lock().map_or((0, 0), |c| *c);
+        let flushing = requested > served;
         if flushing || closed {
             // everything already queued belongs to this flush
             while let Ok(spans) = rx.try_recv() {
@@ -154,7 +155,7 @@ fn run(rx: Receiver<Vec<Span>>, target: Target, flush: Arc<FlushState>) {
         if !batch.is_empty() && (flushing || closed || due || batch.len() >= MAX_BATCH_SPANS) {
             let spans = std::mem::take(&mut batch);
             oldest = None;
-            rt.block_on(export(&client, &target, spans));
+            failing = rt.block_on(export(&client, &target, spans, failing));
         }
         if flushing {
             if let Ok(mut c) = flush.counts.lock() {
@@ -189,7 +190,9 @@ fn client() -> OtlpClient {
     Client::builder(TokioExecutor::new()).build(https)
 }
 
-async fn export(client: &OtlpClient, target: &Target, spans: Vec<Span>) {
+/// One POST; returns whether it failed. Only the first failure of a run is a warning (a
+/// collector that is down would otherwise log twice a second).
+async fn export(client: &OtlpClient, target: &Target, spans: Vec<Span>, failing: bool) -> bool {
     let n = spans.len() as u64;
     let body = otlp::encode(&target.resource, spans);
     let mut req = http::Request::post(target.endpoint.clone())
@@ -210,13 +213,92 @@ async fn export(client: &OtlpClient, target: &Target, spans: Vec<Span>) {
         Err(e) => Err(e.to_string()),
     };
     match outcome {
-        Ok(()) => METRICS.spans_exported.inc_by(n),
+        Ok(()) => {
+            METRICS.spans_exported.inc_by(n);
+            if failing {
+                tracing::info!(endpoint = %target.endpoint, "trace export works again");
+            }
+            false
+        }
         Err(e) => {
             METRICS
                 .spans_dropped
                 .with_label_values(&["export_failed"])
                 .inc_by(n);
-            tracing::warn!(endpoint = %target.endpoint, error = %e, spans = n, "trace export failed; spans dropped");
+            if failing {
+                tracing::debug!(endpoint = %target.endpoint, error = %e, spans = n, "trace export failed; spans dropped");
+            } else {
+                tracing::warn!(endpoint = %target.endpoint, error = %e, spans = n, "trace export failed; spans dropped (counted in cc_gateway_spans_dropped_total)");
+            }
+            true
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn span() -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![1; 8],
+            trace_state: String::new(),
+            parent_span_id: Vec::new(),
+            name: "t".into(),
+            kind: otlp::KIND_SERVER,
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            attributes: Vec::new(),
+            status: None,
+        }
+    }
+
+    /// A collector that accepts and never answers holds the export thread in its first POST;
+    /// the queue fills, and every further trace is dropped and counted at once.
+    #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = Telemetry {
+            endpoint: format!("http://{}/v1/traces", stuck.local_addr().unwrap())
+                .parse()
+                .unwrap(),
+            headers: Vec::new(),
+            sample_ratio: 1.0,
+            keep_errors: false,
+            slow_threshold: Duration::from_secs(1),
+            service_name: "t".into(),
+            resource: BTreeMap::new(),
+        };
+        let exporter = Exporter::start(&cfg).unwrap();
+        let dropped = || {
+            METRICS
+                .spans_dropped
+                .with_label_values(&["queue_full"])
+                .get()
+        };
+        let before = dropped();
+        let n = 10_000;
+        let started = Instant::now();
+        for _ in 0..n {
+            exporter.send(vec![span()]);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // at most a batch was taken off the queue before the export thread got stuck
+        let at_least = (n - QUEUE_TRACES - MAX_BATCH_SPANS) as u64;
+        assert!(
+            dropped() - before >= at_least,
+            "{} dropped",
+            dropped() - before
+        );
+        // and a flush with a stuck collector gives up at its deadline
+        let t = Instant::now();
+        exporter.flush(Duration::from_millis(100));
+        assert!(t.elapsed() < Duration::from_secs(2));
     }
 }
