@@ -65,10 +65,7 @@ pub async fn handle(
     }
 
     // 3. budget (only verified requests get here: bad tokens never consume budget)
-    ex.trace.enter(Step::Budget);
-    let admitted = budget(gw, route, req.headers(), &mut ex).await;
-    ex.trace.exit(Step::Budget);
-    if let Err(r) = admitted {
+    if let Err(r) = budget(gw, route, req.headers(), &mut ex).await {
         return ex.refuse(*r);
     }
 
@@ -156,7 +153,10 @@ async fn budget(
         return Ok(());
     };
     ex.metered = b.metered(&plan);
-    ex.budget_headers = b.decide(plan).await.map_err(|r| Box::new(r.into()))?;
+    ex.trace.enter(Step::Budget);
+    let decided = b.decide(plan).await;
+    ex.trace.exit(Step::Budget);
+    ex.budget_headers = decided.map_err(|r| Box::new(r.into()))?;
     Ok(())
 }
 

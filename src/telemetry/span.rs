@@ -217,10 +217,12 @@ impl Trace {
     }
 
     pub(super) fn hex_id(&self) -> HexTraceId {
-        let mut s = String::with_capacity(32);
-        traceparent::push_hex(&mut s, &self.trace_id);
-        let mut out = [b'0'; 32];
-        out.copy_from_slice(&s.as_bytes()[..32]);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, b) in self.trace_id.iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
         HexTraceId(out)
     }
 

@@ -455,3 +455,46 @@ async fn a_collector_that_is_down_costs_no_latency_and_drops_are_counted() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn sigterm_exports_what_is_queued() {
+    let c = Collector::start().await;
+    let mut fx = Fixture::with(Opts {
+        server_extra: "drain_delay = \"0s\"".into(),
+        extra: format!(
+            "\n[telemetry]\notlp_endpoint = \"{}\"\nsample_ratio = 1.0\n",
+            c.endpoint()
+        ),
+        ..Opts::default()
+    })
+    .await;
+    let r = fx.send(Req::get("/public/last")).await;
+    let trace = upstream_traceparent(&r)[0]
+        .split('-')
+        .nth(1)
+        .map(String::from)
+        .expect("trace id");
+    // right away: well inside the exporter's batch delay
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &fx.gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    wait_until("the gateway to exit", Duration::from_secs(20), || {
+        let running = fx.gw.is_running();
+        async move {
+            if running {
+                Err("running".to_string())
+            } else {
+                Ok(())
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        c.trace(&trace).len(),
+        2,
+        "the last request's spans: {:?}",
+        names(&c.spans())
+    );
+}
