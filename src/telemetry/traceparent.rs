@@ -2,8 +2,6 @@
 //! by its first four fields only, as the spec asks). Anything else is `None`: the request then
 //! starts a new trace, and the malformed header is never forwarded.
 
-use std::fmt::Write as _;
-
 /// A parsed `traceparent`: the trace, the caller's span, and its sampled flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
@@ -71,8 +69,10 @@ pub fn format(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> String {
 
 /// Lowercase hex, as trace ids are written everywhere (logs, collectors).
 pub fn push_hex(s: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
     }
 }
 
