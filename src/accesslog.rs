@@ -60,6 +60,9 @@ pub struct Record<'a> {
     /// the response body did not complete (client went away, upstream broke)
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
+    /// the request's trace (only when one exists: exported, or carried on upstream)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
     /// AI usage (routes with `kind = "ai"` only; absent from every other line)
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub ai: Option<AiFields<'a>>,

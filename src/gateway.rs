@@ -21,6 +21,7 @@ use crate::engine::upstream::{self, Pool, UpstreamClient};
 use crate::forward::IdentityNames;
 use crate::metrics::{AuthFailureCounters, RouteMetrics, METRICS};
 use crate::routing::Router;
+use crate::telemetry::Tracer;
 
 pub struct Gateway {
     pub config: Arc<Config>,
@@ -42,6 +43,8 @@ pub struct Gateway {
     pub pools: Vec<Arc<Pool>>,
     /// `[request_log]` (None when off)
     pub request_log: Option<crate::requestlog::RequestLog>,
+    /// trace export (`[telemetry]`); kept at a reload that leaves the section unchanged
+    pub tracer: Tracer,
 }
 
 /// Why a gateway could not be built from a (valid) config: at startup the process exits with
@@ -105,8 +108,13 @@ impl Gateway {
         let pools = upstream::build_pools(&config, previous.map_or(&[][..], |p| &p.pools[..]));
         // at a reload (on the control plane); at startup the control plane starts them
         upstream::supervise(&pools);
+        let tracer = match previous.filter(|p| p.config.telemetry == config.telemetry) {
+            Some(p) => p.tracer.clone(),
+            None => Tracer::start(config.telemetry.as_ref()),
+        };
         Ok(Gateway {
             pools,
+            tracer,
             budgets,
             request_log,
             router: Router::new(&config.routes),

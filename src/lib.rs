@@ -23,6 +23,7 @@ pub mod respond;
 pub mod routing;
 pub mod server;
 pub mod tcp;
+pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod upgrade;

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     pub tls_certificate_expiry: IntGaugeVec,
     pub proxy_protocol_errors: IntCounterVec,
+    /// trace spans not exported, by cause (`queue_full`, `export_failed`)
+    pub spans_dropped: IntCounterVec,
+    pub spans_exported: IntCounter,
 }
 
 /// Latency buckets from 100 µs (a cached-token hop) to a minute (a long completion).
@@ -221,6 +224,21 @@ impl Metrics {
                     "proxy_protocol_errors_total",
                     "Connections closed for their PROXY protocol header, by reason (untrusted/malformed/truncated/timeout).",
                     &["reason"],
+                ),
+            ),
+            spans_dropped: reg(
+                &r,
+                counter_vec(
+                    "spans_dropped_total",
+                    "Trace spans dropped, by cause (queue_full: the export queue was full; export_failed: the collector refused or did not answer).",
+                    &["cause"],
+                ),
+            ),
+            spans_exported: reg(
+                &r,
+                counter(
+                    "spans_exported_total",
+                    "Trace spans the OTLP collector accepted.",
                 ),
             ),
             registry: r,

@@ -25,6 +25,7 @@ use crate::gateway::{Gateway, WorkerHandler, WorkerSnapshot};
 use crate::metrics::METRICS;
 use crate::respond::{self, Refusal};
 use crate::routing::{self, RouteRef};
+use crate::telemetry::{Finish, HexTraceId, Step, TraceSlot};
 use crate::usage::Observed;
 
 mod ai;
@@ -52,7 +53,10 @@ pub async fn handle(
         gw.auth_failures.inc(e.reason);
         return ex.refuse(e.into());
     }
-    match authenticate(gw, route.route, &req).await {
+    ex.trace.enter(Step::Auth);
+    let identity = authenticate(gw, route.route, &req, &mut ex.trace).await;
+    ex.trace.exit(Step::Auth);
+    match identity {
         Ok(identity) => ex.identity = identity,
         Err(e) => {
             gw.auth_failures.inc(e.reason);
@@ -98,6 +102,7 @@ pub async fn handle(
             }),
     };
     gw.upstream_durations[upstream].observe(sent.elapsed().as_secs_f64());
+    ex.trace.attempt_done(&result);
 
     // 5. respond (6. the log is written when the response body completes)
     match result {
@@ -128,6 +133,7 @@ async fn authenticate(
     gw: &Gateway,
     r: &Route,
     req: &Request<Incoming>,
+    trace: &mut TraceSlot,
 ) -> Result<Option<Arc<Verified>>, AuthError> {
     if r.auth == RouteAuth::Public {
         return Ok(None);
@@ -137,7 +143,8 @@ async fn authenticate(
         &gw.config.auth.token_headers,
         gw.config.auth.max_token_bytes,
     )?;
-    let verified = gw.verifier.verify(token).await?;
+    let (verified, cached) = gw.verifier.verify_noting_cache(token).await?;
+    trace.token_cache(cached);
     auth::authorize(r, &verified, &gw.verifier, req.headers())?;
     Ok(Some(verified))
 }
@@ -157,7 +164,10 @@ async fn budget(
         return Ok(());
     };
     ex.metered = b.metered(&plan);
-    ex.budget_headers = b.decide(plan).await.map_err(|r| Box::new(r.into()))?;
+    ex.trace.enter(Step::Budget);
+    let decided = b.decide(plan).await;
+    ex.trace.exit(Step::Budget);
+    ex.budget_headers = decided.map_err(|r| Box::new(r.into()))?;
     Ok(())
 }
 
@@ -244,6 +254,7 @@ fn prepare_upstream(
         );
     }
     head.headers.insert(X_REQUEST_ID, ex.request_id.clone());
+    gw.tracer.propagate(&mut ex.trace, &mut head.headers);
     // HTTP/1.1 toward every upstream: hyper's HTTP/2 client (h2, h2c, `auto` when ALPN picks
     // h2) takes it as is, and an HTTP/1.1 connection refuses an HTTP/2 request
     head.version = Version::HTTP_11;
@@ -305,15 +316,19 @@ struct Exchange {
     tls: bool,
     /// a gRPC request: refusals and stream cuts are answered gRPC-style
     grpc: bool,
+    /// the request's trace record (empty when it is not traced)
+    trace: TraceSlot,
 }
 
 impl Exchange {
     fn begin(w: &Arc<WorkerSnapshot>, req: &Request<Incoming>, conn: &ConnInfo) -> Self {
         let gw = &w.gw;
+        let start = Instant::now();
         Exchange {
             snapshot: w.clone(),
             answered: false,
-            start: Instant::now(),
+            start,
+            trace: gw.tracer.begin(req, start, conn.tls),
             request_id: forward::request_id(req.headers()),
             peer: conn.peer.ip(),
             client: forward::client_ip(
@@ -469,8 +484,22 @@ impl Exchange {
                 .map_or("_none", |r| gw.config.routes[r].name.as_str());
             ai::account(gw, route, o, outcome.upstream_status, self.metered.as_ref())
         });
+        let id = self.identity.as_deref();
+        let trace_id = gw.tracer.finish(
+            &self.trace,
+            &Finish {
+                status: outcome.status,
+                reason: outcome.reason,
+                route: self.route.map(|r| &gw.config.routes[r]),
+                upstream: self.upstream.map(|u| upstream_name(gw, u)),
+                sub: id.and_then(|v| v.sub.as_deref()),
+                realm: id.and_then(|v| v.realm.as_deref()),
+                client: self.client,
+                elapsed,
+            },
+        );
         if gw.access_log.enabled() || gw.request_log.is_some() {
-            self.log(gw, elapsed, outcome, cost);
+            self.log(gw, elapsed, outcome, cost, trace_id.as_ref());
         }
     }
 
@@ -480,6 +509,7 @@ impl Exchange {
         elapsed: std::time::Duration,
         outcome: &Outcome<'_>,
         cost: Option<f64>,
+        trace_id: Option<&HexTraceId>,
     ) {
         let cfg = &gw.config;
         let id = self.identity.as_deref();
@@ -507,6 +537,7 @@ impl Exchange {
             bytes_out: outcome.bytes_out,
             reason: outcome.reason,
             incomplete: !outcome.complete,
+            trace_id: trace_id.map(HexTraceId::as_str),
             ai: outcome.usage.map(|o| ai::fields(o, cost)),
         };
         gw.access_log.log(&rec);

@@ -300,6 +300,7 @@ pub fn run_as(
             })
             .await;
         }
+        live.gateway().tracer.flush(std::time::Duration::from_secs(5));
         Ok::<(), ServerError>(())
     })
 }

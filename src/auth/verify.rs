@@ -112,22 +112,33 @@ impl Verifier {
 
     /// Verifies a token (signature and time claims; route requirements are `authorize`'s).
     pub async fn verify(&self, token: &str) -> Result<Arc<Verified>, AuthError> {
+        self.verify_noting_cache(token).await.map(|(v, _)| v)
+    }
+
+    /// `verify`, also telling whether the token came from the cache (traces' `cc.token_cache`).
+    pub async fn verify_noting_cache(
+        &self,
+        token: &str,
+    ) -> Result<(Arc<Verified>, bool), AuthError> {
         let Some(cache) = &self.cache else {
-            return self.verify_uncached(token).await.map(Arc::new);
+            return self
+                .verify_uncached(token)
+                .await
+                .map(|v| (Arc::new(v), false));
         };
         let key = TokenCache::key(token);
         if let Some(v) = cache.get(&key) {
             let leeway = self.issuers[v.issuer_index].cfg.leeway.as_secs() as i64;
             if unix_now() < v.exp.saturating_add(leeway) {
                 METRICS.token_cache_hits.inc();
-                return Ok(v);
+                return Ok((v, true));
             }
             cache.remove(&key); // expired: verify again to report it precisely
         }
         METRICS.token_cache_misses.inc();
         let v = Arc::new(self.verify_uncached(token).await?);
         cache.insert(key, v.clone());
-        Ok(v)
+        Ok((v, false))
     }
 
     /// Full verification, no cache. Async only because an unknown `kid` may wait for a

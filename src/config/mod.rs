@@ -26,6 +26,7 @@ mod secret;
 mod server;
 mod summary;
 mod tcp_routes;
+mod telemetry;
 mod tls;
 mod upstreams;
 
@@ -48,6 +49,7 @@ pub use routes::{Route, RouteAuth, RouteKind, RouteStreams};
 pub use secret::{Literal, Secret, SecretSource};
 pub use server::{AdminToken, Server};
 pub use tcp_routes::{split_host_port, TcpRoute, TcpTarget};
+pub use telemetry::{SecretHeader, Telemetry};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
 pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};
 
@@ -83,6 +85,8 @@ pub struct Config {
     pub request_log: Option<RequestLog>,
     /// `[[tcp_routes]]`: L4 routes, each with its own listen addresses
     pub tcp_routes: Vec<TcpRoute>,
+    /// `[telemetry]`: OTLP trace export; `None` when absent (no span is ever recorded)
+    pub telemetry: Option<Telemetry>,
 }
 
 /// `count` units per `period`.
@@ -210,6 +214,7 @@ impl Validator {
             prices: self.prices(raw.prices)?,
             request_log,
             tcp_routes,
+            telemetry: self.telemetry(raw.telemetry)?,
         })
     }
 

@@ -26,6 +26,7 @@ pub struct RawConfig {
     pub request_log: Option<RawRequestLog>,
     #[serde(default)]
     pub tcp_routes: Vec<RawTcpRoute>,
+    pub telemetry: Option<RawTelemetry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -305,4 +306,18 @@ pub struct RawTcpRoute {
     pub connect_timeout: Option<String>,
     pub max_connections: Option<i64>,
     pub proxy_protocol: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub sample_ratio: Option<f64>,
+    pub keep_errors: Option<bool>,
+    pub slow_threshold: Option<String>,
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
 }

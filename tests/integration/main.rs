@@ -31,6 +31,7 @@ mod secrets;
 mod streams;
 mod structure;
 mod tcp;
+mod telemetry;
 mod tls;
 mod upgrades;
 mod upstream_tls;

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Tracing's cost (not a test): one build, four gateways side by side in front of one nginx
+# upstream and one nginx standing in for the OTLP collector (answers 200 to every export):
+#   off   — no [telemetry]
+#   r001  — sample_ratio = 0.01, keep_errors = true (the default: every request keeps its record)
+#   r001n — sample_ratio = 0.01, keep_errors = false (unsampled requests cost nothing)
+#   r1    — sample_ratio = 1.0 (every request exported)
+# Loaded in turn, BENCH_ROUNDS rounds of BENCH_DURATION, a new random order every round (as
+# bench/ab.sh), warm tokens (cache hits: the cheapest request, so the largest relative cost).
+# Per variant: median req/s, its ratio to `off` in the same round, added p50/p99, CPU µs/req.
+#
+#   bench/traces.sh        # knobs: BENCH_ROUNDS (5), BENCH_DURATION (3s), BENCH_CONNS (32)
+source "$(dirname "$0")/lib.sh"
+ROUNDS=${BENCH_ROUNDS:-5}
+DUR=${BENCH_DURATION:-3s}
+COLLECTOR_PORT=${BENCH_COLLECTOR_PORT:-18190}
+need wrk nginx
+build_and_mint
+start_upstream
+
+cat > "$RUN/collector.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $RUN/collector.pid;
+error_log $RUN/collector-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $RUN; proxy_temp_path $RUN; fastcgi_temp_path $RUN; uwsgi_temp_path $RUN; scgi_temp_path $RUN;
+  client_max_body_size 64m;
+  server { listen 127.0.0.1:$COLLECTOR_PORT; location /v1/traces { return 200; } }
+}
+CONF
+nginx -c "$RUN/collector.conf" -p "$RUN" & PIDS+=($!)
+wait_port "$COLLECTOR_PORT"
+
+VARIANTS=(off r001 r001n r1)
+declare -A PORT PID TEL=(
+  [off]=""
+  [r001]=$'sample_ratio = 0.01\nkeep_errors = true'
+  [r001n]=$'sample_ratio = 0.01\nkeep_errors = false'
+  [r1]=$'sample_ratio = 1.0'
+)
+port=${BENCH_GATEWAY_PORT:-18210}
+for v in "${VARIANTS[@]}"; do
+  gateway_config "$RUN/tr-$v.toml" "$port" 100000
+  sed -i "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$((port + 100))\"/" "$RUN/tr-$v.toml"
+  if [ -n "${TEL[$v]}" ]; then
+    printf '[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\n%s\n' "$COLLECTOR_PORT" "${TEL[$v]}" >> "$RUN/tr-$v.toml"
+  fi
+  "$BIN" run --config "$RUN/tr-$v.toml" 2>"$RUN/tr-$v.log" & PID[$v]=$!; PIDS+=($!)
+  wait_port "$port"
+  PORT[$v]=$port
+  port=$((port + 1))
+done
+
+for v in "${VARIANTS[@]}"; do wrk_result "${PORT[$v]}" "$RUN/warm.txt" 2s; done # warm-up
+: > "$RUN/traces.txt"
+for r in $(seq "$ROUNDS"); do
+  for v in $(printf '%s\n' "${VARIANTS[@]}" | shuf); do
+    c0=$(cpu_ticks "${PID[$v]}")
+    wrk_result "${PORT[$v]}" "$RUN/warm.txt" "$DUR"
+    c1=$(cpu_ticks "${PID[$v]}")
+    awk -v v="$v" -v r="$r" -v n="$requests" -v d="$duration_us" -v p50="$p50_us" \
+      -v p99="$p99_us" -v c=$((c1 - c0)) -v hz="$HZ" -v bad="$non2xx" -v se="$sockerr" \
+      'BEGIN{printf "%s %d %.0f %d %d %.1f %d\n", v, r, n/(d/1e6), p50, p99, c/hz*1e6/n, bad+se}' \
+      >> "$RUN/traces.txt"
+  done
+done
+
+spans() { curl -s "http://127.0.0.1:$((${PORT[$1]} + 100))/metrics" | awk -v m="$2" 'index($1, m) == 1 {s += $2} END {print s + 0}'; }
+echo
+echo "| variant | req/s | vs off | added p50 µs | added p99 µs | CPU µs/req | errors |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+awk '
+  function median(a, n,   i, j, t) {
+    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  { v = $1; r = $2; rps[v, r] = $3; p50[v, r] = $4; p99[v, r] = $5; cpu[v, r] = $6; err[v] += $7; if (r > nr) nr = r }
+  END {
+    nv = split("off r001 r001n r1", vs, " ")
+    for (k = 1; k <= nv; k++) {
+      v = vs[k]
+      for (r = 1; r <= nr; r++) {
+        a[r] = rps[v, r]; q[r] = rps[v, r] / rps["off", r]
+        c[r] = p50[v, r] - p50["off", r]; d[r] = p99[v, r] - p99["off", r]; e[r] = cpu[v, r]
+      }
+      printf "| %s | %.0f | %.3f | %+.0f | %+.0f | %.1f | %d |\n", v, median(a, nr), median(q, nr),
+        median(c, nr), median(d, nr), median(e, nr), err[v]
+    }
+  }' "$RUN/traces.txt"
+echo "(per round: $RUN/traces.txt — variant round req/s p50 p99 cpu errors)"
+for v in r001 r001n r1; do
+  echo "$v: spans exported $(spans "$v" cc_gateway_spans_exported_total), dropped $(spans "$v" cc_gateway_spans_dropped_total)"
+done

@@ -1,0 +1,301 @@
+//! The export thread: spans arrive through a bounded queue, leave in batches as OTLP/HTTP
+//! protobuf POSTs. Workers only ever `try_send` (a full queue drops the trace and counts its
+//! spans), so a slow or absent collector costs memory up to the bound and never latency.
+//!
+//! The HTTP client is our own hyper client on a current-thread runtime that this thread alone
+//! drives: the OTLP exporter's hyper client, run from a batch processor's plain thread, is
+//! known to deadlock waiting on a runtime nobody polls; here the runtime and the thread are
+//! one.
+
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::otlp::{self, KeyValue, Span};
+use crate::config::Telemetry;
+use crate::metrics::METRICS;
+
+/// Traces (one request's spans each) waiting for the export thread.
+const QUEUE_TRACES: usize = 4096;
+/// An export is sent when this many spans are waiting …
+const MAX_BATCH_SPANS: usize = 512;
+/// … or when the oldest waiting span is this old.
+const BATCH_DELAY: Duration = Duration::from_millis(500);
+/// How long one export may take before its spans are given up (and counted).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The workers' side: a queue and a way to ask for a flush.
+pub(super) struct Exporter {
+    tx: SyncSender<Vec<Span>>,
+    flush: Arc<FlushState>,
+}
+
+/// Flush requests and completions, counted so a waiter knows its own was served.
+#[derive(Default)]
+struct FlushState {
+    counts: Mutex<(u64, u64)>,
+    done: Condvar,
+}
+
+impl Exporter {
+    /// Starts the export thread; it ends (after a last export) when the exporter is dropped.
+    pub(super) fn start(cfg: &Telemetry) -> std::io::Result<Exporter> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_TRACES);
+        let flush = Arc::new(FlushState::default());
+        let mut resource = vec![otlp::kv_str("service.name", cfg.service_name.clone())];
+        resource.extend(cfg.resource.iter().map(|(k, v)| otlp::kv_str(k, v.clone())));
+        let target = Target {
+            endpoint: cfg.endpoint.clone(),
+            headers: cfg
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.0.clone()))
+                .collect(),
+            resource,
+        };
+        let state = flush.clone();
+        std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || run(rx, target, state))?;
+        Ok(Exporter { tx, flush })
+    }
+
+    /// Queues one trace's spans; never blocks.
+    pub(super) fn send(&self, spans: Vec<Span>) {
+        let n = spans.len() as u64;
+        match self.tx.try_send(spans) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => METRICS
+                .spans_dropped
+                .with_label_values(&["queue_full"])
+                .inc_by(n),
+            Err(TrySendError::Disconnected(_)) => METRICS
+                .spans_dropped
+                .with_label_values(&["export_failed"])
+                .inc_by(n),
+        }
+    }
+
+    /// Exports what is queued now and waits for it, at most `timeout` (shutdown).
+    pub(super) fn flush(&self, timeout: Duration) {
+        let Ok(mut c) = self.flush.counts.lock() else {
+            return;
+        };
+        c.0 += 1;
+        let want = c.0;
+        let deadline = Instant::now() + timeout;
+        while c.1 < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!("trace export did not finish before shutdown");
+                return;
+            }
+            c = match self.flush.done.wait_timeout(c, left) {
+                Ok((c, _)) => c,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+struct Target {
+    endpoint: http::Uri,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    resource: Vec<KeyValue>,
+}
+
+/// How often the thread takes what the queue holds (and looks at flush requests).
+const TICK: Duration = Duration::from_millis(50);
+
+fn run(rx: Receiver<Vec<Span>>, target: Target, flush: Arc<FlushState>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "trace export disabled: no runtime for its client");
+            return;
+        }
+    };
+    let client = client();
+    let mut failing = false;
+    let mut batch: Vec<Span> = Vec::new();
+    let mut oldest: Option<Instant> = None;
+    loop {
+        // polled, never woken: a worker's `try_send` then never finds a sleeping receiver to
+        // wake — a futex wake and a context switch per request would cost more than the spans
+        std::thread::sleep(TICK);
+        let mut closed = false;
+        loop {
+            match rx.try_recv() {
+                Ok(spans) => {
+                    oldest.get_or_insert_with(Instant::now);
+                    batch.extend(spans);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let (requested, served) = flush.counts.lock().map_or((0, 0), |c| *c);
+        let flushing = requested > served;
+        let due = oldest.is_some_and(|t| t.elapsed() >= BATCH_DELAY);
+        if !batch.is_empty() && (flushing || closed || due || batch.len() >= MAX_BATCH_SPANS) {
+            let spans = std::mem::take(&mut batch);
+            oldest = None;
+            failing = rt.block_on(export(&client, &target, spans, failing));
+        }
+        if flushing {
+            if let Ok(mut c) = flush.counts.lock() {
+                c.1 = requested;
+            }
+            flush.done.notify_all();
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+type OtlpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+fn client() -> OtlpClient {
+    let https = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+        Ok(b) => b.https_or_http().enable_http1().build(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no system CA certificates: an https OTLP endpoint will fail");
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+                .https_or_http()
+                .enable_http1()
+                .build()
+        }
+    };
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
+/// One POST; returns whether it failed. Only the first failure of a run is a warning (a
+/// collector that is down would otherwise log twice a second).
+async fn export(client: &OtlpClient, target: &Target, spans: Vec<Span>, failing: bool) -> bool {
+    let n = spans.len() as u64;
+    let body = otlp::encode(&target.resource, spans);
+    let mut req = http::Request::post(target.endpoint.clone())
+        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(Bytes::from(body)));
+    if let Ok(r) = &mut req {
+        for (name, value) in &target.headers {
+            r.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    let outcome = match req {
+        Ok(req) => match tokio::time::timeout(EXPORT_TIMEOUT, client.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+            Ok(Ok(resp)) => Err(format!("collector answered {}", resp.status())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {EXPORT_TIMEOUT:?}")),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    match outcome {
+        Ok(()) => {
+            METRICS.spans_exported.inc_by(n);
+            if failing {
+                tracing::info!(endpoint = %target.endpoint, "trace export works again");
+            }
+            false
+        }
+        Err(e) => {
+            METRICS
+                .spans_dropped
+                .with_label_values(&["export_failed"])
+                .inc_by(n);
+            if failing {
+                tracing::debug!(endpoint = %target.endpoint, error = %e, spans = n, "trace export failed; spans dropped");
+            } else {
+                tracing::warn!(endpoint = %target.endpoint, error = %e, spans = n, "trace export failed; spans dropped (counted in cc_gateway_spans_dropped_total)");
+            }
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn span() -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![1; 8],
+            trace_state: String::new(),
+            parent_span_id: Vec::new(),
+            name: "t".into(),
+            kind: otlp::KIND_SERVER,
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            attributes: Vec::new(),
+            status: None,
+        }
+    }
+
+    /// A collector that accepts and never answers holds the export thread in its first POST;
+    /// the queue fills, and every further trace is dropped and counted at once.
+    #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = Telemetry {
+            endpoint: format!("http://{}/v1/traces", stuck.local_addr().unwrap())
+                .parse()
+                .unwrap(),
+            headers: Vec::new(),
+            sample_ratio: 1.0,
+            keep_errors: false,
+            slow_threshold: Duration::from_secs(1),
+            service_name: "t".into(),
+            resource: BTreeMap::new(),
+        };
+        let exporter = Exporter::start(&cfg).unwrap();
+        let dropped = || {
+            METRICS
+                .spans_dropped
+                .with_label_values(&["queue_full"])
+                .get()
+        };
+        let before = dropped();
+        let n = 20_000;
+        let started = Instant::now();
+        for _ in 0..n {
+            exporter.send(vec![span()]);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // at most one queueful was taken off before the export thread got stuck
+        let at_least = (n - 2 * QUEUE_TRACES) as u64;
+        assert!(
+            dropped() - before >= at_least,
+            "{} dropped",
+            dropped() - before
+        );
+        // and a flush with a stuck collector gives up at its deadline
+        let t = Instant::now();
+        exporter.flush(Duration::from_millis(100));
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+}
