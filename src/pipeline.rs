@@ -387,7 +387,9 @@ impl Exchange {
         });
         let deadline = timeout.map(|t| (self.start + t, t));
         match (switching, client_upgrade) {
-            (true, Some(client)) => tunnel(client, hyper::upgrade::on(&mut resp), idle, deadline),
+            (true, Some(client)) => {
+                tunnel::join(client, hyper::upgrade::on(&mut resp), idle, deadline)
+            }
             // the upstream switched protocols unasked (we sent no Upgrade): passing the 101
             // on would leave the client's connection switched to nothing
             (true, None) => {
@@ -590,35 +592,6 @@ fn version_str(v: Version) -> &'static str {
         Version::HTTP_2 => "HTTP/2",
         _ => "HTTP",
     }
-}
-
-/// Joins the client's and the upstream's upgraded connections (WebSocket) and copies bytes
-/// both ways until either side closes, no byte has crossed either way for `idle`, or the
-/// route's deadline passes (then both connections are closed).
-fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    idle: Option<std::time::Duration>,
-    deadline: Option<(Instant, std::time::Duration)>,
-) {
-    tokio::spawn(async move {
-        let (c, u) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let activity = tunnel::Activity::new();
-        let mut c = tunnel::Counted::new(hyper_util::rt::TokioIo::new(c), activity.clone());
-        let mut u = hyper_util::rt::TokioIo::new(u);
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
-            why = tunnel::expiry(activity, idle, deadline) => {
-                tracing::debug!(why, "closing a tunnel");
-            }
-        }
-    });
 }
 
 /// The engine's entry point on each worker thread: the request runs on the snapshot current

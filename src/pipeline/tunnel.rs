@@ -13,6 +13,35 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+/// Joins the client's and the upstream's upgraded connections (WebSocket) and copies bytes
+/// both ways until either side closes, no byte has crossed either way for `idle`, or the
+/// route's deadline passes (then both connections are closed).
+pub fn join(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Option<Duration>,
+    deadline: Option<(std::time::Instant, Duration)>,
+) {
+    tokio::spawn(async move {
+        let (c, u) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let activity = Activity::new();
+        let mut c = Counted::new(hyper_util::rt::TokioIo::new(c), activity.clone());
+        let mut u = hyper_util::rt::TokioIo::new(u);
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+            why = expiry(activity, idle, deadline) => {
+                tracing::debug!(why, "closing a tunnel");
+            }
+        }
+    });
+}
+
 /// When bytes last crossed, as milliseconds since `base`.
 #[derive(Clone)]
 pub struct Activity {

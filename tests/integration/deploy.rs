@@ -441,6 +441,7 @@ name = "dead"
 path_prefix = "/dead/"
 upstream = "dead"
 auth = "public"
+retries = {{ attempts = 1 }}
 
 [[upstreams]]
 name = "dead"
