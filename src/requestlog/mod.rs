@@ -122,13 +122,13 @@ impl RequestLog {
         let n = |v: Option<u64>| v.map(|n| n.min(i64::MAX as u64) as i64);
         Row {
             request_id: rec.request_id.to_string(),
-            trace_id: None,
+            trace_id: s(rec.trace_id),
             time: rec.time.clone(),
             node: self.inner.cfg.node.clone(),
             route: s(rec.route),
             upstream: s(rec.upstream),
-            endpoint: None,
-            attempts: None,
+            endpoint: s(rec.endpoint),
+            attempts: (rec.attempts > 0).then_some(i64::from(rec.attempts)),
             method: rec.method.to_string(),
             path: (!rec.path.is_empty()).then(|| rec.path.to_string()),
             status: i64::from(rec.status),

@@ -163,6 +163,14 @@ pub async fn every_kind_of_request_is_a_row(fx: &Fixture) {
     assert_eq!(r["status"], 200);
     assert_eq!(r["route"], "ai");
     assert_eq!(r["upstream"], "echo");
+    assert_eq!(r["attempts"], 1, "{r}");
+    assert!(
+        r["endpoint"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("127.0.0.1:")),
+        "{r}"
+    );
+    assert!(r["trace_id"].is_null(), "no [telemetry]: no trace: {r}");
     assert_eq!(r["sub"], SUB);
     assert_eq!(r["realm"], REALM);
     assert_eq!(r["method"], "POST");
@@ -182,6 +190,9 @@ pub async fn every_kind_of_request_is_a_row(fx: &Fixture) {
         let r = row(&fx.gw, &id(resp)).await;
         assert_eq!(r["status"], status, "{r}");
         assert_eq!(r["reason"], reason, "{r}");
+        if status != 502 {
+            assert!(r["attempts"].is_null(), "refused before any try: {r}");
+        }
     }
     let r = row(&fx.gw, &id(&llm)).await;
     assert_eq!(r["route"], "llm");
