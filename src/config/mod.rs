@@ -51,7 +51,7 @@ pub use server::{AdminToken, Server};
 pub use tcp_routes::{split_host_port, TcpRoute, TcpTarget};
 pub use telemetry::{SecretHeader, Telemetry};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
-pub use upstreams::{Upstream, UpstreamProtocol, UpstreamTls};
+pub use upstreams::{Upstream, UpstreamHeader, UpstreamProtocol, UpstreamTls};
 
 pub use routes::{Retries, RetryOn};
 

@@ -195,6 +195,9 @@ pub struct RawUpstream {
     pub outlier: Option<RawOutlier>,
     pub health_check: Option<RawHealthCheck>,
     pub resolve_interval: Option<String>,
+    /// request headers added toward this upstream; values may be `env:`/`file:` secrets
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// `"host:port"` or `{ addr = "host:port", weight = 2, region = "us-east1" }`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::pools::{Balance, Endpoint, HealthCheck, Outlier};
 use super::raw::{RawUpstream, RawUpstreamTls};
+use super::secret::{Literal, Secret};
 use super::{VResult, Validator};
 
 /// How requests are carried to the upstream.
@@ -54,6 +55,17 @@ pub struct Upstream {
     pub http2_keepalive_interval: Duration,
     /// a PING unanswered this long closes the connection
     pub http2_keepalive_timeout: Duration,
+    /// `headers = { … }`: set on every request to this upstream (replacing a client's)
+    pub headers: Vec<UpstreamHeader>,
+}
+
+/// One `headers` entry: the value ready for the request path (marked sensitive, so hyper's
+/// HTTP/2 encoder never indexes it), and where it came from (what `Debug` shows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamHeader {
+    pub name: http::HeaderName,
+    pub value: http::HeaderValue,
+    pub source: Secret,
 }
 
 impl Upstream {
@@ -99,6 +111,45 @@ fn absolute(p: &std::path::Path) -> PathBuf {
 }
 
 impl Validator {
+    /// `headers`: names a request may carry toward an upstream (not hop-by-hop, not `Host`,
+    /// which routing owns), values plain or `env:`/`file:` secrets.
+    fn upstream_headers(
+        &self,
+        at: &str,
+        raw: &std::collections::BTreeMap<String, String>,
+    ) -> VResult<Vec<UpstreamHeader>> {
+        const OWNED: &[&str] = &[
+            "host",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "content-length",
+        ];
+        let mut out = Vec::new();
+        for (name, value) in raw {
+            let key = format!("{at}.{name}");
+            let n = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| self.err(&key, "not a valid header name"))?;
+            if OWNED.contains(&n.as_str()) {
+                return Err(self.err(&key, "set by the gateway itself (hop-by-hop or Host)"));
+            }
+            let source = self.secret(&key, value, Literal::Allowed)?;
+            let mut v = http::HeaderValue::from_str(source.expose())
+                .map_err(|_| self.err(&key, "the value is not a valid header value"))?;
+            v.set_sensitive(true);
+            out.push(UpstreamHeader {
+                name: n,
+                value: v,
+                source,
+            });
+        }
+        Ok(out)
+    }
+
     pub(super) fn upstreams(&self, raws: Vec<RawUpstream>) -> VResult<Vec<Upstream>> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -124,7 +175,9 @@ impl Validator {
             };
             let protocol = self.upstream_protocol(&p, r.protocol.as_deref(), tls.is_some())?;
             let balance = self.balance(&p, r.balance.as_deref())?;
+            let headers = self.upstream_headers(&format!("{p}.headers"), &r.headers)?;
             out.push(Upstream {
+                headers,
                 balance,
                 fallback: r.fallback.unwrap_or_default(),
                 outlier: self.outlier(&format!("{p}.outlier"), r.outlier.unwrap_or_default())?,

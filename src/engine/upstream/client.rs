@@ -202,6 +202,10 @@ impl UpstreamClient {
         parts.path_and_query = Some(path);
         *req.uri_mut() =
             Uri::from_parts(parts).map_err(|e| Failed::other(UpstreamError::Uri(e.to_string())))?;
+        // the upstream's own `headers` (credentials for it, say) replace anything the client sent
+        for h in &self.pool.config.headers {
+            req.headers_mut().insert(h.name.clone(), h.value.clone());
+        }
         // in-flight counts and latency are what peak EWMA weighs; round robin needs neither
         let ewma = self.pool.config.balance == Balance::PeakEwma;
         if ewma {

@@ -8,6 +8,7 @@ use http::Method;
 use crate::common::budgets::admin;
 use crate::common::fixture::write_config;
 use crate::common::redis::RedisServer;
+use crate::common::servers::echoed_header;
 use crate::common::*;
 
 /// A Redis that requires `password`, and its URL with the password in it.
@@ -172,4 +173,79 @@ async fn secrets_from_the_environment_are_used_and_a_missing_one_names_its_key()
         );
         assert!(!out.contains(&password) && !out.contains(&token), "{out}");
     }
+}
+
+#[tokio::test]
+async fn upstream_headers_carry_secrets_to_the_upstream_only() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (bearer, key) = (
+        format!("up-{}", random_id()),
+        format!("key-{}", random_id()),
+    );
+    let key_file = dir.path().join("upstream-key");
+    std::fs::write(&key_file, format!("{key}\n")).expect("write");
+    let headers = format!(
+        "name = \"echo\"\nheaders = {{ \"Authorization\" = \"env:CC_GW_TEST_UP_TOKEN\", \"X-Api-Key\" = \"file:{}\", \"X-Env\" = \"test\" }}\n",
+        key_file.display()
+    );
+    let text = std::fs::read_to_string(&fx.config_path)
+        .expect("config")
+        .replacen("name = \"echo\"\n", &headers, 1);
+    let config = write_config(dir.path(), &text);
+    let bearer_header = format!("Bearer {bearer}");
+    let env = [("CC_GW_TEST_UP_TOKEN", bearer_header.as_str())];
+    let gw = Gateway::start_with_env(&config, &env).await;
+
+    // the upstream gets them, replacing what a client sent under the same names
+    let r = gw
+        .send(
+            Req::get("/public/x")
+                .header("Authorization", "Bearer client-sent")
+                .header("X-Api-Key", "client-sent"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let v = r.json();
+    assert_eq!(
+        echoed_header(&v, "authorization"),
+        vec![bearer_header.clone()]
+    );
+    assert_eq!(echoed_header(&v, "x-api-key"), vec![key.clone()]);
+    assert_eq!(echoed_header(&v, "x-env"), vec!["test".to_string()]);
+
+    // check, logs and metrics never show the values
+    let check = run_check(&config, &env);
+    let out = describe_output(&check);
+    assert!(check.status.success(), "{out}");
+    let metrics = gw.metrics().await;
+    for (what, text) in [
+        ("check", out),
+        ("stderr", gw.stderr()),
+        ("stdout", gw.stdout()),
+        ("metrics", metrics),
+    ] {
+        assert!(
+            !text.contains(&bearer) && !text.contains(&key),
+            "{what}: {text}"
+        );
+    }
+
+    // a missing variable names the key; Host is the gateway's to set
+    let check = run_check(&config, &[]);
+    let out = describe_output(&check);
+    assert!(
+        !check.status.success()
+            && out.contains("upstreams[0].headers.Authorization: environment variable \"CC_GW_TEST_UP_TOKEN\" is not set"),
+        "{out}"
+    );
+    let host = write_config(
+        dir.path(),
+        &text.replacen("\"X-Env\" = \"test\"", "\"Host\" = \"other\"", 1),
+    );
+    let out = describe_output(&run_check(&host, &env));
+    assert!(
+        out.contains("upstreams[0].headers.Host: set by the gateway itself"),
+        "{out}"
+    );
 }
