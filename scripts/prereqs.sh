@@ -17,7 +17,7 @@ have make || need_pkgs+=(make)
 have redis-server || need_pkgs+=(redis-server)
 # the request log and L4 route tests run a real PostgreSQL: initdb + pg_ctl in a temp dir on an ephemeral
 # loopback port (as `nobody` when root: initdb refuses root); the package's own cluster is not used
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || have initdb || need_pkgs+=(postgresql)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_pkgs+=(postgresql)
 # the unit file test runs `systemd-analyze verify` on deploy/systemd/cc-gateway.service
 have systemd-analyze || need_pkgs+=(systemd)
 # extra tools for a target, e.g. PREREQS_EXTRA="wrk h2load:nghttp2-client" (command[:package])
