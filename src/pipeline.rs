@@ -3,20 +3,16 @@
 //! per-request record (`Exchange`) that the access log and metrics are written from. The
 //! engine enters it through the worker's [`Handler`] impl at the end of this file.
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, Version};
+use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 
-use crate::accesslog::Record;
 use crate::auth::{self, AuthError, Verified};
 use crate::config::{Route, RouteAuth};
-use crate::engine::body::{Done, Limits};
 use crate::engine::drain;
 use crate::engine::upstream::{self, ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo, Handler};
@@ -25,8 +21,7 @@ use crate::gateway::{Gateway, WorkerHandler, WorkerSnapshot};
 use crate::metrics::METRICS;
 use crate::respond::{self, Refusal};
 use crate::routing::{self, RouteRef};
-use crate::telemetry::{Finish, HexTraceId, Step, TraceSlot};
-use crate::usage::Observed;
+use crate::telemetry::{Step, TraceSlot};
 
 mod ai;
 mod exchange;
