@@ -243,7 +243,13 @@ pub fn run_as(
                 format!(" tcp={}", tcp_ready.join(","))
             }
         );
-        tracing::info!(listen = %listen.join(","), tls = %tls_listen.join(","), threads = config.server.threads, "serving");
+        // "off" rather than an empty field: log pipelines drop or mistype empty values
+        let tls = if tls_listen.is_empty() {
+            "off".to_string()
+        } else {
+            tls_listen.join(",")
+        };
+        tracing::info!(listen = %listen.join(","), tls = %tls, threads = config.server.threads, "serving");
         notify::ready(predecessor.is_some());
         on_ready(&Bound {
             listen: bound.clone(),
