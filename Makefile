@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: dev test build release install check-fmt lint bench bench-anchors prereqs fuzz
+.PHONY: dev test build release install check-fmt lint bench bench-anchors bench-tcp prereqs fuzz
 
 prereqs:
 	@./scripts/prereqs.sh
@@ -41,6 +41,10 @@ bench: prereqs
 ## ratios (BENCH_CACHE_OFF=1, BENCH_ACCESS_LOG=1, BENCH_TLS=1 for the other modes)
 bench-anchors: prereqs
 	./bench/anchors.sh
+
+## pgbench -S direct vs through an L4 route, `connect` and a tunnel (bench/tcp.sh)
+bench-tcp: prereqs
+	./bench/tcp.sh
 
 ## fuzz the token parser for FUZZ_SECONDS (default 60); needs nightly + cargo-fuzz
 fuzz:
