@@ -26,5 +26,6 @@ pub mod tcp;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod tunnel;
 pub mod upgrade;
 pub mod usage;

@@ -64,6 +64,62 @@ enum Cmd {
     Token(TokenCmd),
     /// Query the request log ([request_log]): rows newest first, or `logs stats`.
     Logs(Box<cli_logs::LogsArgs>),
+    /// Expose a gateway `connect` route (TCP over WebSocket) as a local port: each connection
+    /// to it opens a WebSocket to the route and carries the bytes, so `psql -h 127.0.0.1 -p PORT`
+    /// reaches the database behind the gateway.
+    Connect(ConnectArgs),
+    /// Run a tunnel agent inside a private network: it dials out to the gateway
+    /// (`/_tunnel/<tunnel>`) and serves the streams the gateway opens to the `--expose`d
+    /// services; the gateway never connects in.
+    Tunnel(TunnelArgs),
+}
+
+#[derive(Args)]
+struct TunnelArgs {
+    /// the gateway's base URL, `wss://gw.example` (or `ws://` for a plaintext listener)
+    #[arg(long)]
+    gateway: String,
+    /// the `[[tunnels]]` entry this agent serves
+    #[arg(long)]
+    tunnel: String,
+    /// a file holding the agent's token (re-read at every reconnect, so it may rotate)
+    #[arg(long)]
+    token_file: PathBuf,
+    /// a service this agent serves, NAME=HOST:PORT inside its network; repeatable
+    #[arg(long = "expose", value_name = "NAME=HOST:PORT", required = true)]
+    expose: Vec<String>,
+    /// a PEM CA bundle that signs the gateway's certificate (default: the system roots)
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// a client certificate (PEM) for a gateway that asks for one; needs --key
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// the client certificate's private key (PEM)
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// the route's URL, `wss://gw.example/connect/pg` (or `ws://` for a plaintext listener)
+    #[arg(long)]
+    url: String,
+    /// a file holding the token (re-read for each connection, so a rotated token is used at
+    /// once); omit for a public route
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// the local address to listen on
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    listen: SocketAddr,
+    /// a PEM CA bundle that signs the gateway's certificate (default: the system roots)
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// a client certificate (PEM) for a gateway that asks for one; needs --key
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// the client certificate's private key (PEM)
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -204,6 +260,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Logs(a) => cli_logs::run(*a),
+        Cmd::Connect(a) => connect(a),
+        Cmd::Tunnel(a) => tunnel(a),
         Cmd::Token(TokenCmd::Mint(a)) => {
             use std::io::Write;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -237,6 +295,79 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             inspect(&config, route.as_deref(), &token)
         }
     }
+}
+
+/// `cc-gateway connect`: runs until killed; prints `listening on ADDR` once the port is open.
+fn connect(a: ConnectArgs) -> Result<ExitCode> {
+    init_tracing("info", LogFormat::Text);
+    let url: http::Uri = a
+        .url
+        .parse()
+        .with_context(|| format!("--url {}: not a URL", a.url))?;
+    let options = cc_gateway::tcp::client::Options {
+        remote: cc_gateway::tcp::client::Remote {
+            url,
+            token_file: a.token_file,
+            ca: a.ca,
+            client_cert: a.cert.zip(a.key),
+        },
+        listen: a.listen,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(cc_gateway::tcp::client::run(options, |addr| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {addr}");
+        let _ = out.flush();
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cc-gateway tunnel`: runs until killed, reconnecting; prints `connected` on stdout each
+/// time the gateway accepts it.
+fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
+    init_tracing("info", LogFormat::Text);
+    let mut expose = std::collections::HashMap::new();
+    for e in &a.expose {
+        let (name, addr) = e
+            .split_once('=')
+            .filter(|(n, a)| !n.is_empty() && !a.is_empty())
+            .with_context(|| format!("--expose {e}: expected NAME=HOST:PORT"))?;
+        if cc_gateway::config::split_host_port(addr).is_none() {
+            bail!("--expose {e}: {addr:?} is not HOST:PORT");
+        }
+        if expose.insert(name.to_string(), addr.to_string()).is_some() {
+            bail!("--expose {e}: {name:?} is exposed twice");
+        }
+    }
+    let base = a.gateway.trim_end_matches('/');
+    let url: http::Uri = format!("{base}/_tunnel/{}", a.tunnel)
+        .parse()
+        .with_context(|| format!("--gateway {}: not a URL", a.gateway))?;
+    let options = cc_gateway::tunnel::agent::AgentOptions {
+        remote: cc_gateway::tcp::client::Remote {
+            url,
+            token_file: Some(a.token_file),
+            ca: a.ca,
+            client_cert: a.cert.zip(a.key),
+        },
+        expose,
+    };
+    // one thread: an agent's work is copying bytes, and the HTTP/2 connection is one anyway
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(cc_gateway::tunnel::agent::run(options, || {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "connected");
+        let _ = out.flush();
+    }))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A config error is printed as `file: key.path: problem` by itself.

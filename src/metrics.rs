@@ -48,7 +48,7 @@ const BUCKETS: &[f64] = &[
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+pub(crate) fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
     // names are static and unique: registration cannot fail
     let _ = r.register(Box::new(c.clone()));
     c
@@ -506,7 +506,7 @@ pub static TCP_METRICS: LazyLock<TcpMetrics> = LazyLock::new(|| {
             r,
             vec(
                 "tcp_connections_total",
-                "L4 connections by route and result (ok, limit, client_cert, tls, connect_failed, no_route).",
+                "L4 connections by route and result (ok, limit, client_cert, tls, connect_failed, no_route, tunnel_unavailable).",
                 &["route", "result"],
             ),
         ),

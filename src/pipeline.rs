@@ -23,7 +23,9 @@ use crate::respond::{self, Refusal};
 use crate::routing::{self, RouteRef};
 use crate::telemetry::{Step, TraceSlot};
 
+mod agent;
 mod ai;
+mod connect;
 mod exchange;
 mod tunnel;
 
@@ -37,6 +39,11 @@ pub async fn handle(
 ) -> Response<Body> {
     let gw = &w.gw;
     let mut ex = Exchange::begin(&w, &req, &conn);
+
+    // 0. an agent of a [[tunnels]] entry dialling in (`/_tunnel/<name>`, never a route)
+    if let Some(t) = agent::tunnel_of(gw, req.uri().path()) {
+        return agent::accept(&w, t, req, &conn, ex).await;
+    }
 
     // 1. route
     let route = match gw.router.select(req.method(), req.uri().path()) {
@@ -67,7 +74,10 @@ pub async fn handle(
         return ex.refuse(*r);
     }
 
-    // 4. upstream
+    // 4. upstream — or, on a `connect` route, the TCP target its WebSocket's bytes go to
+    if let Some(target) = &route.route.connect {
+        return connect::open(&w, route.route, target, req, &conn, ex).await;
+    }
     let upstream = gw
         .router
         .upstream(route, req.headers_mut(), ex.identity.as_deref(), ex.client);

@@ -174,6 +174,7 @@ fn category(r: &Refusal) -> &'static str {
         StatusCode::BAD_REQUEST => "bad_request",
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::TOO_MANY_REQUESTS => "budget_exceeded",
+        StatusCode::UPGRADE_REQUIRED => "upgrade_required",
         StatusCode::BAD_GATEWAY => "bad_gateway",
         StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
         StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",

@@ -167,6 +167,7 @@ mod tests {
             streams: Default::default(),
             retries: Default::default(),
             kind: Default::default(),
+            connect: None,
         }
     }
 

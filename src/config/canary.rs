@@ -38,7 +38,28 @@ const MAX_WEIGHT: i64 = 1_000_000;
 impl Route {
     /// The route's upstream as `check` shows it: a name, or a split with its shares in percent
     /// and its key.
-    pub fn upstream_label(&self, upstreams: &[Upstream]) -> String {
+    pub fn upstream_label(&self, upstreams: &[Upstream], tunnels: &[super::Tunnel]) -> String {
+        match &self.connect {
+            Some(super::TcpTarget::Address { host, port }) if host.contains(':') => {
+                return format!("connect [{host}]:{port}")
+            }
+            Some(super::TcpTarget::Address { host, port }) => {
+                return format!("connect {host}:{port}")
+            }
+            Some(super::TcpTarget::Tunnel { tunnel, service }) => {
+                return format!(
+                    "connect tunnel:{}/{service}",
+                    tunnels.get(*tunnel).map_or("?", |t| t.name.as_str())
+                )
+            }
+            Some(super::TcpTarget::Upstream(u)) => {
+                return format!(
+                    "connect {}",
+                    upstreams.get(*u).map_or("?", |u| u.name.as_str())
+                )
+            }
+            None => {}
+        }
         let Some(c) = &self.canary else {
             return upstreams[self.upstream].name.clone();
         };
@@ -246,7 +267,7 @@ mod tests {
         );
         assert_eq!(canary.override_header, None);
         assert_eq!(
-            r.upstream_label(&c.upstreams),
+            r.upstream_label(&c.upstreams, &c.tunnels),
             "[v2 5%, up 95%] by claim:sub"
         );
         // a tie: the first listed

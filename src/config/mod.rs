@@ -28,6 +28,7 @@ mod summary;
 mod tcp_routes;
 mod telemetry;
 mod tls;
+mod tunnels;
 mod upstreams;
 
 use std::fmt;
@@ -51,6 +52,7 @@ pub use server::{AdminToken, Server};
 pub use tcp_routes::{split_host_port, TcpRoute, TcpTarget};
 pub use telemetry::{SecretHeader, Telemetry};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
+pub use tunnels::Tunnel;
 pub use upstreams::{Upstream, UpstreamHeader, UpstreamProtocol, UpstreamTls};
 
 pub use routes::{Retries, RetryOn};
@@ -87,6 +89,8 @@ pub struct Config {
     pub tcp_routes: Vec<TcpRoute>,
     /// `[telemetry]`: OTLP trace export; `None` when absent (no span is ever recorded)
     pub telemetry: Option<Telemetry>,
+    /// `[[tunnels]]`: private networks reached through agents that dial out to the gateway
+    pub tunnels: Vec<Tunnel>,
 }
 
 /// `count` units per `period`.
@@ -197,11 +201,12 @@ impl Validator {
         let log = self.log(raw.log)?;
         let upstreams = self.upstreams(raw.upstreams)?;
         let issuers = self.issuers(raw.issuers)?;
-        let routes = self.routes(raw.routes, &upstreams, &issuers)?;
+        let tunnels = self.tunnels(raw.tunnels, &issuers)?;
+        let routes = self.routes(raw.routes, &upstreams, &issuers, &tunnels)?;
         self.client_cert_rules_need_client_auth(&routes, &server)?;
         let budgets = raw.budgets.map(|b| self.budgets(b, &routes)).transpose()?;
         let request_log = self.request_log(raw.request_log, &auth)?;
-        let tcp_routes = self.tcp_routes(raw.tcp_routes, &upstreams, &server)?;
+        let tcp_routes = self.tcp_routes(raw.tcp_routes, &upstreams, &tunnels, &server)?;
         Ok(Config {
             source: source.to_path_buf(),
             server,
@@ -215,6 +220,7 @@ impl Validator {
             request_log,
             tcp_routes,
             telemetry: self.telemetry(raw.telemetry)?,
+            tunnels,
         })
     }
 

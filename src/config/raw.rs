@@ -27,6 +27,17 @@ pub struct RawConfig {
     #[serde(default)]
     pub tcp_routes: Vec<RawTcpRoute>,
     pub telemetry: Option<RawTelemetry>,
+    #[serde(default)]
+    pub tunnels: Vec<RawTunnel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTunnel {
+    pub name: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub subjects: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +135,8 @@ pub struct RawRoute {
     pub timeout: Option<String>,
     pub client_cert: Option<RawClientCertRule>,
     pub kind: Option<String>,
+    /// TCP over WebSocket: the target an authorised upgrade's bytes go to
+    pub connect: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

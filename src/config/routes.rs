@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::Method;
 
 use super::raw::RawRoute;
-use super::{Canary, ClientCertRule, Issuer, Upstream, VResult, Validator};
+use super::{Canary, ClientCertRule, Issuer, TcpTarget, Upstream, VResult, Validator};
 
 mod retries;
 pub use retries::{Retries, RetryOn};
@@ -33,7 +33,8 @@ pub struct Route {
     pub path_prefix: String,
     pub strip_prefix: bool,
     /// index into `Config::upstreams`: the route's upstream, or of a split the heaviest (where
-    /// a request without a canary key goes)
+    /// a request without a canary key goes). Not read on a `connect` route (0 there, or its
+    /// target's upstream): it has no upstream.
     pub upstream: usize,
     /// `upstream = [{ name, weight }, …]`: the split and how a request's share is chosen
     pub canary: Option<Canary>,
@@ -53,6 +54,9 @@ pub struct Route {
     pub retries: Retries,
     /// `kind = "ai"`: usage is read from responses
     pub kind: RouteKind,
+    /// `connect = …`: a WebSocket upgrade on this route becomes a byte stream to this target
+    /// (TCP over WebSocket) instead of a request to an upstream
+    pub connect: Option<TcpTarget>,
 }
 
 /// How a route treats protocol upgrades and long-lived responses.
@@ -89,6 +93,7 @@ impl Validator {
         raws: Vec<RawRoute>,
         upstreams: &[Upstream],
         issuers: &[Issuer],
+        tunnels: &[super::Tunnel],
     ) -> VResult<Vec<Route>> {
         let ups: HashMap<&str, usize> = upstreams
             .iter()
@@ -199,8 +204,20 @@ impl Validator {
                         .collect::<VResult<Vec<_>>>()?,
                 ),
             };
-            let (upstream, canary) =
-                self.route_upstream(&p, r.upstream.as_ref(), r.canary, auth, &ups)?;
+            let connect = match r.connect.as_deref() {
+                None => None,
+                Some(t) => Some(self.tcp_target(&format!("{p}.connect"), t, upstreams, tunnels)?),
+            };
+            let (upstream, canary) = match &connect {
+                None => self.route_upstream(&p, r.upstream.as_ref(), r.canary, auth, &ups)?,
+                Some(target) => {
+                    self.connect_route(&p, &r.upstream, &r.canary, kind)?;
+                    match target {
+                        TcpTarget::Upstream(u) => (*u, None),
+                        TcpTarget::Address { .. } | TcpTarget::Tunnel { .. } => (0, None),
+                    }
+                }
+            };
             if auth == RouteAuth::Required && issuers.is_empty() {
                 return Err(self.err(format!("{p}.auth"), "requires tokens but no [[issuers]] are configured (set auth = \"public\" or add an issuer)"));
             }
@@ -242,9 +259,32 @@ impl Validator {
                 streams: self.route_streams(&p, r.upgrades, r.idle_timeout, r.timeout)?,
                 retries: self.retries(&p, r.retries)?,
                 kind,
+                connect,
             });
         }
         Ok(out)
+    }
+
+    /// A `connect` route carries bytes, not requests: the keys that shape requests to an
+    /// upstream have nothing to apply to.
+    fn connect_route(
+        &self,
+        p: &str,
+        upstream: &Option<toml::Value>,
+        canary: &Option<super::raw::RawCanary>,
+        kind: RouteKind,
+    ) -> VResult<()> {
+        let why = "a connect route carries a byte stream to its connect target, not requests to an upstream";
+        if upstream.is_some() {
+            return Err(self.err(format!("{p}.upstream"), why));
+        }
+        if canary.is_some() {
+            return Err(self.err(format!("{p}.canary"), why));
+        }
+        if kind == RouteKind::Ai {
+            return Err(self.err(format!("{p}.kind"), why));
+        }
+        Ok(())
     }
 
     fn route_streams(
@@ -322,6 +362,33 @@ mod tests {
         assert_eq!(c.routes[0].kind, RouteKind::Ai);
         let e = parse(&with_route("kind = \"llm\"")).unwrap_err();
         assert_eq!(e.path, "routes[0].kind");
+    }
+
+    #[test]
+    fn connect_routes() {
+        let connect = |keys: &str| GOOD.replace("upstream = \"up\"\n", &format!("{keys}\n"));
+        let c = parse(&connect("connect = \"db.internal:5432\"")).expect("valid");
+        assert_eq!(
+            c.routes[0].connect,
+            Some(super::TcpTarget::Address {
+                host: "db.internal".into(),
+                port: 5432
+            })
+        );
+        let c = parse(&connect("connect = \"up\"")).expect("valid");
+        assert_eq!(c.routes[0].connect, Some(super::TcpTarget::Upstream(0)));
+        assert_eq!(parse(GOOD).expect("valid").routes[0].connect, None);
+        for (keys, path) in [
+            ("connect = \"db\"", "routes[0].connect"),
+            (
+                "connect = \"db:5432\"\nupstream = \"up\"",
+                "routes[0].upstream",
+            ),
+            ("connect = \"db:5432\"\nkind = \"ai\"", "routes[0].kind"),
+        ] {
+            let e = parse(&connect(keys)).unwrap_err();
+            assert_eq!(e.path, path, "{keys}: {e}");
+        }
     }
 
     #[test]

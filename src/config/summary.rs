@@ -49,7 +49,7 @@ impl Config {
                 r.name,
                 r.path_prefix,
                 if r.strip_prefix { " (strip)" } else { "" },
-                r.upstream_label(&self.upstreams),
+                r.upstream_label(&self.upstreams, &self.tunnels),
                 auth
             );
         }

@@ -35,6 +35,8 @@ pub enum TcpTarget {
     Address { host: String, port: u16 },
     /// an `[[upstreams]]` entry (index into `Config::upstreams`): its endpoints round-robin
     Upstream(usize),
+    /// `tunnel:<tunnel>/<service>`: a service an agent of `[[tunnels]]` entry `tunnel` exposes
+    Tunnel { tunnel: usize, service: String },
 }
 
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -66,12 +68,13 @@ impl Validator {
         &self,
         raw: Vec<RawTcpRoute>,
         upstreams: &[Upstream],
+        tunnels: &[super::Tunnel],
         server: &Server,
     ) -> VResult<Vec<TcpRoute>> {
         let mut out: Vec<TcpRoute> = Vec::with_capacity(raw.len());
         for (i, r) in raw.into_iter().enumerate() {
             let at = |k: &str| format!("tcp_routes[{i}].{k}");
-            let route = self.tcp_route(i, r, upstreams, server)?;
+            let route = self.tcp_route(i, r, upstreams, tunnels, server)?;
             if out.iter().any(|o| o.name == route.name) {
                 return Err(self.err(at("name"), format!("{:?} is defined twice", route.name)));
             }
@@ -81,11 +84,52 @@ impl Validator {
         Ok(out)
     }
 
+    /// A TCP target as `[[tcp_routes]] target` and `[[routes]] connect` take it:
+    /// `tunnel:<tunnel>/<service>`, an `[[upstreams]]` name, else `"host:port"`.
+    pub(super) fn tcp_target(
+        &self,
+        key: &str,
+        target: &str,
+        upstreams: &[Upstream],
+        tunnels: &[super::Tunnel],
+    ) -> VResult<TcpTarget> {
+        if let Some(rest) = target.strip_prefix("tunnel:") {
+            let (name, service) = rest.split_once('/').ok_or_else(|| {
+                self.err(
+                    key,
+                    format!("{target:?}: expected \"tunnel:<tunnel>/<service>\""),
+                )
+            })?;
+            let tunnel = tunnels.iter().position(|t| t.name == name).ok_or_else(|| {
+                self.err(
+                    key,
+                    format!("{target:?}: no [[tunnels]] entry is named {name:?}"),
+                )
+            })?;
+            self.name(key, service)?;
+            return Ok(TcpTarget::Tunnel {
+                tunnel,
+                service: service.to_string(),
+            });
+        }
+        if let Some(u) = upstreams.iter().position(|u| u.name == target) {
+            return Ok(TcpTarget::Upstream(u));
+        }
+        let (host, port) = split_host_port(target).ok_or_else(|| {
+            self.err(
+                key,
+                format!("{target:?} is neither \"host:port\" nor an [[upstreams]] name"),
+            )
+        })?;
+        Ok(TcpTarget::Address { host, port })
+    }
+
     fn tcp_route(
         &self,
         i: usize,
         r: RawTcpRoute,
         upstreams: &[Upstream],
+        tunnels: &[super::Tunnel],
         server: &Server,
     ) -> VResult<TcpRoute> {
         let at = |k: &str| format!("tcp_routes[{i}].{k}");
@@ -105,22 +149,7 @@ impl Validator {
         let target = r
             .target
             .ok_or_else(|| self.err(at("target"), "is required"))?;
-        let target = if target.starts_with("tunnel:") {
-            return Err(self.err(
-                at("target"),
-                format!("{target:?}: tunnels are not implemented yet"),
-            ));
-        } else if let Some(u) = upstreams.iter().position(|u| u.name == target) {
-            TcpTarget::Upstream(u)
-        } else {
-            let (host, port) = split_host_port(&target).ok_or_else(|| {
-                self.err(
-                    at("target"),
-                    format!("{target:?} is neither \"host:port\" nor an [[upstreams]] name"),
-                )
-            })?;
-            TcpTarget::Address { host, port }
-        };
+        let target = self.tcp_target(&at("target"), &target, upstreams, tunnels)?;
         let tls = r.tls.unwrap_or(false);
         if tls && server.tls.is_none() {
             return Err(self.err(
@@ -275,7 +304,7 @@ endpoints = ["127.0.0.1:5432"]
             (
                 "target = \"tunnel:onprem/pg\"",
                 "tcp_routes[0].target",
-                "tunnels are not implemented yet",
+                "no [[tunnels]] entry is named \"onprem\"",
             ),
             ("target = \"nowhere\"", "tcp_routes[0].target", "neither"),
             (

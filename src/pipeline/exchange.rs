@@ -197,6 +197,16 @@ impl Exchange {
         self.finish(resp, None, Some(upstream_status))
     }
 
+    /// Answers with our own `101` (a `connect` route's WebSocket): logged like any response,
+    /// with the route's RateLimit headers.
+    pub(super) fn switched(mut self, mut resp: Response<Body>) -> Response<Body> {
+        if let Some((policy, state)) = self.budget_headers.take() {
+            resp.headers_mut().insert(RATELIMIT_POLICY, policy);
+            resp.headers_mut().insert(RATELIMIT, state);
+        }
+        self.finish(resp, None, None)
+    }
+
     /// Echoes the request id and arranges for metrics and the access log to be written when
     /// the response body is done.
     fn finish(

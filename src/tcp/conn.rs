@@ -33,16 +33,29 @@ pub enum Refusal {
     ConnectFailed,
     /// no route on this address (removed by a reload), or none for the SNI name
     NoRoute,
+    /// the target is behind a tunnel none of whose agents is connected
+    TunnelUnavailable,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::Limit,
         Refusal::ClientCert,
         Refusal::Tls,
         Refusal::ConnectFailed,
         Refusal::NoRoute,
+        Refusal::TunnelUnavailable,
     ];
+
+    /// The refusal for a target that could not be opened.
+    pub fn of(e: &target::OpenError) -> Refusal {
+        match e {
+            target::OpenError::Tunnel(crate::tunnel::OpenError::Unavailable(_)) => {
+                Refusal::TunnelUnavailable
+            }
+            _ => Refusal::ConnectFailed,
+        }
+    }
 
     pub fn reason(self) -> &'static str {
         match self {
@@ -51,6 +64,7 @@ impl Refusal {
             Refusal::Tls => "tls",
             Refusal::ConnectFailed => "connect_failed",
             Refusal::NoRoute => "no_route",
+            Refusal::TunnelUnavailable => "tunnel_unavailable",
         }
     }
 }
@@ -75,15 +89,15 @@ struct Line<'a> {
 }
 
 /// Where a connection is, for its log line.
-struct Conn {
-    started: Instant,
-    peer: SocketAddr,
-    local: SocketAddr,
-    gateway: Arc<Gateway>,
+pub(super) struct Conn {
+    pub(super) started: Instant,
+    pub(super) peer: SocketAddr,
+    pub(super) local: SocketAddr,
+    pub(super) gateway: Arc<Gateway>,
 }
 
 impl Conn {
-    fn log(
+    pub(super) fn log(
         &self,
         route: &str,
         target: Option<&str>,
@@ -110,7 +124,7 @@ impl Conn {
         });
     }
 
-    fn refuse(&self, route: &str, target: Option<&str>, why: Refusal) {
+    pub(super) fn refuse(&self, route: &str, target: Option<&str>, why: Refusal) {
         TCP_METRICS
             .connections
             .with_label_values(&[route, why.reason()])
@@ -220,7 +234,7 @@ where
     let Some(_slot) = Slot::take(state.clone(), route.max_connections) else {
         return conn.refuse(name, None, Refusal::Limit);
     };
-    let dial = match target::pick(route, &conn.gateway.config, &state) {
+    let dial = match target::pick(&route.target, &conn.gateway.config, &state.next) {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(route = name, error = %e, "L4 target unavailable");
@@ -228,13 +242,41 @@ where
         }
     };
     let proxy = route.proxy_protocol.then_some((conn.peer, conn.local));
-    let mut upstream = match target::connect(&dial, route.connect_timeout, proxy).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(route = name, error = %e, "L4 target unreachable");
-            return conn.refuse(name, Some(&dial), Refusal::ConnectFailed);
-        }
-    };
+    let config = &conn.gateway.config;
+    let mut upstream =
+        match target::open(&route.target, &dial, config, route.connect_timeout, proxy).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(route = name, error = %e, "L4 target unreachable");
+                return conn.refuse(name, Some(&dial), Refusal::of(&e));
+            }
+        };
+    relay(
+        conn,
+        name,
+        &dial,
+        client,
+        &mut upstream,
+        Some(route.idle_timeout),
+        None,
+    )
+    .await;
+}
+
+/// Carries an admitted connection's bytes to its connected target until both sides close,
+/// `idle` passes without a byte or the `deadline` comes, then counts and logs it.
+pub(super) async fn relay<S, T>(
+    conn: &Conn,
+    name: &str,
+    dial: &str,
+    client: S,
+    upstream: &mut T,
+    idle: Option<Duration>,
+    deadline: Option<Instant>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     TCP_METRICS
         .connections
         .with_label_values(&[name, "ok"])
@@ -245,10 +287,18 @@ where
         TCP_METRICS.bytes.with_label_values(&[name, "in"]),
         TCP_METRICS.bytes.with_label_values(&[name, "out"]),
     );
-    let end = copy::splice(client, &mut upstream, route.idle_timeout, &tally).await;
+    let end = match deadline {
+        None => copy::splice(client, upstream, idle, &tally).await,
+        Some(at) => {
+            tokio::time::timeout_at(at.into(), copy::splice(client, upstream, idle, &tally))
+                .await
+                .unwrap_or(End::Timeout)
+        }
+    };
     open.dec();
     let reason = match &end {
         End::Closed => None,
+        End::Timeout => Some("timeout"),
         End::Idle => Some("idle_timeout"),
         End::Error(e) => {
             tracing::debug!(route = name, client = %conn.peer, error = %e, "L4 connection ended");
@@ -259,7 +309,7 @@ where
         tally.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
         tally.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
     );
-    conn.log(name, Some(&dial), "ok", reason, bytes);
+    conn.log(name, Some(dial), "ok", reason, bytes);
 }
 
 #[cfg(test)]

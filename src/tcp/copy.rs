@@ -22,6 +22,8 @@ pub enum End {
     Closed,
     /// no byte either way for the route's `idle_timeout`
     Idle,
+    /// the route's `timeout` (whole-stream deadline) passed
+    Timeout,
     /// a read or write failed (a reset, most often)
     Error(std::io::Error),
 }
@@ -35,19 +37,36 @@ pub struct Tally {
     pub bytes_in: AtomicU64,
     /// to the client (from the target)
     pub bytes_out: AtomicU64,
-    metric_in: IntCounter,
-    metric_out: IntCounter,
+    metric_in: Option<IntCounter>,
+    metric_out: Option<IntCounter>,
 }
 
 impl Tally {
     pub fn new(metric_in: IntCounter, metric_out: IntCounter) -> Tally {
         Tally {
+            metric_in: Some(metric_in),
+            metric_out: Some(metric_out),
+            ..Tally::new_inner()
+        }
+    }
+
+    fn new_inner() -> Tally {
+        Tally {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
-            metric_in,
-            metric_out,
+            metric_in: None,
+            metric_out: None,
+        }
+    }
+
+    /// Counts without metrics (the `connect` client, which exports none).
+    pub fn unmetered() -> Tally {
+        Tally {
+            metric_in: None,
+            metric_out: None,
+            ..Tally::new_inner()
         }
     }
 
@@ -78,7 +97,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
         let n = (buf.filled().len() - before) as u64;
         if n > 0 {
             self.tally.bytes_in.fetch_add(n, Ordering::Relaxed);
-            self.tally.metric_in.inc_by(n);
+            if let Some(m) = &self.tally.metric_in {
+                m.inc_by(n);
+            }
             self.tally.touch();
         }
         r
@@ -95,7 +116,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
         if let Poll::Ready(Ok(n)) = &r {
             let n = *n as u64;
             self.tally.bytes_out.fetch_add(n, Ordering::Relaxed);
-            self.tally.metric_out.inc_by(n);
+            if let Some(m) = &self.tally.metric_out {
+                m.inc_by(n);
+            }
             self.tally.touch();
         }
         r
@@ -110,8 +133,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     }
 }
 
-/// Copies both ways until both halves are closed, an error, or `idle` without a byte.
-pub async fn splice<C, T>(client: C, target: &mut T, idle: Duration, tally: &Tally) -> End
+/// Copies both ways until both halves are closed, an error, or `idle` without a byte (never,
+/// with `None`).
+pub async fn splice<C, T>(client: C, target: &mut T, idle: Option<Duration>, tally: &Tally) -> End
 where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
@@ -129,11 +153,19 @@ where
                 Err(e) => End::Error(e),
             },
             // woken at the earliest moment the timeout could hold; bytes since then re-arm it
-            _ = tokio::time::sleep_until(tally.last() + idle) => {
-                if tally.last() + idle <= Instant::now() {
+            _ = idle_after(tally, idle) => {
+                if idle.is_some_and(|idle| tally.last() + idle <= Instant::now()) {
                     return End::Idle;
                 }
             }
         }
+    }
+}
+
+/// Sleeps until the earliest moment `idle` could have passed; forever without one.
+async fn idle_after(tally: &Tally, idle: Option<Duration>) {
+    match idle {
+        Some(idle) => tokio::time::sleep_until(tally.last() + idle).await,
+        None => std::future::pending().await,
     }
 }

@@ -146,6 +146,7 @@ impl TcpService {
             TCP_METRICS.connections.with_label_values(&[&r.name, "ok"]);
             TCP_METRICS.open.with_label_values(&[&r.name]);
         }
+        super::connect::register_series(&gateway.load().config);
         let (stop, _) = watch::channel(Stop::Serving);
         Arc::new(TcpService {
             shared: Arc::new(Shared {

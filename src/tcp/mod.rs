@@ -9,10 +9,13 @@
 //! running gateway per connection, so a reload applies to the next connection; the per-route
 //! open-connection counters live here, across workers and reloads.
 
+pub mod client;
 mod conn;
-mod copy;
+pub mod connect;
+pub(crate) mod copy;
 mod listen;
 mod target;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +28,12 @@ use crate::gateway::Gateway;
 use crate::tls::server::TlsServer;
 
 pub use listen::{adopt, bind, TcpService, TcpSockets};
+pub use target::OpenError;
+
+/// A byte stream of any kind (TCP, TLS, a tunnel's stream), boxed where one type must carry
+/// them all.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// What every worker's L4 connections share.
 struct Shared {

@@ -3,14 +3,13 @@
 //! tried in turn within `connect_timeout`. With `proxy_protocol`, a PROXY v2 header goes first.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::RouteState;
-use crate::config::{split_host_port, Config, TcpRoute, TcpTarget, Upstream};
+use crate::config::{split_host_port, Config, TcpTarget, Upstream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -34,9 +33,14 @@ fn endpoints(u: &Upstream) -> Vec<String> {
     u.endpoints.iter().map(|e| e.addr.clone()).collect()
 }
 
-/// What to dial for `route` now: a `host:port` as written (for the log) and its host and port.
-pub fn pick(route: &TcpRoute, config: &Config, state: &RouteState) -> Result<String, ConnectError> {
-    match &route.target {
+/// What to dial for `target` now: a `host:port` as written (for the log); `next` turns the
+/// round-robin over an upstream's endpoints.
+pub fn pick(
+    target: &TcpTarget,
+    config: &Config,
+    next: &AtomicUsize,
+) -> Result<String, ConnectError> {
+    match target {
         TcpTarget::Address { host, port } => Ok(if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -51,10 +55,48 @@ pub fn pick(route: &TcpRoute, config: &Config, state: &RouteState) -> Result<Str
             if eps.is_empty() {
                 return Err(ConnectError::NoEndpoint(u.name.clone()));
             }
-            let n = state.next.fetch_add(1, Ordering::Relaxed);
+            let n = next.fetch_add(1, Ordering::Relaxed);
             Ok(eps[n % eps.len()].clone())
         }
+        TcpTarget::Tunnel { tunnel, service } => Ok(format!(
+            "tunnel:{}/{service}",
+            config.tunnels.get(*tunnel).map_or("?", |t| t.name.as_str())
+        )),
     }
+}
+
+/// Why a target could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Tunnel(#[from] crate::tunnel::OpenError),
+}
+
+/// Opens `target` (whose `pick` was `dial`): a TCP connection, or a stream through a tunnel's
+/// agent; with `proxy`, the PROXY v2 header goes first either way.
+pub async fn open(
+    target: &TcpTarget,
+    dial: &str,
+    config: &Config,
+    timeout: Duration,
+    proxy: Option<(SocketAddr, SocketAddr)>,
+) -> Result<Box<dyn super::Io>, OpenError> {
+    let TcpTarget::Tunnel { tunnel, service } = target else {
+        return Ok(Box::new(connect(dial, timeout, proxy).await?));
+    };
+    let name = config.tunnels.get(*tunnel).map_or("", |t| t.name.as_str());
+    let mut stream = crate::tunnel::open(name, service).await?;
+    if let Some((client, local)) = proxy {
+        let header =
+            proxy_v2(client, local).map_err(|e| ConnectError::Proxy(dial.to_string(), e))?;
+        stream
+            .write_all(&header)
+            .await
+            .map_err(|e| ConnectError::Proxy(dial.to_string(), e))?;
+    }
+    Ok(Box::new(stream))
 }
 
 /// Connects to `target` (`host:port`) within `timeout`; sends the PROXY v2 header for

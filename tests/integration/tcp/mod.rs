@@ -11,10 +11,12 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::common::fixture::q;
 use crate::common::Gateway;
 
+mod connect;
 mod lifecycle;
 mod plain;
 mod postgres;
 mod tls;
+mod tunnel;
 
 /// A gateway with `routes` (and `server_extra` in `[server]`), access log in the temp dir.
 pub async fn gateway(server_extra: &str, routes: &str) -> (Gateway, tempfile::TempDir) {
@@ -116,4 +118,70 @@ pub async fn wait_gauge(gw: &Gateway, name: &str, labels: &[(&str, &str)], expec
         },
     )
     .await
+}
+
+/// A `cc-gateway` helper process (`connect`, `tunnel`), killed on drop; its stderr collected.
+pub struct Helper {
+    child: std::process::Child,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Helper {
+    /// Starts `cc-gateway args…` and waits for its first stdout line.
+    pub async fn start(args: &[&str]) -> (Helper, String) {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = crate::common::gateway::command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning a cc-gateway helper");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+                s.push_str(&l);
+                s.push('\n');
+            }
+        });
+        let out = child.stdout.take().expect("stdout");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let first = tokio::time::timeout(crate::common::wait::DEADLINE, rx.recv())
+            .await
+            .expect("the first line within the deadline")
+            .unwrap_or_else(|| {
+                panic!(
+                    "cc-gateway {args:?} exited: {}",
+                    stderr.lock().unwrap_or_else(|p| p.into_inner())
+                )
+            });
+        (Helper { child, stderr }, first)
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Kills it now and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -121,7 +121,7 @@ async fn bytes_and_half_close_cross_both_ways() {
     wait_gauge(&gw, "cc_gateway_tcp_connections", &[("route", "b")], 0.0).await;
 }
 
-const HUNDRED_MB: usize = 100 * 1024 * 1024;
+pub(super) const HUNDRED_MB: usize = 100 * 1024 * 1024;
 
 /// Deterministic, incompressible-looking bytes: block `i` is SHA-256 chained.
 fn block(i: u64) -> [u8; 32] {
@@ -132,7 +132,7 @@ fn block(i: u64) -> [u8; 32] {
 }
 
 /// Writes `n` bytes of pattern seeded by `seed` and closes the write half; returns their digest.
-async fn send_pattern(
+pub(super) async fn send_pattern(
     w: &mut (impl tokio::io::AsyncWrite + Unpin),
     n: usize,
     seed: u64,
@@ -157,7 +157,7 @@ async fn send_pattern(
 }
 
 /// Reads to EOF; returns (bytes, digest).
-async fn digest_all(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> (usize, Vec<u8>) {
+pub(super) async fn digest_all(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> (usize, Vec<u8>) {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut buf = vec![0u8; 64 * 1024];
     let mut n = 0;
@@ -214,7 +214,7 @@ async fn a_hundred_megabytes_each_way_arrive_identical() {
     }
 }
 
-fn vm_rss_kib(pid: u32) -> u64 {
+pub(super) fn vm_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .expect("proc status")
         .lines()
@@ -416,7 +416,7 @@ async fn idle_connections_and_unreachable_targets_are_closed_and_logged() {
 }
 
 #[tokio::test]
-async fn check_refuses_tunnel_targets_for_now() {
+async fn check_refuses_a_tunnel_target_without_its_tunnel() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = write(
         &dir,
@@ -427,7 +427,8 @@ async fn check_refuses_tunnel_targets_for_now() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("tcp_routes[0].target") && err.contains("tunnels are not implemented yet"),
+        err.contains("tcp_routes[0].target")
+            && err.contains("no [[tunnels]] entry is named \"onprem\""),
         "{err}"
     );
 }

@@ -1,0 +1,53 @@
+//! The tunnels' metrics (`cc_gateway_tunnel_*`), in the one registry.
+
+use std::sync::LazyLock;
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+
+use crate::metrics::{reg, METRICS};
+
+/// Tunnels (`[[tunnels]]`), registered in [`METRICS`]'s registry on first use.
+pub struct TunnelMetrics {
+    /// connected agents per tunnel
+    pub agents: IntGaugeVec,
+    /// streams opened over a tunnel, by result: `ok`, `unavailable` (no agent connected),
+    /// `unknown_service` (no agent exposes it), `connect_failed` (the agent could not reach
+    /// it), `error` (the agent's connection failed)
+    pub streams: IntCounterVec,
+    /// agents' connection attempts, by result: `ok` or the refusal's reason
+    pub agent_connections: IntCounterVec,
+}
+
+pub static TUNNEL_METRICS: LazyLock<TunnelMetrics> = LazyLock::new(|| {
+    let r = &METRICS.registry;
+    let vec = |name: &str, help: &str, labels: &[&str]| {
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+    };
+    TunnelMetrics {
+        agents: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new("tunnel_agents", "Agents connected to each tunnel."),
+                &["tunnel"],
+            )
+            .unwrap_or_else(|e| panic!("metric tunnel_agents: {e}")),
+        ),
+        streams: reg(
+            r,
+            vec(
+                "tunnel_streams_total",
+                "Streams opened over tunnels by result (ok, unavailable, unknown_service, connect_failed, error).",
+                &["tunnel", "result"],
+            ),
+        ),
+        agent_connections: reg(
+            r,
+            vec(
+                "tunnel_agent_connections_total",
+                "Agents' connections to tunnels by result (ok, or the refusal's reason).",
+                &["tunnel", "result"],
+            ),
+        ),
+    }
+});
