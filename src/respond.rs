@@ -156,6 +156,15 @@ impl From<&UpstreamError> for Refusal {
                 "upstream_unavailable",
                 "no endpoint of the upstream can serve",
             ),
+            UpstreamError::TunnelUnavailable { .. } => {
+                let mut r = Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tunnel_unavailable",
+                    "no agent of the upstream's tunnel is connected",
+                );
+                r.retry_after = Some(1);
+                r
+            }
             UpstreamError::Protocol { .. } | UpstreamError::Uri(_) => Refusal::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",

@@ -52,7 +52,7 @@ pub use server::{AdminToken, Server};
 pub use tcp_routes::{split_host_port, TcpRoute, TcpTarget};
 pub use telemetry::{SecretHeader, Telemetry};
 pub use tls::{CertificateFiles, ClientAuth, ClientCertRule, ServerTls, TlsVersion, UriPattern};
-pub use tunnels::Tunnel;
+pub use tunnels::{tunnel_of_host, Tunnel};
 pub use upstreams::{Upstream, UpstreamHeader, UpstreamProtocol, UpstreamTls};
 
 pub use routes::{Retries, RetryOn};
@@ -202,6 +202,7 @@ impl Validator {
         let upstreams = self.upstreams(raw.upstreams)?;
         let issuers = self.issuers(raw.issuers)?;
         let tunnels = self.tunnels(raw.tunnels, &issuers)?;
+        self.tunnel_endpoints(&upstreams, &tunnels)?;
         let routes = self.routes(raw.routes, &upstreams, &issuers, &tunnels)?;
         self.client_cert_rules_need_client_auth(&routes, &server)?;
         let budgets = raw.budgets.map(|b| self.budgets(b, &routes)).transpose()?;

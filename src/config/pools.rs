@@ -210,6 +210,18 @@ impl Validator {
     /// `host:port`, no scheme, port required.
     pub(super) fn endpoint(&self, path: &str, e: &str) -> VResult<String> {
         let e = e.trim();
+        if let Some(rest) = e.strip_prefix("tunnel:") {
+            // the tunnel itself is checked once [[tunnels]] are read (`tunnel_endpoints`)
+            let (tunnel, service) = rest.split_once('/').ok_or_else(|| {
+                self.err(
+                    path,
+                    format!("{e:?}: expected \"tunnel:<tunnel>/<service>\""),
+                )
+            })?;
+            self.tunnel_service(path, service)?;
+            self.tunnel_service(path, tunnel)?;
+            return Ok(super::tunnels::tunnel_authority(tunnel, service));
+        }
         if e.contains("://") {
             return Err(self.err(
                 path,

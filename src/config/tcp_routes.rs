@@ -106,7 +106,7 @@ impl Validator {
                     format!("{target:?}: no [[tunnels]] entry is named {name:?}"),
                 )
             })?;
-            self.name(key, service)?;
+            self.tunnel_service(key, service)?;
             return Ok(TcpTarget::Tunnel {
                 tunnel,
                 service: service.to_string(),

@@ -3,7 +3,34 @@
 //! in `subjects`.
 
 use super::raw::RawTunnel;
-use super::{Issuer, VResult, Validator};
+use super::{Issuer, Upstream, VResult, Validator};
+
+/// The reserved domain an upstream endpoint `tunnel:<tunnel>/<service>` stands for inside the
+/// engine: `<service>.<tunnel>.tunnel.invalid:1` (`.invalid` never resolves, RFC 2606), so the
+/// pools, the balancer and the logs carry it like any `host:port`, and the connector knows it.
+const TUNNEL_DOMAIN: &str = ".tunnel.invalid";
+
+/// The authority an upstream endpoint `tunnel:<tunnel>/<service>` stands for.
+pub fn tunnel_authority(tunnel: &str, service: &str) -> String {
+    format!("{service}.{tunnel}{TUNNEL_DOMAIN}:1")
+}
+
+/// `(tunnel, service)` of an endpoint host made by [`tunnel_authority`].
+pub fn tunnel_of_host(host: &str) -> Option<(&str, &str)> {
+    let rest = host.strip_suffix(TUNNEL_DOMAIN)?;
+    let (service, tunnel) = rest.split_once('.')?;
+    (!service.is_empty() && !tunnel.is_empty() && !tunnel.contains('.'))
+        .then_some((tunnel, service))
+}
+
+/// Tunnel and service names: a config name without dots (they are labels of the endpoint host
+/// above).
+fn tunnel_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tunnel {
@@ -21,7 +48,12 @@ impl Validator {
         for (i, t) in raw.into_iter().enumerate() {
             let at = |k: &str| format!("tunnels[{i}].{k}");
             let name = t.name.ok_or_else(|| self.err(at("name"), "is required"))?;
-            self.name(&at("name"), &name)?;
+            if !tunnel_name_ok(&name) {
+                return Err(self.err(
+                    at("name"),
+                    format!("{name:?}: tunnel names are 1-63 of [A-Za-z0-9_-]"),
+                ));
+            }
             if out.iter().any(|o| o.name == name) {
                 return Err(self.err(at("name"), format!("{name:?} is defined twice")));
             }
@@ -53,6 +85,50 @@ impl Validator {
             });
         }
         Ok(out)
+    }
+
+    /// A service name of a `tunnel:<tunnel>/<service>` target.
+    pub(super) fn tunnel_service(&self, key: &str, service: &str) -> VResult<()> {
+        if tunnel_name_ok(service) {
+            Ok(())
+        } else {
+            Err(self.err(
+                key,
+                format!("{service:?}: service names are 1-63 of [A-Za-z0-9_-]"),
+            ))
+        }
+    }
+
+    /// Upstream endpoints behind a tunnel (`tunnel:<tunnel>/<service>`, made an authority by
+    /// `endpoint`) must name a configured tunnel, and their upstream cannot add TLS (the
+    /// agent's connection is the gateway's TLS; the hop behind it is the agent's network).
+    pub(super) fn tunnel_endpoints(
+        &self,
+        upstreams: &[Upstream],
+        tunnels: &[Tunnel],
+    ) -> VResult<()> {
+        for (i, u) in upstreams.iter().enumerate() {
+            for (j, e) in u.endpoints.iter().enumerate() {
+                let host = e.addr.rsplit_once(':').map_or(e.addr.as_str(), |(h, _)| h);
+                let Some((tunnel, service)) = tunnel_of_host(host) else {
+                    continue;
+                };
+                let key = format!("upstreams[{i}].endpoints[{j}]");
+                if !tunnels.iter().any(|t| t.name == tunnel) {
+                    return Err(self.err(
+                        key,
+                        format!("\"tunnel:{tunnel}/{service}\": no [[tunnels]] entry is named {tunnel:?}"),
+                    ));
+                }
+                if u.tls.is_some() {
+                    return Err(self.err(
+                        format!("upstreams[{i}].tls"),
+                        "an upstream behind a tunnel takes no tls: the agent's connection to the gateway is the encrypted hop",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -87,6 +163,33 @@ mod tests {
         }
         let twice = format!("{GOOD}{TUNNEL}{TUNNEL}");
         assert_eq!(parse(&twice).unwrap_err().path, "tunnels[1].name");
+    }
+
+    #[test]
+    fn upstream_endpoints_behind_a_tunnel() {
+        let up = |endpoints: &str, more: &str| {
+            GOOD.replace("[\"127.0.0.1:5052\"]", endpoints)
+                .replace("name = \"up\"", &format!("name = \"up\"\n{more}"))
+                + TUNNEL
+        };
+        let c = parse(&up("[\"tunnel:onprem/ai\"]", "")).expect("valid");
+        assert_eq!(
+            c.upstreams[0].endpoints[0].addr,
+            "ai.onprem.tunnel.invalid:1"
+        );
+        assert_eq!(
+            super::tunnel_of_host("ai.onprem.tunnel.invalid"),
+            Some(("onprem", "ai"))
+        );
+        assert_eq!(super::tunnel_of_host("ai.example.org"), None);
+        for (endpoints, more, path) in [
+            ("[\"tunnel:nowhere/ai\"]", "", "upstreams[0].endpoints[0]"),
+            ("[\"tunnel:onprem/a.i\"]", "", "upstreams[0].endpoints[0]"),
+            ("[\"tunnel:onprem/ai\"]", "tls = {}", "upstreams[0].tls"),
+        ] {
+            let e = parse(&up(endpoints, more)).unwrap_err();
+            assert_eq!(e.path, path, "{endpoints} {more}: {e}");
+        }
     }
 
     #[test]

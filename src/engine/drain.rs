@@ -17,6 +17,51 @@ use tokio::sync::watch;
 
 thread_local! {
     static CUT_OFF: RefCell<Option<watch::Receiver<bool>>> = const { RefCell::new(None) };
+    static DRAINING: RefCell<Option<watch::Receiver<bool>>> = const { RefCell::new(None) };
+    static HOLD: RefCell<Option<tokio::sync::mpsc::Sender<()>>> = const { RefCell::new(None) };
+}
+
+/// Keeps this worker's drain waiting while it lives (up to `shutdown_timeout`, like an open
+/// HTTP request): for connections the HTTP server does not track — L4 connections, `connect`
+/// streams, tunnel agents.
+pub struct Hold {
+    _tx: tokio::sync::mpsc::Sender<()>,
+}
+
+/// A hold on this worker's drain; `None` off a worker thread or once the drain began (nothing
+/// new should start holding it then).
+pub fn hold() -> Option<Hold> {
+    HOLD.with(|h| h.borrow().clone()).map(|tx| Hold { _tx: tx })
+}
+
+/// Installs this worker's hold channel; the worker awaits its receiver when draining.
+pub(super) fn install_hold(tx: tokio::sync::mpsc::Sender<()>) {
+    HOLD.with(|h| *h.borrow_mut() = Some(tx));
+}
+
+/// Drops the worker's own sender, so the receiver ends once the last `Hold` is gone.
+pub(super) fn release_hold() {
+    HOLD.with(|h| h.borrow_mut().take());
+}
+
+/// Installs this worker thread's drain signal (true: it stopped accepting and drains).
+pub(super) fn install_draining(rx: watch::Receiver<bool>) {
+    DRAINING.with(|c| *c.borrow_mut() = Some(rx));
+}
+
+/// Resolves when this worker starts draining (shutdown, or a binary upgrade handing its
+/// sockets over); never resolves off a worker thread. For long-lived connections that should
+/// move before the drain's end: a tunnel's agents are asked to reconnect (to the successor).
+pub fn draining() -> impl std::future::Future<Output = ()> + Send + 'static {
+    let rx = DRAINING.with(|c| c.borrow().clone());
+    async move {
+        match rx {
+            Some(mut rx) => {
+                let _ = rx.wait_for(|d| *d).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Installs this worker thread's cut-off signal (true: `shutdown_timeout` has passed).

@@ -151,6 +151,16 @@ async fn run_worker<H: Handler>(
     super::timer::keep_wheel_armed();
     let (cut_tx, cut_rx) = watch::channel(false);
     drain::install(cut_rx);
+    let (hold_tx, mut hold_rx) = tokio::sync::mpsc::channel::<()>(1);
+    drain::install_hold(hold_tx);
+    let (draining_tx, draining_rx) = watch::channel(false);
+    drain::install_draining(draining_rx);
+    let mut stopping = stop.clone();
+    tokio::spawn(async move {
+        if stopping.wait_for(|s| *s != Stop::Serving).await.is_ok() {
+            let _ = draining_tx.send(true);
+        }
+    });
     let (last, mut last_rx) = tokio::sync::mpsc::channel::<()>(1);
     let (lingering, mut lingering_rx) = tokio::sync::mpsc::channel::<()>(1);
     let ctx = Arc::new(Accepting {
@@ -175,6 +185,7 @@ async fn run_worker<H: Handler>(
         accepts.spawn(accept_loop(listener, tls, ctx.clone(), stop.clone()));
     }
     let _ = stop.wait_for(|s| *s != Stop::Serving).await;
+    drain::release_hold();
     while accepts.join_next().await.is_some() {}
     // listeners are closed now (or in the successor's hands); drain open connections
     let Ok(ctx) = Arc::try_unwrap(ctx) else {
@@ -189,12 +200,14 @@ async fn run_worker<H: Handler>(
     } = ctx;
     drop((last, lingering));
     // every connection's IO dropped, lingering close included: HTTP connections drained,
-    // those accepted while closing answered, and upgraded ones (WebSocket tunnels, which
-    // hyper's graceful drain no longer sees) ended by their peers
+    // those accepted while closing answered, upgraded ones (WebSocket tunnels, which hyper's
+    // graceful drain no longer sees) ended by their peers, and every `drain::hold` released
     let all_closed = async move {
         graceful.shutdown().await;
         let _ = last_rx.recv().await;
         let _ = lingering_rx.recv().await;
+        // L4 connections, connect streams and tunnel agents (`drain::hold`)
+        let _ = hold_rx.recv().await;
     };
     tokio::pin!(all_closed);
     if tokio::time::timeout(opts.shutdown_timeout, &mut all_closed)

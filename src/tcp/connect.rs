@@ -98,7 +98,9 @@ pub async fn dial(info: &StreamInfo, target: &TcpTarget) -> Result<Dialled, Open
 /// Once the client's connection has switched protocols, carries its WebSocket's bytes to the
 /// dialled target (in a task of its own, on this worker).
 pub fn carry(info: StreamInfo, mut dialled: Dialled, upgrade: OnUpgrade) {
+    let hold = crate::engine::drain::hold();
     tokio::spawn(async move {
+        let _hold = hold;
         let upgraded = match upgrade.await {
             Ok(u) => u,
             Err(e) => {

@@ -208,13 +208,13 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 super::keepalive(&stream);
-                tokio::spawn(super::conn::serve(
-                    shared.clone(),
-                    stream,
-                    peer,
-                    local,
-                    key.clone(),
-                ));
+                // the worker's drain waits for the connection (up to shutdown_timeout)
+                let hold = crate::engine::drain::hold();
+                let serve = super::conn::serve(shared.clone(), stream, peer, local, key.clone());
+                tokio::spawn(async move {
+                    let _hold = hold;
+                    serve.await
+                });
             }
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning

@@ -48,7 +48,12 @@ pub fn counted(tunnel: &str, result: &str) {
 /// Once the agent's connection has switched to WebSocket: HTTP/2 over it, the agent
 /// registered until the connection ends (in a task of its own, on this worker).
 pub fn serve(tunnel: String, sub: String, peer: SocketAddr, upgrade: hyper::upgrade::OnUpgrade) {
+    // taken now, on the worker thread whose drain it is: the drain waits for this connection's
+    // streams (up to shutdown_timeout) after asking the agent to move
+    let draining = crate::engine::drain::draining();
+    let hold = crate::engine::drain::hold();
     tokio::spawn(async move {
+        let _hold = hold;
         let upgraded = match upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -79,9 +84,31 @@ pub fn serve(tunnel: String, sub: String, peer: SocketAddr, upgrade: hyper::upgr
                 return;
             }
         };
-        let id = REGISTRY.add(&tunnel, send);
+        let id = REGISTRY.add(&tunnel, send.clone());
         tracing::info!(tunnel, %sub, %peer, "tunnel agent connected");
-        let ended = conn.await;
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            ended = &mut conn => ended,
+            () = draining => {
+                // this process is shutting down or handing its sockets to a successor: no new
+                // streams here, and the agent dials again (reaching the successor) while the
+                // streams it carries finish on this connection
+                REGISTRY.remove(&tunnel, id);
+                // the connection is driven meanwhile: the request goes out through it
+                let ask = ask_to_reconnect(send);
+                tokio::pin!(ask);
+                let mut asked = false;
+                loop {
+                    tokio::select! {
+                        ended = &mut conn => break ended,
+                        () = &mut ask, if !asked => {
+                            asked = true;
+                            tracing::info!(tunnel, %sub, %peer, "draining: asked the tunnel agent to reconnect");
+                        }
+                    }
+                }
+            }
+        };
         REGISTRY.remove(&tunnel, id);
         match ended {
             Ok(()) => tracing::info!(tunnel, %sub, %peer, "tunnel agent disconnected"),
@@ -90,4 +117,21 @@ pub fn serve(tunnel: String, sub: String, peer: SocketAddr, upgrade: hyper::upgr
             }
         }
     });
+}
+
+/// `POST /_reconnect` to the agent: dial the gateway again now (bounded: an agent that does
+/// not answer is left to notice the connection's end).
+async fn ask_to_reconnect(
+    mut send: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+) {
+    let ask = async {
+        send.ready().await.ok()?;
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(super::RECONNECT_URI)
+            .body(http_body_util::Empty::new())
+            .ok()?;
+        send.send_request(req).await.ok()
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), ask).await;
 }

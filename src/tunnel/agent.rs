@@ -16,6 +16,7 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::{CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, STREAM_WINDOW};
 use crate::tcp::client::{ClientError, Gateway, Remote};
@@ -48,8 +49,21 @@ pub async fn run(o: AgentOptions, connected: impl Fn() + Send + Sync) -> Result<
         match gateway.websocket().await {
             Ok(ws) => {
                 connected();
-                let why = serve(ws, expose.clone()).await;
-                tracing::warn!(reason = %why, "disconnected from the gateway");
+                let again = Arc::new(Notify::new());
+                let mut connection = tokio::spawn(serve(ws, expose.clone(), again.clone()));
+                tokio::select! {
+                    why = &mut connection => {
+                        let why = why.unwrap_or_else(|e| e.to_string());
+                        tracing::warn!(reason = %why, "disconnected from the gateway");
+                    }
+                    () = again.notified() => {
+                        // the gateway is draining: dial again now (its successor answers)
+                        // while this connection finishes the streams it carries
+                        tracing::info!("the gateway asked to reconnect");
+                        backoff = BACKOFF_FIRST;
+                        continue;
+                    }
+                }
                 if started.elapsed() >= STABLE {
                     backoff = BACKOFF_FIRST;
                 }
@@ -69,10 +83,20 @@ pub async fn run(o: AgentOptions, connected: impl Fn() + Send + Sync) -> Result<
 async fn serve(
     ws: crate::tcp::ws::WsStream<Box<dyn crate::tcp::Io>>,
     expose: Arc<HashMap<String, String>>,
+    again: Arc<Notify>,
 ) -> String {
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let expose = expose.clone();
-        async move { Ok::<_, Infallible>(stream(req, &expose).await) }
+        let again = again.clone();
+        async move {
+            if req.method() == http::Method::POST && req.uri().path() == "/_reconnect" {
+                again.notify_one();
+                let mut r = Response::new(Empty::new());
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                return Ok::<_, Infallible>(r);
+            }
+            Ok(stream(req, &expose).await)
+        }
     });
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

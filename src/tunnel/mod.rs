@@ -45,6 +45,9 @@ pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// first).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The gateway's request to an agent to dial again (it is draining).
+pub(crate) const RECONNECT_URI: &str = "http://agent/_reconnect";
+
 /// A stream to a service behind a tunnel: bytes both ways, half-close as `END_STREAM`.
 pub type TunnelStream = TokioIo<hyper::upgrade::Upgraded>;
 

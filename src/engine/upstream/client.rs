@@ -251,6 +251,10 @@ impl UpstreamClient {
                     self.late_tls_failure(&e).unwrap_or_default()
                 ),
             },
+            Ok(Err(e)) if e.is_connect() && no_agent(&e) => UpstreamError::TunnelUnavailable {
+                endpoint: endpoint.into(),
+                detail: error_chain(&e),
+            },
             Ok(Err(e)) if e.is_connect() => UpstreamError::Connect {
                 endpoint: endpoint.into(),
                 detail: error_chain(&e),
@@ -266,7 +270,9 @@ impl UpstreamClient {
         };
         let outcome = match &r {
             UpstreamError::Tls { .. } => Outcome::Tls,
-            UpstreamError::Connect { .. } => Outcome::Connect,
+            UpstreamError::Connect { .. } | UpstreamError::TunnelUnavailable { .. } => {
+                Outcome::Connect
+            }
             UpstreamError::Timeout { .. } => Outcome::Timeout,
             _ => Outcome::Protocol,
         };
@@ -300,6 +306,20 @@ impl UpstreamClient {
         }
         None
     }
+}
+
+/// The endpoint is behind a tunnel none of whose agents is connected.
+fn no_agent(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if let Some(connect::ConnectError::Tunnel(crate::tunnel::OpenError::Unavailable(_))) =
+            c.downcast_ref()
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// The client's own body failed (it went away mid-upload): hyper reports it as a "user"

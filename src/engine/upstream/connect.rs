@@ -35,11 +35,14 @@ pub enum ConnectError {
     ServerName(String),
     #[error("the server did not agree to HTTP/2 over TLS (ALPN h2)")]
     NoH2,
+    /// an endpoint behind a tunnel (`tunnel:<tunnel>/<service>`): no agent, or it failed
+    #[error(transparent)]
+    Tunnel(#[from] crate::tunnel::OpenError),
 }
 
 impl ConnectError {
     pub fn is_tls(&self) -> bool {
-        !matches!(self, ConnectError::Tcp(_))
+        !matches!(self, ConnectError::Tcp(_) | ConnectError::Tunnel(_))
     }
 }
 
@@ -88,10 +91,11 @@ pub struct Connector {
     pub host_of: HostOf,
 }
 
-/// A connection to an upstream, plain or TLS.
+/// A connection to an upstream, plain or TLS, or a stream through a tunnel's agent.
 pub enum Conn {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>, Arc<TlsConnect>),
+    Tunnel(crate::tunnel::TunnelStream),
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -105,6 +109,14 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        if let Some((tunnel, service)) = uri.host().and_then(crate::config::tunnel_of_host) {
+            // never resolved or dialled: the agent of the tunnel opens the stream
+            let (tunnel, service) = (tunnel.to_string(), service.to_string());
+            return Box::pin(async move {
+                let s = crate::tunnel::open(&tunnel, &service).await?;
+                Ok(TokioIo::new(Conn::Tunnel(s)))
+            });
+        }
         let tcp = tower_service::Service::<Uri>::call(&mut self.http, uri.clone());
         let tls = self.tls.clone();
         let resolved_from = uri.authority().and_then(|a| (self.host_of)(a.as_str()));
@@ -142,6 +154,7 @@ impl Connection for Conn {
     fn connected(&self) -> Connected {
         match self {
             Conn::Plain(s) => s.connected(),
+            Conn::Tunnel(_) => Connected::new(),
             Conn::Tls(s, _) => {
                 let (tcp, session) = s.get_ref();
                 let c = tcp.connected();
@@ -164,6 +177,7 @@ impl AsyncRead for Conn {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tunnel(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s, tls) => tls.note(Pin::new(s.as_mut()).poll_read(cx, buf)),
         }
     }
@@ -173,6 +187,7 @@ impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, b),
+            Conn::Tunnel(s) => Pin::new(s).poll_write(cx, b),
             Conn::Tls(s, tls) => {
                 let r = Pin::new(s.as_mut()).poll_write(cx, b);
                 probe_on_write_error(s, tls, cx, &r);
@@ -188,6 +203,7 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tunnel(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Conn::Tls(s, tls) => {
                 let r = Pin::new(s.as_mut()).poll_write_vectored(cx, bufs);
                 probe_on_write_error(s, tls, cx, &r);
@@ -199,6 +215,7 @@ impl AsyncWrite for Conn {
     fn is_write_vectored(&self) -> bool {
         match self {
             Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tunnel(s) => s.is_write_vectored(),
             Conn::Tls(s, _) => s.is_write_vectored(),
         }
     }
@@ -206,6 +223,7 @@ impl AsyncWrite for Conn {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tunnel(s) => Pin::new(s).poll_flush(cx),
             Conn::Tls(s, tls) => {
                 let r = Pin::new(s.as_mut()).poll_flush(cx);
                 probe_on_write_error(s, tls, cx, &r);
@@ -217,6 +235,7 @@ impl AsyncWrite for Conn {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tunnel(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s, tls) => {
                 let r = Pin::new(s.as_mut()).poll_shutdown(cx);
                 probe_on_write_error(s, tls, cx, &r);

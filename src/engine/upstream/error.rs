@@ -23,6 +23,9 @@ pub enum UpstreamError {
     /// whole is down (a single endpoint's failure is a 502)
     #[error("no endpoint of upstream {upstream} can serve (panic mode: {detail})")]
     Unavailable { upstream: String, detail: String },
+    /// the endpoint is behind a tunnel none of whose agents is connected
+    #[error("{endpoint}: {detail}")]
+    TunnelUnavailable { endpoint: String, detail: String },
 }
 
 impl UpstreamError {
@@ -33,6 +36,7 @@ impl UpstreamError {
             UpstreamError::Timeout { .. } => "timeout",
             UpstreamError::Protocol { .. } | UpstreamError::Uri(_) => "protocol",
             UpstreamError::Unavailable { .. } => "unavailable",
+            UpstreamError::TunnelUnavailable { .. } => "tunnel",
         }
     }
 }

@@ -156,6 +156,11 @@ impl Pool {
             .iter()
             .enumerate()
             .filter(|(_, e)| e.addr.parse::<SocketAddr>().is_err())
+            // behind a tunnel: the agent reaches it, nothing to resolve
+            .filter(|(_, e)| {
+                let host = e.addr.rsplit_once(':').map_or(e.addr.as_str(), |(h, _)| h);
+                crate::config::tunnel_of_host(host).is_none()
+            })
             .map(|(i, e)| (i, e.addr.clone()))
             .collect()
     }

@@ -509,3 +509,121 @@ async fn a_thousand_concurrent_streams_over_one_agent_and_a_slow_reader_stays_bo
     let grown = vm_rss_kib(f.gw.pid()).saturating_sub(before);
     assert!(grown < 32 * 1024, "the gateway grew by {grown} KiB");
 }
+
+#[tokio::test]
+async fn an_http_route_reaches_an_upstream_behind_the_tunnel() {
+    let extra = format!(
+        "\n[[upstreams]]\nname = \"behind\"\nendpoints = [\"tunnel:onprem/ai\"]\n\n[[routes]]\nname = \"behind\"\npath_prefix = \"/behind/\"\nstrip_prefix = true\nupstream = \"behind\"\naudience = {}\n",
+        q(crate::common::AUD)
+    );
+    let f = fixture(&extra).await;
+    // no agent yet: 503 with the reason, and the request never reached an upstream
+    let r = f
+        .send(crate::common::Req::get("/behind/v1/models").token(&f.token()))
+        .await;
+    crate::common::assert_error(&r, 503, "tunnel_unavailable");
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+
+    let dir = tempfile::tempdir().expect("dir");
+    let mut a = agent(
+        &f,
+        &agent_token(&f, dir.path(), "agent-1"),
+        &[("ai", f.echo.addr)],
+    )
+    .await;
+    agents(&f, 1.0).await;
+    // through the agent, with the identity headers and the path as any upstream gets them;
+    // several in a row share the agent's connection
+    for i in 0..5 {
+        let v = f
+            .expect_ok(
+                crate::common::Req::get(&format!("/behind/v1/models?i={i}")).token(&f.token()),
+            )
+            .await;
+        assert_eq!(v["path"], "/v1/models", "{v}");
+        assert_eq!(v["query"], format!("i={i}"), "{v}");
+        assert_eq!(v["headers"]["x-cc-subject"][0], crate::common::SUB, "{v}");
+    }
+    let line = std::fs::read_to_string(&f.access_log).expect("access log");
+    assert!(
+        line.contains("\"endpoint\":\"ai.onprem.tunnel.invalid:1\""),
+        "{line}"
+    );
+
+    a.kill();
+    agents(&f, 0.0).await;
+    let r = f
+        .send(crate::common::Req::get("/behind/v1/models").token(&f.token()))
+        .await;
+    crate::common::assert_error(&r, 503, "tunnel_unavailable");
+    assert!(
+        metric(
+            &f.metrics().await,
+            "cc_gateway_upstream_errors_total",
+            &[("upstream", "behind"), ("kind", "tunnel")]
+        ) >= 2.0
+    );
+}
+
+#[tokio::test]
+async fn a_binary_upgrade_moves_the_agent_to_the_new_process() {
+    let echo = echo_target().await;
+    let mut f = Fixture::with(Opts {
+        server_extra: "upgrade_socket = \"upgrade.sock\"".into(),
+        extra: format!("{TUNNEL}{}", tcp_route("echo", "echo")),
+        ..Opts::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let a = agent(
+        &f,
+        &agent_token(&f, dir.path(), "agent-1"),
+        &[("echo", echo)],
+    )
+    .await;
+    agents(&f, 1.0).await;
+    let via = tcp_addr(&f.gw, "echo");
+    assert_eq!(round_trip(via, b"before").await, b"before".to_vec());
+
+    let args = vec![
+        std::ffi::OsString::from("run"),
+        "--config".into(),
+        f.config_path.as_os_str().to_owned(),
+        "--upgrade".into(),
+    ];
+    // a stream open across the upgrade
+    let mut old_stream = TcpStream::connect(via).await.expect("connect");
+    old_stream.write_all(b"1").await.expect("write");
+    let mut one = [0u8; 1];
+    old_stream.read_exact(&mut one).await.expect("echo");
+    let new = crate::common::Gateway::spawn_with(args, &f.config_path).await;
+    // the draining process asked the agent to dial again: it is the new process's now
+    wait_gauge(
+        &new,
+        "cc_gateway_tunnel_agents",
+        &[("tunnel", "onprem")],
+        1.0,
+    )
+    .await;
+    assert_eq!(tcp_addr(&new, "echo"), via, "the same L4 socket");
+    assert_eq!(round_trip(via, b"after").await, b"after".to_vec());
+    // the old process still carries its stream (over the agent's old connection) and waits
+    // for it before it exits
+    assert!(
+        f.gw.is_running(),
+        "the old process waits for its open L4 stream"
+    );
+    old_stream.write_all(b"2").await.expect("write");
+    old_stream
+        .read_exact(&mut one)
+        .await
+        .expect("echo on the old stream");
+    assert_eq!(&one, b"2");
+    drop(old_stream);
+    crate::common::process::wait_exit(&mut f.gw, Duration::from_secs(20)).await;
+    assert!(
+        a.stderr().contains("the gateway asked to reconnect"),
+        "{}",
+        a.stderr()
+    );
+}
