@@ -204,6 +204,7 @@ pub fn run_as(
         };
         let tcp_ready = tcp_sockets.describe(&config);
         let tcp = crate::tcp::TcpService::new(tcp_sockets, live.current.clone(), tls.clone());
+        crate::tunnel::metrics::register_series(&config);
         let tcp_worker = tcp.clone();
         let threads = WorkerThreads::start(per_worker, opts, move |i| {
             // on worker i's thread: its L4 connections live there too

@@ -316,6 +316,34 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any sequence of writes (empty ones included: they must not read as end-of-stream),
+        /// then a half-close, arrives as exactly the concatenation, in order, then EOF.
+        #[test]
+        fn any_writes_arrive_whole_and_in_order(
+            writes in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100_000), 0..12)
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            let (got, want) = rt.block_on(async move {
+                let (mut c, mut s) = pair().await;
+                let want: Vec<u8> = writes.concat();
+                let writer = tokio::spawn(async move {
+                    for w in &writes {
+                        c.write_all(w).await.expect("write");
+                    }
+                    c.shutdown().await.expect("half-close");
+                    c
+                });
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.expect("read");
+                drop(writer.await.expect("writer"));
+                (got, want)
+            });
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
     #[tokio::test]
     async fn a_text_message_is_an_error_and_a_close_an_end() {
         let (a, b) = tokio::io::duplex(1024);

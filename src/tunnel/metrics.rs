@@ -51,3 +51,22 @@ pub static TUNNEL_METRICS: LazyLock<TunnelMetrics> = LazyLock::new(|| {
         ),
     }
 });
+
+/// Every configured tunnel's series from startup (an alert on `tunnel_agents == 0` needs the 0).
+pub fn register_series(config: &crate::config::Config) {
+    for t in &config.tunnels {
+        TUNNEL_METRICS.agents.with_label_values(&[&t.name]);
+        TUNNEL_METRICS
+            .agent_connections
+            .with_label_values(&[&t.name, "ok"]);
+        for result in [
+            "ok",
+            "unavailable",
+            "unknown_service",
+            "connect_failed",
+            "error",
+        ] {
+            TUNNEL_METRICS.streams.with_label_values(&[&t.name, result]);
+        }
+    }
+}

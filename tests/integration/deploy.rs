@@ -454,6 +454,12 @@ name = "checked"
 endpoints = [{checked}]
 health_check = {{ path = "/hz", interval = "50ms", unhealthy_threshold = 1 }}
 
+[[tunnels]]
+name = "onprem"
+issuer = "test"
+audience = "cc-gateway-tunnel"
+subjects = ["agent-1"]
+
 {ai}"#,
             dead = q(&dead.to_string()),
             checked = q(&checked.to_string()),
