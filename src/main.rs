@@ -74,6 +74,35 @@ enum Cmd {
     Tunnel(TunnelArgs),
 }
 
+/// How `connect` and `tunnel` trust the gateway, and prove who they are to it.
+#[derive(Args)]
+struct GatewayTls {
+    /// a PEM CA bundle that signs the gateway's certificate (default: the system roots)
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// a client certificate (PEM) for a gateway that asks for one; needs --key
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// the client certificate's private key (PEM)
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl GatewayTls {
+    fn remote(
+        self,
+        url: http::Uri,
+        token_file: Option<PathBuf>,
+    ) -> cc_gateway::tcp::client::Remote {
+        cc_gateway::tcp::client::Remote {
+            url,
+            token_file,
+            ca: self.ca,
+            client_cert: self.cert.zip(self.key),
+        }
+    }
+}
+
 #[derive(Args)]
 struct TunnelArgs {
     /// the gateway's base URL, `wss://gw.example` (or `ws://` for a plaintext listener)
@@ -88,15 +117,8 @@ struct TunnelArgs {
     /// a service this agent serves, NAME=HOST:PORT inside its network; repeatable
     #[arg(long = "expose", value_name = "NAME=HOST:PORT", required = true)]
     expose: Vec<String>,
-    /// a PEM CA bundle that signs the gateway's certificate (default: the system roots)
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// a client certificate (PEM) for a gateway that asks for one; needs --key
-    #[arg(long, requires = "key")]
-    cert: Option<PathBuf>,
-    /// the client certificate's private key (PEM)
-    #[arg(long, requires = "cert")]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: GatewayTls,
 }
 
 #[derive(Args)]
@@ -111,15 +133,8 @@ struct ConnectArgs {
     /// the local address to listen on
     #[arg(long, default_value = "127.0.0.1:5433")]
     listen: SocketAddr,
-    /// a PEM CA bundle that signs the gateway's certificate (default: the system roots)
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// a client certificate (PEM) for a gateway that asks for one; needs --key
-    #[arg(long, requires = "key")]
-    cert: Option<PathBuf>,
-    /// the client certificate's private key (PEM)
-    #[arg(long, requires = "cert")]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: GatewayTls,
 }
 
 #[derive(Subcommand)]
@@ -305,12 +320,7 @@ fn connect(a: ConnectArgs) -> Result<ExitCode> {
         .parse()
         .with_context(|| format!("--url {}: not a URL", a.url))?;
     let options = cc_gateway::tcp::client::Options {
-        remote: cc_gateway::tcp::client::Remote {
-            url,
-            token_file: a.token_file,
-            ca: a.ca,
-            client_cert: a.cert.zip(a.key),
-        },
+        remote: a.tls.remote(url, a.token_file),
         listen: a.listen,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -348,12 +358,7 @@ fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
         .parse()
         .with_context(|| format!("--gateway {}: not a URL", a.gateway))?;
     let options = cc_gateway::tunnel::agent::AgentOptions {
-        remote: cc_gateway::tcp::client::Remote {
-            url,
-            token_file: Some(a.token_file),
-            ca: a.ca,
-            client_cert: a.cert.zip(a.key),
-        },
+        remote: a.tls.remote(url, Some(a.token_file)),
         expose,
     };
     // one thread: an agent's work is copying bytes, and the HTTP/2 connection is one anyway

@@ -10,13 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 use super::conn::{relay, Conn, Refusal};
 use super::target::{self, OpenError};
-use super::ws::{self, WsStream};
+use super::ws;
 use crate::config::TcpTarget;
 use crate::gateway::Gateway;
 use crate::metrics::TCP_METRICS;
@@ -108,14 +105,8 @@ pub fn carry(info: StreamInfo, mut dialled: Dialled, upgrade: OnUpgrade) {
                 return;
             }
         };
-        let socket = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(ws::config()),
-        )
-        .await;
         let conn = info.conn();
-        let mut stream = WsStream::new(socket);
+        let mut stream = ws::server(upgraded).await;
         relay(
             &conn,
             &info.route,

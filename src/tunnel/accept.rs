@@ -4,14 +4,12 @@
 use std::net::SocketAddr;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 use super::metrics::TUNNEL_METRICS;
 use super::{CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, REGISTRY, STREAM_WINDOW};
 use crate::auth::{AuthError, Reason, Verified};
 use crate::config::Tunnel;
-use crate::tcp::ws::{self, WsStream};
+use crate::tcp::ws;
 
 /// Does the verified token make its bearer an agent of `t`? Its issuer, audience and subject.
 pub fn admits(t: &Tunnel, v: &Verified) -> Result<(), AuthError> {
@@ -61,13 +59,7 @@ pub fn serve(tunnel: String, sub: String, peer: SocketAddr, upgrade: hyper::upgr
                 return;
             }
         };
-        let socket = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(ws::config()),
-        )
-        .await;
-        let io = TokioIo::new(WsStream::new(socket));
+        let io = TokioIo::new(ws::server(upgraded).await);
         let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)

@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::plain::{digest_all, send_pattern, vm_rss_kib};
+use super::plain::{digest_all, send_pattern};
 use super::*;
 use crate::common::postgres::Postgres;
 use crate::common::wait::DEADLINE;
@@ -159,7 +159,7 @@ async fn a_connect_route_carries_bytes_after_auth_and_refuses_with_reasons() {
         0.0
     );
     let dir = f.access_log.parent().expect("dir").to_path_buf();
-    let lines = tcp_lines_in(&dir, 2).await;
+    let lines = tcp_log_lines_in(&dir, 2).await;
     let ok = lines
         .iter()
         .find(|l| l["route"] == "echo")
@@ -216,31 +216,8 @@ async fn a_text_message_or_an_oversized_one_ends_the_stream() {
         }
     }
     let dir = f.access_log.parent().expect("dir").to_path_buf();
-    let lines = tcp_lines_in(&dir, 2).await;
+    let lines = tcp_log_lines_in(&dir, 2).await;
     assert!(lines.iter().all(|l| l["reason"] == "error"), "{lines:?}");
-}
-
-/// `tcp_log_lines` for a fixture's access log.
-async fn tcp_lines_in(dir: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
-    let path = dir.join("access.log");
-    crate::common::wait_until(
-        &format!("{n} tcp lines in the access log"),
-        DEADLINE,
-        || async {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let lines: Vec<serde_json::Value> = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["kind"] == "tcp")
-                .collect();
-            if lines.len() >= n {
-                Ok(lines)
-            } else {
-                Err(text)
-            }
-        },
-    )
-    .await
 }
 
 /// A running `cc-gateway connect`, killed on drop.
@@ -288,27 +265,7 @@ async fn the_connect_client_carries_20_mb_each_way_and_bounds_a_slow_reader() {
         }
     })
     .await;
-    // a target that writes without end to a client that reads nothing, and says how much it
-    // wrote once a write cannot start for a second (the path is full)
-    let (stall_tx, mut stalled) = tokio::sync::mpsc::unbounded_channel::<usize>();
-    let firehose = target(move |mut s| {
-        let tx = stall_tx.clone();
-        async move {
-            let chunk = vec![9u8; 64 * 1024];
-            let mut written = 0usize;
-            loop {
-                match tokio::time::timeout(Duration::from_secs(1), s.write(&chunk)).await {
-                    Ok(Ok(n)) => written += n,
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        let _ = tx.send(written);
-                        return;
-                    }
-                }
-            }
-        }
-    })
-    .await;
+    let (firehose, mut stalled) = firehose().await;
     let extra = format!(
         "{}{}",
         connect_route("bulk", "/connect/bulk", &bulk.to_string(), ""),
@@ -347,21 +304,8 @@ async fn the_connect_client_carries_20_mb_each_way_and_bounds_a_slow_reader() {
         &token_file.display().to_string(),
     ])
     .await;
-    let before = vm_rss_kib(f.gw.pid());
     let mut idle = TcpStream::connect(c2.addr).await.expect("local port");
-    let mut first = [0u8; 1];
-    idle.read_exact(&mut first).await.expect("the first byte");
-    let written = tokio::time::timeout(Duration::from_secs(60), stalled.recv())
-        .await
-        .expect("the target stalls")
-        .expect("report");
-    // socket buffers on every hop plus bounded WebSocket buffers: far below what was offered
-    assert!(
-        written < 64 * 1024 * 1024,
-        "the target wrote {written} bytes to a client that reads nothing"
-    );
-    let grown = vm_rss_kib(f.gw.pid()).saturating_sub(before);
-    assert!(grown < 32 * 1024, "the gateway grew by {grown} KiB");
+    assert_bounded_while_unread(f.gw.pid(), &mut idle, &mut stalled).await;
     drop(idle);
     drop(c2);
     drop(c);

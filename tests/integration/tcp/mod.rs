@@ -55,7 +55,12 @@ pub fn tcp_addr(gw: &Gateway, name: &str) -> SocketAddr {
 
 /// The access log's TCP lines (JSON), once `n` of them are there.
 pub async fn tcp_log_lines(dir: &tempfile::TempDir, n: usize) -> Vec<serde_json::Value> {
-    let path = dir.path().join("access.log");
+    tcp_log_lines_in(dir.path(), n).await
+}
+
+/// [`tcp_log_lines`] of `dir/access.log`.
+pub async fn tcp_log_lines_in(dir: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let path = dir.join("access.log");
     crate::common::wait_until(
         &format!("{n} tcp lines in the access log"),
         crate::common::wait::DEADLINE,
@@ -74,6 +79,57 @@ pub async fn tcp_log_lines(dir: &tempfile::TempDir, n: usize) -> Vec<serde_json:
         },
     )
     .await
+}
+
+/// A target that writes without end to whoever connects, and reports how much it wrote once a
+/// write cannot start for a second (the path to a client that reads nothing is full).
+pub async fn firehose() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+    use tokio::io::AsyncWriteExt;
+    let (tx, stalled) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let addr = target(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let chunk = vec![9u8; 64 * 1024];
+            let mut written = 0usize;
+            loop {
+                let write = s.write(&chunk);
+                match tokio::time::timeout(std::time::Duration::from_secs(1), write).await {
+                    Ok(Ok(n)) => written += n,
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        let _ = tx.send(written);
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    (addr, stalled)
+}
+
+/// Reads the first byte from `idle` (the stream flows), then waits for the firehose behind it
+/// to stall and asserts that little was in flight and the gateway's memory stayed flat.
+pub async fn assert_bounded_while_unread(
+    gw_pid: u32,
+    idle: &mut TcpStream,
+    stalled: &mut tokio::sync::mpsc::UnboundedReceiver<usize>,
+) {
+    use tokio::io::AsyncReadExt;
+    let before = plain::vm_rss_kib(gw_pid);
+    let mut first = [0u8; 1];
+    idle.read_exact(&mut first).await.expect("the first byte");
+    let written = tokio::time::timeout(std::time::Duration::from_secs(60), stalled.recv())
+        .await
+        .expect("the target stalls")
+        .expect("report");
+    // socket buffers on every hop plus bounded in-process buffers: far below what was offered
+    assert!(
+        written < 64 * 1024 * 1024,
+        "the target wrote {written} bytes to a client that reads nothing"
+    );
+    let grown = plain::vm_rss_kib(gw_pid).saturating_sub(before);
+    assert!(grown < 32 * 1024, "the gateway grew by {grown} KiB");
 }
 
 /// A target server on a loopback port: every accepted connection goes to `handle`, in its own

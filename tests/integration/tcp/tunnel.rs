@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::plain::{digest_all, send_pattern, vm_rss_kib, HUNDRED_MB};
+use super::plain::{digest_all, send_pattern, HUNDRED_MB};
 use super::*;
 use crate::common::postgres::Postgres;
 use crate::common::wait::DEADLINE;
@@ -65,6 +65,16 @@ async fn agent(f: &Fixture, token: &std::path::Path, expose: &[(&str, SocketAddr
     let (h, first) = Helper::start(&args).await;
     assert_eq!(first, "connected", "{}", h.stderr());
     h
+}
+
+/// The fixture with an L4 route per service (named like it) and one agent exposing them all.
+async fn routed_agent(services: &[(&str, SocketAddr)]) -> (Fixture, Helper, tempfile::TempDir) {
+    let routes: String = services.iter().map(|(n, _)| tcp_route(n, n)).collect();
+    let f = fixture(&routes).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let a = agent(&f, &agent_token(&f, dir.path(), "agent-1"), services).await;
+    agents(&f, 1.0).await;
+    (f, a, dir)
 }
 
 async fn agents(f: &Fixture, n: f64) {
@@ -373,20 +383,7 @@ async fn a_hundred_megabytes_each_way_and_half_close_cross_the_tunnel() {
         }
     })
     .await;
-    let f = fixture(&format!(
-        "{}{}",
-        tcp_route("bulk", "bulk"),
-        tcp_route("bye", "bye")
-    ))
-    .await;
-    let dir = tempfile::tempdir().expect("dir");
-    let _a = agent(
-        &f,
-        &agent_token(&f, dir.path(), "agent-1"),
-        &[("bulk", bulk), ("bye", bye)],
-    )
-    .await;
-    agents(&f, 1.0).await;
+    let (f, _a, _dir) = routed_agent(&[("bulk", bulk), ("bye", bye)]).await;
 
     let c = TcpStream::connect(tcp_addr(&f.gw, "bulk"))
         .await
@@ -417,39 +414,8 @@ async fn a_hundred_megabytes_each_way_and_half_close_cross_the_tunnel() {
 #[tokio::test]
 async fn a_thousand_concurrent_streams_over_one_agent_and_a_slow_reader_stays_bounded() {
     let echo = echo_target().await;
-    let (stall_tx, mut stalled) = tokio::sync::mpsc::unbounded_channel::<usize>();
-    let firehose = target(move |mut s| {
-        let tx = stall_tx.clone();
-        async move {
-            let chunk = vec![9u8; 64 * 1024];
-            let mut written = 0usize;
-            loop {
-                match tokio::time::timeout(Duration::from_secs(1), s.write(&chunk)).await {
-                    Ok(Ok(n)) => written += n,
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        let _ = tx.send(written);
-                        return;
-                    }
-                }
-            }
-        }
-    })
-    .await;
-    let f = fixture(&format!(
-        "{}{}",
-        tcp_route("echo", "echo"),
-        tcp_route("fire", "fire")
-    ))
-    .await;
-    let dir = tempfile::tempdir().expect("dir");
-    let _a = agent(
-        &f,
-        &agent_token(&f, dir.path(), "agent-1"),
-        &[("echo", echo), ("fire", firehose)],
-    )
-    .await;
-    agents(&f, 1.0).await;
+    let (firehose, mut stalled) = firehose().await;
+    let (f, _a, _dir) = routed_agent(&[("echo", echo), ("fire", firehose)]).await;
     let via = tcp_addr(&f.gw, "echo");
 
     // all open at once before any finishes: each sends, then waits for the others
@@ -492,22 +458,10 @@ async fn a_thousand_concurrent_streams_over_one_agent_and_a_slow_reader_stays_bo
     );
 
     // a client that reads nothing: the target is held back, the gateway does not grow
-    let before = vm_rss_kib(f.gw.pid());
     let mut idle = TcpStream::connect(tcp_addr(&f.gw, "fire"))
         .await
         .expect("connect");
-    let mut first = [0u8; 1];
-    idle.read_exact(&mut first).await.expect("the first byte");
-    let written = tokio::time::timeout(Duration::from_secs(60), stalled.recv())
-        .await
-        .expect("the target stalls")
-        .expect("report");
-    assert!(
-        written < 64 * 1024 * 1024,
-        "the target wrote {written} bytes to a client that reads nothing"
-    );
-    let grown = vm_rss_kib(f.gw.pid()).saturating_sub(before);
-    assert!(grown < 32 * 1024, "the gateway grew by {grown} KiB");
+    assert_bounded_while_unread(f.gw.pid(), &mut idle, &mut stalled).await;
 }
 
 #[tokio::test]
