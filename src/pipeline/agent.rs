@@ -4,16 +4,15 @@
 
 use std::sync::Arc;
 
-use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
+use super::connect::{switching, websocket_required};
 use super::exchange::Exchange;
 use crate::auth::{self, AuthError};
 use crate::config::Tunnel;
 use crate::engine::{Body, ConnInfo};
 use crate::gateway::{Gateway, WorkerSnapshot};
-use crate::respond::Refusal;
 use crate::tcp::ws;
 use crate::tunnel::accept;
 
@@ -40,11 +39,7 @@ pub(super) async fn accept(
         Ok(k) => k,
         Err(why) => {
             accept::counted(&t.name, "websocket_required");
-            return ex.refuse(Refusal::new(
-                StatusCode::UPGRADE_REQUIRED,
-                "websocket_required",
-                why,
-            ));
+            return ex.refuse(websocket_required(why));
         }
     };
     let sub = match agent_identity(gw, t, &req).await {
@@ -64,21 +59,11 @@ pub(super) async fn accept(
         HeaderValue::from_str(&key),
         req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>(),
     ) else {
-        return ex.refuse(Refusal::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "websocket_required",
-            "the connection cannot be upgraded",
-        ));
+        return ex.refuse(websocket_required("the connection cannot be upgraded"));
     };
     accept::counted(&t.name, "ok");
     accept::serve(t.name.clone(), sub, conn.peer, upgrade);
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(SEC_WEBSOCKET_ACCEPT, accept_value);
-    ex.switched(resp)
+    ex.switched(switching(accept_value))
 }
 
 /// The agent's verified token.

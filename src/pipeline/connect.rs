@@ -51,17 +51,23 @@ pub(super) async fn open(
         }
     };
     connect::carry(info, dialled, upgrade);
+    ex.switched(switching(accept))
+}
+
+/// Our own `101` to a WebSocket handshake whose key gave `accept`.
+pub(super) fn switching(accept: HeaderValue) -> Response<Body> {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(SEC_WEBSOCKET_ACCEPT, accept);
-    ex.switched(resp)
+    resp
 }
 
-/// 426: a connect route speaks only WebSocket (RFC 6455 over HTTP/1.1).
-fn websocket_required(why: &'static str) -> Refusal {
+/// 426: a connect route (and a tunnel's agent endpoint) speaks only WebSocket (RFC 6455 over
+/// HTTP/1.1).
+pub(super) fn websocket_required(why: &'static str) -> Refusal {
     let mut r = Refusal::new(StatusCode::UPGRADE_REQUIRED, "websocket_required", why);
     r.headers
         .push((UPGRADE, HeaderValue::from_static("websocket")));

@@ -98,15 +98,14 @@ pub fn carry(info: StreamInfo, mut dialled: Dialled, upgrade: OnUpgrade) {
     let hold = crate::engine::drain::hold();
     tokio::spawn(async move {
         let _hold = hold;
-        let upgraded = match upgrade.await {
-            Ok(u) => u,
+        let mut stream = match ws::server(upgrade).await {
+            Ok(s) => s,
             Err(e) => {
                 tracing::debug!(route = %info.route, error = %e, "the WebSocket upgrade failed");
                 return;
             }
         };
         let conn = info.conn();
-        let mut stream = ws::server(upgraded).await;
         relay(
             &conn,
             &info.route,

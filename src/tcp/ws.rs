@@ -86,19 +86,19 @@ pub fn accept_key(
     Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
-/// The server end of a connection that just switched to WebSocket (our `101`), as a byte
-/// stream.
+/// The server end of a connection switching to WebSocket (our `101`), as a byte stream once
+/// the switch is complete.
 pub async fn server(
-    upgraded: hyper::upgrade::Upgraded,
-) -> WsStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>> {
-    let io = hyper_util::rt::TokioIo::new(upgraded);
+    upgrade: hyper::upgrade::OnUpgrade,
+) -> Result<WsStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>, hyper::Error> {
+    let io = hyper_util::rt::TokioIo::new(upgrade.await?);
     let socket = WebSocketStream::from_raw_socket(
         io,
         tokio_tungstenite::tungstenite::protocol::Role::Server,
         Some(config()),
     )
     .await;
-    WsStream::new(socket)
+    Ok(WsStream::new(socket))
 }
 
 /// A WebSocket as a byte stream (see the module docs for the framing).

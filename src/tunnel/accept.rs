@@ -52,14 +52,13 @@ pub fn serve(tunnel: String, sub: String, peer: SocketAddr, upgrade: hyper::upgr
     let hold = crate::engine::drain::hold();
     tokio::spawn(async move {
         let _hold = hold;
-        let upgraded = match upgrade.await {
-            Ok(u) => u,
+        let io = match ws::server(upgrade).await {
+            Ok(s) => TokioIo::new(s),
             Err(e) => {
                 tracing::debug!(tunnel, error = %e, "an agent's upgrade failed");
                 return;
             }
         };
-        let io = TokioIo::new(ws::server(upgraded).await);
         let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::plain::{digest_all, send_pattern};
+use super::plain::{bulk_target, digest_all, send_pattern};
 use super::*;
 use crate::common::postgres::Postgres;
 use crate::common::wait::DEADLINE;
@@ -255,16 +255,7 @@ impl Connector {
 #[tokio::test]
 async fn the_connect_client_carries_20_mb_each_way_and_bounds_a_slow_reader() {
     const N: usize = 20 * 1024 * 1024;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let bulk = target(move |s| {
-        let tx = tx.clone();
-        async move {
-            let (mut r, mut w) = s.into_split();
-            let (got, sent) = tokio::join!(digest_all(&mut r), send_pattern(&mut w, N, 1 << 40));
-            let _ = tx.send((got, sent));
-        }
-    })
-    .await;
+    let (bulk, mut rx) = bulk_target(N).await;
     let (firehose, mut stalled) = firehose().await;
     let extra = format!(
         "{}{}",

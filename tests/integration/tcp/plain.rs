@@ -171,21 +171,30 @@ pub(super) async fn digest_all(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> (
     }
 }
 
-#[tokio::test]
-async fn a_hundred_megabytes_each_way_arrive_identical() {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let t = target(move |s| {
+/// A target that sends `n` bytes of pattern while it reads to EOF; reports
+/// ((bytes, digest) received, digest sent).
+pub(super) async fn bulk_target(
+    n: usize,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<((usize, Vec<u8>), Vec<u8>)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = target(move |s| {
         let tx = tx.clone();
         async move {
             let (mut r, mut w) = s.into_split();
-            let (got, sent) = tokio::join!(
-                digest_all(&mut r),
-                send_pattern(&mut w, HUNDRED_MB, 1 << 40)
-            );
+            let (got, sent) = tokio::join!(digest_all(&mut r), send_pattern(&mut w, n, 1 << 40));
             let _ = tx.send((got, sent));
         }
     })
     .await;
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_hundred_megabytes_each_way_arrive_identical() {
+    let (t, mut rx) = bulk_target(HUNDRED_MB).await;
     let (gw, dir) = gateway("", &route("bulk", t, "")).await;
     let c = TcpStream::connect(tcp_addr(&gw, "bulk"))
         .await

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::plain::{digest_all, send_pattern, HUNDRED_MB};
+use super::plain::{bulk_target, digest_all, send_pattern, HUNDRED_MB};
 use super::*;
 use crate::common::postgres::Postgres;
 use crate::common::wait::DEADLINE;
@@ -357,19 +357,7 @@ async fn refused_agent_tokens_are_counted_and_a_rotated_token_gets_in() {
 
 #[tokio::test]
 async fn a_hundred_megabytes_each_way_and_half_close_cross_the_tunnel() {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let bulk = target(move |s| {
-        let tx = tx.clone();
-        async move {
-            let (mut r, mut w) = s.into_split();
-            let (got, sent) = tokio::join!(
-                digest_all(&mut r),
-                send_pattern(&mut w, HUNDRED_MB, 1 << 40)
-            );
-            let _ = tx.send((got, sent));
-        }
-    })
-    .await;
+    let (bulk, mut rx) = bulk_target(HUNDRED_MB).await;
     // closes its half first, then still reads what the client sends
     let (tx2, mut rx2) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let bye = target(move |mut s| {
