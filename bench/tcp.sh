@@ -6,6 +6,8 @@
 #   l4        psql → [[tcp_routes]] → PostgreSQL
 #   connect   psql → cc-gateway connect → WebSocket route (connect = …) → PostgreSQL
 #   tunnel    psql → [[tcp_routes]] target = "tunnel:…" → agent (cc-gateway tunnel) → PostgreSQL
+#   nginx     psql → nginx `stream` proxy_pass → PostgreSQL           (the bar for l4; when nginx
+#             and its stream module are installed: apt-get install -y nginx-light libnginx-mod-stream)
 #
 # `connect` and `tunnel` run only when the binary has those commands. Per way: median TPS, the
 # median of its per-round ratio to direct, p50/p99 latency (from pgbench's per-transaction
@@ -22,6 +24,7 @@ GW_PORT=$((PG_PORT + 1))
 L4_PORT=$((PG_PORT + 2))
 CONNECT_PORT=$((PG_PORT + 3))
 TUNNEL_PORT=$((PG_PORT + 4))
+NGINX_PORT=$((PG_PORT + 5))
 need pgbench psql
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$PGBIN/initdb" ] || { echo "bench: needs PostgreSQL's server (apt-get install -y postgresql)" >&2; exit 1; }
@@ -92,8 +95,28 @@ $BIN run --config "$RUN/tcp.toml" >"$RUN/tcp-gateway.log" 2>&1 & PIDS+=($!); GW_
 wait_port "$GW_PORT"; wait_port "$L4_PORT"
 
 WAYS=(direct l4)
-declare -A PORT=([direct]=$PG_PORT [l4]=$L4_PORT [connect]=$CONNECT_PORT [tunnel]=$TUNNEL_PORT)
-declare -A EXTRA_PID=([direct]="" [l4]="" [connect]="" [tunnel]="")
+declare -A PORT=([direct]=$PG_PORT [l4]=$L4_PORT [connect]=$CONNECT_PORT [tunnel]=$TUNNEL_PORT [nginx]=$NGINX_PORT)
+declare -A EXTRA_PID=([direct]="" [l4]="" [connect]="" [tunnel]="" [nginx]="")
+declare -A OWN_PID=([direct]="" [l4]=$GW_PID [connect]=$GW_PID [tunnel]=$GW_PID [nginx]="")
+STREAM_MOD=$(ls /usr/lib/nginx/modules/ngx_stream_module.so 2>/dev/null || true)
+if command -v nginx >/dev/null && [ -n "$STREAM_MOD" ]; then
+  # as many workers as the gateway has threads; tcp_nodelay as the gateway sets it
+  cat > "$RUN/nginx-l4.conf" <<CONF
+load_module $STREAM_MOD;
+worker_processes 2;
+daemon off;
+pid $RUN/nginx-l4.pid;
+error_log $RUN/nginx-l4-error.log warn;
+events { worker_connections 4096; }
+stream { server { listen 127.0.0.1:$NGINX_PORT; proxy_pass 127.0.0.1:$PG_PORT; tcp_nodelay on; } }
+CONF
+  nginx -c "$RUN/nginx-l4.conf" -p "$RUN" -e "$RUN/nginx-l4-error.log" & PIDS+=($!); NGINX_PID=$!
+  wait_port "$NGINX_PORT"
+  OWN_PID[nginx]="$NGINX_PID $(pgrep -P $NGINX_PID | tr '\n' ' ')"
+  WAYS+=(nginx)
+else
+  echo "bench: no nginx with its stream module: the nginx reference is skipped" >&2
+fi
 if [ $has_connect = 1 ]; then
   $BIN connect --url "ws://127.0.0.1:$GW_PORT/connect/pg" --token-file "$RUN/warm.txt" \
     --listen "127.0.0.1:$CONNECT_PORT" >"$RUN/tcp-connect.log" 2>&1 & PIDS+=($!)
@@ -120,9 +143,9 @@ done
 one_run() {
   local w=$1 out logdir=$RUN/tcp-logs-$1 c0 c1 tps tx
   rm -rf "$logdir"; mkdir -p "$logdir"
-  c0=$(cpu_ticks $GW_PID ${EXTRA_PID[$w]})
+  c0=$(cpu_ticks ${OWN_PID[$w]} ${EXTRA_PID[$w]})
   out=$(cd "$logdir" && pgbench -n -S -c "$CLIENTS" -j 2 -T "$DUR" -l -h 127.0.0.1 -p "${PORT[$w]}" -U bench postgres 2>&1)
-  c1=$(cpu_ticks $GW_PID ${EXTRA_PID[$w]})
+  c1=$(cpu_ticks ${OWN_PID[$w]} ${EXTRA_PID[$w]})
   tps=$(echo "$out" | awk '/^tps = / {print $3; exit}')
   tx=$(echo "$out" | awk '/number of transactions actually processed/ {print $NF}')
   [ -n "$tps" ] || { echo "bench: pgbench via $w failed: $out" >&2; exit 1; }
@@ -156,6 +179,12 @@ for w in "${WAYS[@]}"; do
   printf '%-8s %10.0f %8s %9s %9s %12s %14s\n' "$w" "$(awk '{print $1}' "$f" | median)" "$ratio" \
     "$(awk '{print $2}' "$f" | median)" "$p99" "$((p99 - d_p99))" "$(awk '{print $4}' "$f" | median)"
 done
+
+if [ -f "$RUN/tcp-nginx.tsv" ]; then
+  # what our L4 hop costs against the bar, per round (same round, same machine state)
+  echo "l4 × nginx stream: $(paste "$RUN/tcp-l4.tsv" "$RUN/tcp-nginx.tsv" | awk '{printf "%.3f\n", $1 / $5}' | median)" \
+    "(CPU µs/tx $(awk '{print $4}' "$RUN/tcp-l4.tsv" | median) vs $(awk '{print $4}' "$RUN/tcp-nginx.tsv" | median))"
+fi
 
 echo
 echo "bulk: 100 MB COPY each way (MB/s, one run)"
