@@ -30,6 +30,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
+use tokio::runtime::Handle;
 
 use metrics::TUNNEL_METRICS;
 
@@ -79,6 +80,8 @@ impl OpenError {
 struct Agent {
     id: u64,
     send: SendRequest<Empty<Bytes>>,
+    /// the worker driving the agent's connection: a stream carried there crosses no thread
+    home: Handle,
 }
 
 /// The connected agents of every tunnel.
@@ -97,9 +100,11 @@ impl Registry {
     fn add(&self, tunnel: &str, send: SendRequest<Empty<Bytes>>) -> u64 {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let mut map = self.agents.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(tunnel.to_string())
-            .or_default()
-            .push(Agent { id, send });
+        map.entry(tunnel.to_string()).or_default().push(Agent {
+            id,
+            send,
+            home: Handle::current(),
+        });
         TUNNEL_METRICS.agents.with_label_values(&[tunnel]).inc();
         id
     }
@@ -115,8 +120,11 @@ impl Registry {
         }
     }
 
-    /// The live agents' senders, starting at the next in turn (cloned out: the lock is never
-    /// held across an await).
+    /// The live agents' senders, starting at the next in turn, those driven by this worker
+    /// first (cloned out: the lock is never held across an await). A stream's bytes pass
+    /// between its client's task and the agent connection's task; on one worker that is a
+    /// local wake-up, across workers a thread wake-up per message each way, which cost a
+    /// quarter of the tunnel's throughput when measured (bench/tcp.sh).
     fn candidates(&self, tunnel: &str) -> Vec<SendRequest<Empty<Bytes>>> {
         let map = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         let Some(list) = map.get(tunnel) else {
@@ -126,10 +134,32 @@ impl Registry {
         if live.is_empty() {
             return Vec::new();
         }
+        let here = Handle::try_current().ok().map(|h| h.id());
         let start = self.next.fetch_add(1, Ordering::Relaxed) % live.len();
-        (0..live.len())
-            .map(|i| live[(start + i) % live.len()].send.clone())
-            .collect()
+        let mut turn: Vec<&Agent> = (0..live.len())
+            .map(|i| live[(start + i) % live.len()])
+            .collect();
+        // stable: the turn order stays among the local agents and among the others
+        turn.sort_by_key(|a| Some(a.home.id()) != here);
+        turn.into_iter().map(|a| a.send.clone()).collect()
+    }
+
+    /// The worker a new stream of `tunnel` is best carried on: the one driving the connection
+    /// of the agent whose turn is next (`None` with no agent connected).
+    pub fn home(&self, tunnel: &str) -> Option<Handle> {
+        let map = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let live: Vec<&Agent> = map
+            .get(tunnel)?
+            .iter()
+            .filter(|a| !a.send.is_closed())
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        // a peek, not a turn: `candidates` takes the turn, starting at this same agent (it is
+        // local there), so the rotation across agents stays even
+        let i = self.next.load(Ordering::Relaxed) % live.len();
+        Some(live[i].home.clone())
     }
 
     /// How many agents of `tunnel` are connected.
