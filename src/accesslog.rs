@@ -45,6 +45,10 @@ pub struct Record<'a> {
     pub route: Option<&'a str>,
     pub status: u16,
     pub duration_ms: f64,
+    /// until the first byte of the response body went to the client (an AI stream's first
+    /// token); a complete response without a body: its duration; none if no byte went
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<f64>,
     pub upstream: Option<&'a str>,
     pub upstream_status: Option<u16>,
     /// tries sent upstream (0: none; more than 1: the route's `retries` repeated it)

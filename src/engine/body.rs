@@ -39,6 +39,8 @@ pub struct Done {
     pub cut: Option<&'static str>,
     /// what the usage tap saw (bodies with a tap only)
     pub usage: Option<Observed>,
+    /// when the first data byte was handed to the client (none: the body had none)
+    pub first_byte: Option<Instant>,
 }
 
 /// Called once, when the body ends or is dropped.
@@ -47,6 +49,8 @@ pub type OnDone = Box<dyn FnOnce(Done) + Send>;
 pub struct Body {
     kind: Kind,
     sent: u64,
+    /// see `Done::first_byte`; read from the clock only for a body with a completion hook
+    first_byte: Option<Instant>,
     on_done: Option<OnDone>,
     limits: Option<Box<Watch>>,
     /// a gRPC response: ended by trailers, never by an error
@@ -113,6 +117,7 @@ impl Body {
         Body {
             kind: Kind::Upstream(b),
             sent: 0,
+            first_byte: None,
             on_done: None,
             limits: None,
             grpc: false,
@@ -144,6 +149,7 @@ impl Body {
         Body {
             kind: Kind::Full((!b.is_empty()).then_some(b)),
             sent: 0,
+            first_byte: None,
             on_done: None,
             limits: None,
             grpc: false,
@@ -155,6 +161,7 @@ impl Body {
         Body {
             kind: Kind::Full(None),
             sent: 0,
+            first_byte: None,
             on_done: None,
             limits: None,
             grpc: false,
@@ -182,6 +189,7 @@ impl Body {
                 complete,
                 cut,
                 usage: self.tap.take().map(|t| t.finish()),
+                first_byte: self.first_byte,
             });
         }
     }
@@ -289,6 +297,9 @@ impl HttpBody for Body {
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
+                    if this.sent == 0 && !d.is_empty() && this.on_done.is_some() {
+                        this.first_byte = Some(Instant::now());
+                    }
                     this.sent += d.len() as u64;
                     if let Some(t) = &mut this.tap {
                         t.data(d);

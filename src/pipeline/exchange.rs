@@ -228,6 +228,7 @@ impl Exchange {
                     .or_else(|| (!done.complete && drain::is_cut_off()).then_some("shutting_down")),
                 upstream_status,
                 bytes_out: done.sent,
+                first_byte: done.first_byte.map(tokio::time::Instant::into_std),
                 complete: done.complete,
                 usage: done.usage.as_ref(),
             });
@@ -289,7 +290,13 @@ impl Exchange {
             protocol: version_str(self.version),
             route: self.route.map(|r| cfg.routes[r].name.as_str()),
             status: outcome.status,
-            duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            duration_ms: millis(elapsed),
+            // a complete response without a body byte was whole when its head went; an
+            // incomplete one without any never gave the client a byte of body
+            ttfb_ms: match outcome.first_byte {
+                Some(t) => Some(millis(t.saturating_duration_since(self.start))),
+                None => outcome.complete.then(|| millis(elapsed)),
+            },
             upstream: self.upstream.map(|u| cfg.upstreams[u].name.as_str()),
             upstream_status: outcome.upstream_status,
             attempts: self.tries.attempts,
@@ -314,6 +321,11 @@ impl Exchange {
     }
 }
 
+/// Milliseconds with microsecond precision, as the logs print durations.
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// How an exchange ended, as the metrics and the access log record it.
 struct Outcome<'a> {
     /// the status the client got
@@ -323,6 +335,8 @@ struct Outcome<'a> {
     reason: Option<&'a str>,
     upstream_status: Option<u16>,
     bytes_out: u64,
+    /// when the response's first body byte went to the client
+    first_byte: Option<Instant>,
     /// the response body ended normally
     complete: bool,
     /// what the usage tap saw (AI routes' upstream responses only)
@@ -343,6 +357,7 @@ impl Drop for Exchange {
                 reason: Some(reason),
                 upstream_status: None,
                 bytes_out: 0,
+                first_byte: None,
                 complete: false,
                 usage: None,
             });

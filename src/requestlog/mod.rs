@@ -134,7 +134,7 @@ impl RequestLog {
             status: i64::from(rec.status),
             reason: s(rec.reason),
             duration_ms: rec.duration_ms,
-            ttfb_ms: None,
+            ttfb_ms: rec.ttfb_ms,
             bytes_in: n(Some(rec.bytes_in)).unwrap_or(0),
             bytes_out: n(Some(rec.bytes_out)).unwrap_or(0),
             sub: s(rec.sub),

@@ -100,8 +100,8 @@ fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
     v.map_or(Value::Null, f)
 }
 
-/// One request. Fields nothing fills yet (`ttfb_ms`) stay
-/// NULL; the AI columns are NULL on other routes, and the token counts and cost are NULL when
+/// One request. `ttfb_ms` is NULL when no byte of the response went to the client; the AI
+/// columns are NULL on other routes, and the token counts and cost are NULL when
 /// the usage is missing (unknown is never 0).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Row {

@@ -197,6 +197,8 @@ async fn a_request_abandoned_by_its_client_is_counted_as_499() {
                     .ok_or("no line yet".to_string())?;
                 let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
                 if v["status"] == 499 && v["reason"] == "client_closed" {
+                    // no byte of a response went out: no time to a first one
+                    assert!(v.get("ttfb_ms").is_none(), "{line}");
                     Ok(())
                 } else {
                     Err(line.to_string())

@@ -178,6 +178,12 @@ pub async fn every_kind_of_request_is_a_row(fx: &Fixture) {
     assert_eq!(r["fields"]["instance"], SUB);
     assert_eq!(r["fields"]["realm_claim"], REALM);
     assert!(r["duration_ms"].as_f64().is_some_and(|d| d > 0.0), "{r}");
+    assert!(
+        r["ttfb_ms"]
+            .as_f64()
+            .is_some_and(|t| t > 0.0 && t <= r["duration_ms"].as_f64().unwrap_or(0.0)),
+        "{r}"
+    );
     assert!(r["model"].is_null() && r["input_tokens"].is_null(), "{r}");
     for (resp, status, reason) in [
         // a budget refusal's logged reason is its rule, as in the access log

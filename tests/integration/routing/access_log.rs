@@ -7,7 +7,7 @@ use crate::common::wait::DEADLINE;
 use crate::common::*;
 
 /// The access log's lines as JSON (none when the file does not exist yet).
-fn read_log_lines(path: &std::path::Path) -> Vec<Value> {
+pub(super) fn read_log_lines(path: &std::path::Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter(|l| !l.trim().is_empty())

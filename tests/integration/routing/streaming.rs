@@ -9,6 +9,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::common::servers::{WsEcho, SSE_FIRST, SSE_SECOND};
+use crate::common::wait::DEADLINE;
 use crate::common::*;
 
 #[tokio::test]
@@ -51,6 +52,7 @@ read_timeout = "30s"
         .header("host", fx.gw.addr.to_string())
         .header("accept", "text/event-stream")
         .header("x-gitlab-token", &token)
+        .header("x-request-id", "sse-ttfb")
         .body(Full::new(Bytes::new()))
         .expect("request");
     let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
@@ -93,6 +95,10 @@ read_timeout = "30s"
         "the upstream finished before the test let it"
     );
     assert!(!String::from_utf8_lossy(&got).contains("second"));
+    // the stream stays open this long after its first event: the gap the access log's
+    // ttfb_ms must show against duration_ms (a lower bound this test enforces, not a timing)
+    const HELD_MS: f64 = 300.0;
+    tokio::time::sleep(Duration::from_millis(HELD_MS as u64)).await;
     sse.proceed.notify_one();
     tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(f) = body.frame().await {
@@ -109,6 +115,19 @@ read_timeout = "30s"
         text,
         format!("{SSE_FIRST}{SSE_SECOND}"),
         "events changed in transit"
+    );
+    let line = wait_until("the stream's access log line", DEADLINE, || async {
+        super::access_log::read_log_lines(&fx.access_log)
+            .into_iter()
+            .find(|l| l["request_id"] == "sse-ttfb")
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    let (ttfb, duration) = (line["ttfb_ms"].as_f64(), line["duration_ms"].as_f64());
+    assert!(
+        ttfb.zip(duration)
+            .is_some_and(|(t, d)| t > 0.0 && t + HELD_MS <= d),
+        "ttfb_ms is the first event's, not the end's: {line}"
     );
 }
 
