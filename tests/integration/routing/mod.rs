@@ -4,6 +4,7 @@
 
 mod access_log;
 mod access_log_delivery;
+mod access_log_rotation;
 mod headers;
 mod paths;
 mod protocol;
