@@ -118,7 +118,10 @@ impl Gateway {
             budgets,
             request_log,
             router: Router::new(&config.routes),
-            identity: IdentityNames::new(&config.auth.identity_header_prefix),
+            identity: IdentityNames::new(
+                &config.auth.identity_header_prefix,
+                &config.auth.identity_headers,
+            ),
             route_metrics: config
                 .routes
                 .iter()

@@ -18,12 +18,69 @@ pub struct Auth {
     pub token_headers: Vec<TokenHeader>,
     /// lower-cased (header names are lower-case in `http`), e.g. `x-cc-`
     pub identity_header_prefix: String,
+    /// which identity headers are set upstream (all by default)
+    pub identity_headers: IdentityHeaders,
     pub token_cache_size: usize,
     pub max_token_bytes: usize,
     pub forward_token: bool,
 }
 
+/// The identity headers a backend gets (`auth.identity_headers`): one it does not read is
+/// bytes every request carries for nothing (the upstream parses each header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    pub subject: bool,
+    pub issuer: bool,
+    pub scopes: bool,
+    pub realm: bool,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        IdentityHeaders {
+            subject: true,
+            issuer: true,
+            scopes: true,
+            realm: true,
+        }
+    }
+}
+
 impl Validator {
+    fn identity_headers(&self, names: Option<Vec<String>>) -> VResult<IdentityHeaders> {
+        let Some(names) = names else {
+            return Ok(IdentityHeaders::default());
+        };
+        let mut h = IdentityHeaders {
+            subject: false,
+            issuer: false,
+            scopes: false,
+            realm: false,
+        };
+        for (i, n) in names.iter().enumerate() {
+            let slot = match n.to_ascii_lowercase().as_str() {
+                "subject" => &mut h.subject,
+                "issuer" => &mut h.issuer,
+                "scopes" => &mut h.scopes,
+                "realm" => &mut h.realm,
+                _ => {
+                    return Err(self.err(
+                        format!("auth.identity_headers[{i}]"),
+                        format!("{n:?}: expected \"subject\", \"issuer\", \"scopes\" or \"realm\""),
+                    ))
+                }
+            };
+            if *slot {
+                return Err(self.err(
+                    format!("auth.identity_headers[{i}]"),
+                    format!("{n:?} is listed twice"),
+                ));
+            }
+            *slot = true;
+        }
+        Ok(h)
+    }
+
     pub(super) fn auth(&self, r: RawAuth) -> VResult<Auth> {
         let names = r
             .token_headers
@@ -64,6 +121,7 @@ impl Validator {
         Ok(Auth {
             token_headers,
             identity_header_prefix: prefix.to_ascii_lowercase(),
+            identity_headers: self.identity_headers(r.identity_headers)?,
             token_cache_size: self.count(
                 "auth.token_cache_size",
                 r.token_cache_size,
@@ -136,5 +194,39 @@ mod tests {
             .expect("valid")
             .auth;
         assert_eq!(a.identity_header_prefix, "x-gw-");
+        assert_eq!(
+            a.identity_headers,
+            IdentityHeaders::default(),
+            "all by default"
+        );
+        let a = parse(&with_auth("identity_headers = [\"Subject\", \"realm\"]"))
+            .expect("valid")
+            .auth;
+        assert_eq!(
+            a.identity_headers,
+            IdentityHeaders {
+                subject: true,
+                issuer: false,
+                scopes: false,
+                realm: true
+            }
+        );
+        let none = parse(&with_auth("identity_headers = []"))
+            .expect("valid")
+            .auth;
+        assert!(!none.identity_headers.subject && !none.identity_headers.realm);
+        for (bad, path) in [
+            (
+                "identity_headers = [\"subject\", \"sub\"]",
+                "auth.identity_headers[1]",
+            ),
+            (
+                "identity_headers = [\"realm\", \"Realm\"]",
+                "auth.identity_headers[1]",
+            ),
+        ] {
+            let e = parse(&with_auth(bad)).unwrap_err().to_string();
+            assert!(e.contains(path), "{bad}: {e}");
+        }
     }
 }

@@ -36,7 +36,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use auth::{Auth, TokenHeader};
+pub use auth::{Auth, IdentityHeaders, TokenHeader};
 pub use budgets::{
     BudgetRule, BudgetStore, BudgetUnit, Budgets, KeyPart, LimitKind, OnStoreError, Tier, Tiers,
 };

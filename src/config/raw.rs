@@ -83,6 +83,7 @@ pub struct RawCertificate {
 pub struct RawAuth {
     pub token_headers: Option<Vec<String>>,
     pub identity_header_prefix: Option<String>,
+    pub identity_headers: Option<Vec<String>>,
     pub token_cache_size: Option<i64>,
     pub max_token_bytes: Option<i64>,
     pub forward_token: Option<bool>,

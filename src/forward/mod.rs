@@ -21,27 +21,30 @@ const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriza
 /// the h2c upgrade's settings (RFC 7540 §3.2.1): connection-specific, never forwarded
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// Identity header names (`<prefix>Subject` …), built once from the config.
+/// Identity header names (`<prefix>Subject` …), built once from the config; `None` for one
+/// `auth.identity_headers` leaves out.
 pub struct IdentityNames {
     prefix: String,
-    pub subject: HeaderName,
-    pub issuer: HeaderName,
-    pub scopes: HeaderName,
-    pub realm: HeaderName,
+    pub subject: Option<HeaderName>,
+    pub issuer: Option<HeaderName>,
+    pub scopes: Option<HeaderName>,
+    pub realm: Option<HeaderName>,
 }
 
 impl IdentityNames {
-    pub fn new(prefix_lower: &str) -> Self {
-        let n = |s: &str| {
-            HeaderName::from_bytes(format!("{prefix_lower}{s}").as_bytes())
-                .unwrap_or(HeaderName::from_static("x-cc-invalid"))
+    pub fn new(prefix_lower: &str, on: &crate::config::IdentityHeaders) -> Self {
+        let n = |set: bool, s: &str| {
+            set.then(|| {
+                HeaderName::from_bytes(format!("{prefix_lower}{s}").as_bytes())
+                    .unwrap_or(HeaderName::from_static("x-cc-invalid"))
+            })
         };
         IdentityNames {
             prefix: prefix_lower.to_string(),
-            subject: n("subject"),
-            issuer: n("issuer"),
-            scopes: n("scopes"),
-            realm: n("realm"),
+            subject: n(on.subject, "subject"),
+            issuer: n(on.issuer, "issuer"),
+            scopes: n(on.scopes, "scopes"),
+            realm: n(on.realm, "realm"),
         }
     }
 
@@ -69,7 +72,7 @@ impl IdentityNames {
             (&self.scopes, &id.scopes),
             (&self.realm, &id.realm),
         ] {
-            if let Some(val) = val {
+            if let (Some(name), Some(val)) = (name, val) {
                 h.insert(name.clone(), val.clone());
             }
         }
@@ -348,7 +351,7 @@ mod tests {
 
     #[test]
     fn identity_spoofing_removed() {
-        let names = IdentityNames::new("x-cc-");
+        let names = IdentityNames::new("x-cc-", &Default::default());
         let mut h = HeaderMap::new();
         h.insert("x-cc-subject", HeaderValue::from_static("admin"));
         h.insert("X-CC-Anything", HeaderValue::from_static("1"));

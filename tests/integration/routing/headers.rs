@@ -60,6 +60,27 @@ async fn identity_headers_cannot_be_spoofed() {
 }
 
 #[tokio::test]
+async fn identity_headers_chooses_what_the_upstream_gets_and_spoofs_stay_out() {
+    let fx = Fixture::with(Opts {
+        auth_extra: "identity_headers = [\"subject\", \"realm\"]".into(),
+        ..Opts::default()
+    })
+    .await;
+    let v = fx
+        .expect_ok(
+            Fixture::ai_req(&fx.token())
+                .header("X-Cc-Issuer", "https://evil.example")
+                .header("X-Cc-Scopes", "admin"),
+        )
+        .await;
+    assert_eq!(echoed_header(&v, "x-cc-subject"), vec![SUB], "{v}");
+    assert_eq!(echoed_header(&v, "x-cc-realm"), vec![REALM], "{v}");
+    // left out, and the client's own are still removed
+    assert!(echoed_header(&v, "x-cc-issuer").is_empty(), "{v}");
+    assert!(echoed_header(&v, "x-cc-scopes").is_empty(), "{v}");
+}
+
+#[tokio::test]
 async fn forwarded_headers() {
     let fx = Fixture::start().await;
     let t = fx.token();
