@@ -1,6 +1,7 @@
 //! GOAWAY and the retry contract: a stream above a GOAWAY's last-stream-id provably never
 //! reached the application, so it is retried even for a POST with a body; a stream the
-//! GOAWAY covers may have been processed, so a POST on it is never sent again.
+//! GOAWAY covers may have been processed, so a POST on it is never sent again. The refused
+//! try wrote the body out: the retry resends what was kept of it, and only a whole body.
 //!
 //! The upstream is HTTP/2 (h2c, prior knowledge) written frame by frame over a raw socket:
 //! the `h2` server crate decides itself when its GOAWAY goes out and with which
@@ -239,6 +240,31 @@ async fn a_post_above_a_goaways_last_stream_id_is_retried_once() {
     let m = gw.metrics().await;
     assert_eq!(retries(&m, "refused"), 1.0, "{m}");
     assert_eq!(retries(&m, "connect"), 0.0);
+}
+
+#[tokio::test]
+async fn a_refused_post_whose_body_passed_body_limit_is_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = RawH2::start(&[Plan::Refuse]).await;
+    // the refused try sent 2 KiB; only 1 KiB is kept, so there is no whole body to resend
+    let cfg = config(
+        dir.path(),
+        r#"retries = { body_limit = "1KiB" }"#,
+        &pool(&[up.addr.to_string()], "protocol = \"h2c\""),
+    );
+    let gw = Gateway::start(&cfg).await;
+    let r = gw
+        .send(Req::post("/p", vec![b'x'; 2048]).header("X-Request-Id", "goaway-big"))
+        .await;
+    assert_eq!(r.status, 502, "{}", r.describe());
+    assert_eq!(up.streams(), 1, "one try");
+    assert_eq!(
+        up.delivered(),
+        Vec::<usize>::new(),
+        "and it was not processed"
+    );
+    assert_eq!(log_line(dir.path(), "goaway-big").await["attempts"], 1);
+    assert_eq!(retries(&gw.metrics().await, "refused"), 0.0);
 }
 
 /// A POST on a stream the GOAWAY (with `code`) covers, the connection then closed unanswered.
