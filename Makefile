@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: dev test build release install check-fmt lint bench bench-anchors bench-tcp prereqs fuzz
+.PHONY: dev test build release install check-fmt lint bench bench-anchors bench-tcp bench-upgrade prereqs fuzz
 
 prereqs:
 	@./scripts/prereqs.sh
@@ -41,6 +41,11 @@ bench: prereqs
 ## ratios (BENCH_CACHE_OFF=1, BENCH_ACCESS_LOG=1, BENCH_TLS=1 for the other modes)
 bench-anchors: prereqs
 	./bench/anchors.sh
+
+## requests lost while `run --upgrade` replaces the gateway under load (bench/upgrade.sh; must be 0)
+bench-upgrade: prereqs
+	PREREQS_EXTRA="wrk nginx" ./scripts/prereqs.sh
+	./bench/upgrade.sh
 
 ## pgbench -S direct vs through an L4 route, `connect` and a tunnel (bench/tcp.sh)
 bench-tcp: prereqs

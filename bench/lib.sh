@@ -10,7 +10,8 @@ CONNS=${BENCH_CONNS:-32}
 WRK_THREADS=${BENCH_THREADS:-2}
 HZ=$(getconf CLK_TCK)
 ISS=https://gitlab.example.test
-BIN=$ROOT/target/release/cc-gateway
+# cargo's own target directory (CARGO_TARGET_DIR when set, so a worktree can share one)
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/cc-gateway
 mkdir -p "$RUN"
 PIDS=()
 
@@ -102,6 +103,7 @@ cpu_ticks() { local t=0; for p in "$@"; do [ -r /proc/$p/stat ] && t=$((t + $(aw
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' /proc/$1/status 2>/dev/null || echo "?"; }
 
 # wrk_result PORT TOKENS DURATION: sets requests duration_us p50_us p99_us non2xx sockerr
+# (and its parts err_connect err_read err_write err_timeout)
 wrk_result() {
   local out
   out=$(TOKENS_FILE=$2 wrk -t"$WRK_THREADS" -c"$CONNS" -d"$3" -s bench/tokens.lua "http://127.0.0.1:$1/ai/v2/completions" | grep '^RESULT')

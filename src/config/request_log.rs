@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::raw::RawRequestLog;
+use super::secret::Literal;
 use super::{Auth, TokenHeader, VResult, Validator};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,11 +133,17 @@ impl Validator {
         let store = match r.store.as_deref().map(str::trim) {
             None | Some("off") => return Ok(None),
             Some(s) => {
-                let s = match s.strip_prefix("env:") {
-                    Some(name) => std::env::var(name).map_err(|_| {
-                        self.err(p, format!("environment variable {name:?} is not set"))
-                    })?,
-                    None => s.to_string(),
+                // a PostgreSQL URL may carry a password: the shared `env:`/`file:` syntax keeps
+                // it out of the config; messages then name the source, not the value
+                let secret = if s.starts_with("env:") || s.starts_with("file:") {
+                    Some(self.secret(p, s, Literal::Allowed)?)
+                } else {
+                    None
+                };
+                let s = secret.as_ref().map_or(s, |v| v.expose()).to_string();
+                let shown = |url: &str| match &secret {
+                    Some(from) => from.to_string(),
+                    None => redact_url(url),
                 };
                 if let Some(path) = s.strip_prefix("sqlite://") {
                     if path.is_empty() {
@@ -148,12 +155,13 @@ impl Validator {
                     let pg = url
                         .secret()
                         .parse::<postgres::Config>()
-                        .map_err(|e| self.err(p, format!("{url}: {e}")))?;
+                        .map_err(|e| self.err(p, format!("{}: {e}", shown(url.secret()))))?;
                     if pg.get_ssl_mode() == postgres::config::SslMode::Require {
                         return Err(self.err(
                             p,
                             format!(
-                                "{url}: sslmode=require: TLS to PostgreSQL is not supported yet"
+                                "{}: sslmode=require: TLS to PostgreSQL is not supported yet",
+                                shown(url.secret())
                             ),
                         ));
                     }
@@ -162,8 +170,8 @@ impl Validator {
                     return Err(self.err(
                         p,
                         format!(
-                            "{}: expected \"off\", \"sqlite://PATH\", \"postgres://…\" or \"env:NAME\"",
-                            redact_url(&s)
+                            "{}: expected \"off\", \"sqlite://PATH\", \"postgres://…\" or one of them through \"env:NAME\" / \"file:PATH\"",
+                            shown(&s)
                         ),
                     ));
                 }
@@ -368,6 +376,35 @@ mod tests {
             "postgresql://h/db?user=a&password=***"
         );
         let e = parse(&with("store = \"mysql://u:hunter2@h/db\"")).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn store_through_env_or_file_names_its_key_never_the_password() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("pg-url");
+        std::fs::write(&file, "postgres://gw:hunter2@db.example/logs\n").expect("write");
+        let c = parse(&with(&format!("store = \"file:{}\"", file.display()))).expect("valid");
+        let l = c.request_log.clone().expect("on");
+        assert_eq!(l.store.to_string(), "postgres://gw:***@db.example/logs");
+        let shown = format!("{:?} {}", l, c.summary());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        // a variable no test sets (setting one would race other threads' getenv)
+        let e = parse(&with("store = \"env:CC_GW_TEST_SURELY_UNSET_REQUEST_LOG\"")).unwrap_err();
+        assert_eq!(e.path, "request_log.store", "{e}");
+        assert!(
+            e.problem.contains(
+                "environment variable \"CC_GW_TEST_SURELY_UNSET_REQUEST_LOG\" is not set"
+            ),
+            "{e}"
+        );
+        let e = parse(&with("store = \"file:/nonexistent/pg-url\"")).unwrap_err();
+        assert_eq!(e.path, "request_log.store", "{e}");
+        // a bad URL read through a secret is named by its source, not shown even redacted
+        std::fs::write(&file, "mysql://gw:hunter2@h/db\n").expect("write");
+        let e = parse(&with(&format!("store = \"file:{}\"", file.display()))).unwrap_err();
+        assert_eq!(e.path, "request_log.store", "{e}");
+        assert!(e.problem.starts_with("file:"), "{e}");
         assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 

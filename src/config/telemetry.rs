@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 
 use super::raw::RawTelemetry;
+use super::secret::Literal;
 use super::{VResult, Validator};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,9 +52,10 @@ impl Validator {
             let path = format!("telemetry.headers.{name}");
             let n = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| self.err(&path, format!("{name:?} is not a header name")))?;
-            let resolved = resolve_secret(value).map_err(|e| self.err(&path, e))?;
-            let v = HeaderValue::from_str(resolved.trim_end_matches(['\n', '\r']))
-                .map_err(|_| self.err(&path, "not a valid header value"))?;
+            // the shared `env:`/`file:` syntax; anything else is the value itself
+            let secret = self.secret(&path, value, Literal::Allowed)?;
+            let v = HeaderValue::from_str(secret.expose())
+                .map_err(|_| self.err(&path, format!("{secret}: not a valid header value")))?;
             headers.push((n, SecretHeader(v)));
         }
         let sample_ratio = r.sample_ratio.unwrap_or(0.01);
@@ -113,19 +115,6 @@ impl Validator {
     }
 }
 
-/// `env:NAME` and `file:PATH` read the secret from the environment or a file; anything else is
-/// the value itself.
-// TODO: config::secret — swap for the shared secret parser once src/config/secret.rs lands
-fn resolve_secret(v: &str) -> Result<String, String> {
-    if let Some(name) = v.strip_prefix("env:") {
-        return std::env::var(name).map_err(|_| format!("environment variable {name} is not set"));
-    }
-    if let Some(path) = v.strip_prefix("file:") {
-        return std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"));
-    }
-    Ok(v.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::{parse, GOOD};
@@ -164,6 +153,30 @@ mod tests {
         let e = parse(&with(
             "otlp_endpoint = \"http://127.0.0.1:4318\"\nheaders = { Authorization = \"env:CC_TEST_NOT_SET_ANYWHERE\" }",
         ))
+        .unwrap_err();
+        assert_eq!(e.path, "telemetry.headers.Authorization", "{e}");
+        assert!(
+            e.problem
+                .contains("environment variable \"CC_TEST_NOT_SET_ANYWHERE\" is not set"),
+            "{e}"
+        );
+        // the shared syntax: a file (its newline dropped), and an empty value refused
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("otlp-token");
+        std::fs::write(&file, "Bearer f1le-s3cret\n").expect("write");
+        let c = parse(&with(&format!(
+            "otlp_endpoint = \"http://127.0.0.1:4318\"\nheaders = {{ Authorization = \"file:{}\" }}",
+            file.display()
+        )))
+        .unwrap();
+        let t = c.telemetry.unwrap();
+        assert_eq!(t.headers[0].1 .0, "Bearer f1le-s3cret");
+        assert!(!format!("{t:?}").contains("s3cret"));
+        std::fs::write(&file, "\n").expect("write");
+        let e = parse(&with(&format!(
+            "otlp_endpoint = \"http://127.0.0.1:4318\"\nheaders = {{ Authorization = \"file:{}\" }}",
+            file.display()
+        )))
         .unwrap_err();
         assert_eq!(e.path, "telemetry.headers.Authorization", "{e}");
     }

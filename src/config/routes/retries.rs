@@ -17,7 +17,8 @@ pub struct Retries {
     /// upstream's `read_timeout` and the route's `timeout`
     pub per_try_timeout: Option<Duration>,
     /// an idempotent request's body up to this size is buffered so that it can be replayed
-    /// after a retryable status; a larger or unsized body goes once, streamed
+    /// after a retryable status; of other bodies this much of what a try sent is kept (while
+    /// streaming) for a `connect`/`refused` retry; past it a body goes once
     pub body_limit: u64,
 }
 

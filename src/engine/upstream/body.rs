@@ -1,9 +1,9 @@
 //! The request body sent upstream: none, the client's body streamed through and counted, the
-//! same lent to one try at a time (so that a try that never read it can hand it to the next),
-//! or a small body buffered for replays.
+//! same lent to one try at a time (so that a try that never read it, or read no more than the
+//! copy kept of it, can hand it to the next), or a small body buffered for replays.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -16,25 +16,46 @@ use hyper::body::Incoming;
 pub enum ReqBody {
     Empty,
     Streamed(Incoming, Arc<AtomicU64>),
-    /// the client's body, shared between the retry loop and the current try
-    Lent(Arc<Lent>),
+    /// the client's body, shared between the retry loop and the current try, which has
+    /// taken the first `n` of the kept frames
+    Lent(Arc<Lent>, usize),
     /// a replayable copy (the whole body, read before the first try)
     Buffered(Option<Bytes>),
 }
 
-/// A client body that a try borrows: when the try fails before reading a byte of it, the
-/// next try takes it over; once a byte went out it is spent (nothing replays it).
+/// A client body that a try borrows. The frames a try takes are kept (by reference, no copy)
+/// while they total at most `limit`: a try can fail in a way that proves the request never
+/// reached the application *after* its bytes went out — a stream above a GOAWAY's
+/// last-stream-id, REFUSED_STREAM after DATA — and the next try then sends the kept frames and
+/// the rest of the client's body. Past `limit` nothing is kept: a body read by a try is spent.
 pub struct Lent {
-    body: Mutex<Incoming>,
-    /// a frame was taken from the body: part of it left for the upstream
-    read: AtomicBool,
+    inner: Mutex<LentInner>,
     counter: Arc<AtomicU64>,
 }
 
+struct LentInner {
+    body: Incoming,
+    /// every frame taken from `body` so far; None once they passed `limit`
+    kept: Option<Vec<Frame<Bytes>>>,
+    kept_len: u64,
+    limit: u64,
+    /// a frame was taken from the body: part of it left for the upstream
+    read: bool,
+}
+
 impl Lent {
-    /// Whether no try has read from the body yet, so that another try can send all of it.
-    pub fn untouched(&self) -> bool {
-        !self.read.load(Ordering::Relaxed)
+    /// Whether another try can still send all of the body: none read it, or all it read is kept.
+    pub fn replayable(&self) -> bool {
+        let l = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        !l.read || l.kept.is_some()
+    }
+}
+
+/// A copy of a kept frame (`Frame` is not `Clone`; a body has only data and trailers frames).
+fn copy(f: &Frame<Bytes>) -> Frame<Bytes> {
+    match f.data_ref() {
+        Some(d) => Frame::data(d.clone()),
+        None => Frame::trailers(f.trailers_ref().cloned().unwrap_or_default()),
     }
 }
 
@@ -48,14 +69,23 @@ impl ReqBody {
         (ReqBody::Streamed(b, n.clone()), Some(n))
     }
 
-    /// A streamed body made lendable (other bodies stay as they are).
-    pub fn lendable(self) -> ReqBody {
+    /// A streamed body made lendable, keeping up to `limit` bytes of what tries read for the
+    /// next try (other bodies stay as they are).
+    pub fn lendable(self, limit: u64) -> ReqBody {
         match self {
-            ReqBody::Streamed(b, counter) => ReqBody::Lent(Arc::new(Lent {
-                body: Mutex::new(b),
-                read: AtomicBool::new(false),
-                counter,
-            })),
+            ReqBody::Streamed(body, counter) => ReqBody::Lent(
+                Arc::new(Lent {
+                    inner: Mutex::new(LentInner {
+                        body,
+                        kept: Some(Vec::new()),
+                        kept_len: 0,
+                        limit,
+                        read: false,
+                    }),
+                    counter,
+                }),
+                0,
+            ),
             other => other,
         }
     }
@@ -80,8 +110,8 @@ impl ReqBody {
         match self {
             ReqBody::Empty => Some(ReqBody::Empty),
             ReqBody::Buffered(b) => Some(ReqBody::Buffered(b.clone())),
-            ReqBody::Lent(l) if l.untouched() => Some(ReqBody::Lent(l.clone())),
-            ReqBody::Lent(_) | ReqBody::Streamed(..) => None,
+            ReqBody::Lent(l, _) if l.replayable() => Some(ReqBody::Lent(l.clone(), 0)),
+            ReqBody::Lent(..) | ReqBody::Streamed(..) => None,
         }
     }
 }
@@ -98,13 +128,27 @@ impl http_body::Body for ReqBody {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ReqBody::Streamed(b, n) => poll_counted(b, n, cx),
-            ReqBody::Lent(l) => {
+            ReqBody::Lent(l, n) => {
                 // one try at a time holds the body (the loop starts the next after this one
                 // ended): the lock is never contended; a poisoned one still holds the body
-                let mut b = l.body.lock().unwrap_or_else(|e| e.into_inner());
-                let r = poll_counted(&mut b, &l.counter, cx);
-                if let Poll::Ready(Some(_)) = &r {
-                    l.read.store(true, Ordering::Relaxed);
+                let mut g = l.inner.lock().unwrap_or_else(|e| e.into_inner());
+                let inner = &mut *g;
+                // first what an earlier try took (`replay` hands a try a Lent only while that
+                // is all kept)
+                if let Some(f) = inner.kept.as_ref().and_then(|k| k.get(*n)) {
+                    *n += 1;
+                    return Poll::Ready(Some(Ok(copy(f))));
+                }
+                let r = poll_counted(&mut inner.body, &l.counter, cx);
+                if let Poll::Ready(Some(Ok(f))) = &r {
+                    inner.read = true;
+                    *n += 1;
+                    inner.kept_len += f.data_ref().map_or(0, |d| d.len() as u64);
+                    match &mut inner.kept {
+                        Some(_) if inner.kept_len > inner.limit => inner.kept = None,
+                        Some(k) => k.push(copy(f)),
+                        None => {}
+                    }
                 }
                 r
             }
@@ -116,7 +160,9 @@ impl http_body::Body for ReqBody {
             ReqBody::Empty => true,
             ReqBody::Buffered(b) => b.is_none(),
             ReqBody::Streamed(b, _) => b.is_end_stream(),
-            ReqBody::Lent(l) => l.body.lock().is_ok_and(|b| b.is_end_stream()),
+            ReqBody::Lent(l, n) => l.inner.lock().is_ok_and(|i| {
+                i.kept.as_ref().is_none_or(|k| *n >= k.len()) && i.body.is_end_stream()
+            }),
         }
     }
 
@@ -125,10 +171,25 @@ impl http_body::Body for ReqBody {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ReqBody::Streamed(b, _) => b.size_hint(),
-            ReqBody::Lent(l) => l
-                .body
-                .lock()
-                .map_or_else(|_| SizeHint::default(), |b| b.size_hint()),
+            ReqBody::Lent(l, n) => l.inner.lock().map_or_else(
+                |_| SizeHint::default(),
+                |i| {
+                    // the kept frames still to replay, then what the client has yet to send
+                    let again: u64 = i.kept.as_ref().map_or(0, |k| {
+                        k.iter()
+                            .skip(*n)
+                            .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+                            .sum()
+                    });
+                    let rest = i.body.size_hint();
+                    let mut h = SizeHint::new();
+                    h.set_lower(rest.lower() + again);
+                    if let Some(u) = rest.upper() {
+                        h.set_upper(u + again);
+                    }
+                    h
+                },
+            ),
         }
     }
 }

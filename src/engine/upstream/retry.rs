@@ -3,10 +3,11 @@
 //!
 //! The contract: a request is never delivered twice unless its method is idempotent. A
 //! non-idempotent request is tried again only when the failure proves it never reached the
-//! application (`Failure::Connect`, `Failure::Unsent`) *and* its body is still whole (no try
-//! read a byte of it); an idempotent one also after a broken connection, a timeout or a
-//! listed status, with its body replayed from a buffer (bodies declared no larger than
-//! `body_limit`) or, without one, when no try read it.
+//! application (`Failure::Connect`, `Failure::Unsent`) *and* its body can still be sent whole
+//! (no try read a byte of it, or all a try read — at most `body_limit` — was kept: a stream
+//! above a GOAWAY's last-stream-id was written out, body and all, yet never processed); an
+//! idempotent one also after a broken connection, a timeout or a listed status, with its body
+//! replayed from a buffer (bodies declared no larger than `body_limit`) or from what was kept.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +53,7 @@ pub async fn send_with_retries(
         // buffered only where a status or a timeout may call for a replay of a body the
         // upstream may have read; a larger or unsized body streams and is lent instead
         match body.buffer_up_to(policy.body_limit).await {
-            Ok(b) => b.lendable(),
+            Ok(b) => b.lendable(policy.body_limit),
             Err(e) => {
                 return Err(UpstreamError::Protocol {
                     endpoint: "the client".into(),
@@ -61,7 +62,7 @@ pub async fn send_with_retries(
             }
         }
     } else {
-        body.lendable()
+        body.lendable(policy.body_limit)
     };
     let name = clients.get(upstream).map_or("", |c| c.pool.name());
     let mut tried = Vec::new();
@@ -87,7 +88,7 @@ pub async fn send_with_retries(
                 .then(|| resp.status().as_str().to_string()),
             Err(f) => retryable(f.failure, idempotent, &policy.on).map(str::to_string),
         };
-        // the spare is good only while the body is whole (a lent one untouched by the try)
+        // the spare is good only while the body can go whole (a lent one: all the try read kept)
         next = spare.and_then(|s| s.replay().map(|_| s));
         let again = cause.filter(|_| tries.attempts < policy.attempts && next.is_some());
         let Some(cause) = again else {

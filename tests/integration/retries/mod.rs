@@ -3,6 +3,7 @@
 //! the upstream may have read, per-try and total timeouts, status retries for idempotent
 //! requests with small bodies only. Every upstream counts exactly what it saw.
 
+mod goaway;
 mod upstreams;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! Secrets, one syntax (`env:NAME` / `file:PATH`): the admin token and the Redis URL of the
 //! budget store are read through it and used — and `check`, the logs, `/metrics`, the admin API
-//! and the access log never print them. A missing variable or file is a config error naming
+//! and the access log never print them; upstream and telemetry headers and the request log's
+//! store take the same forms. A missing variable or file is a config error naming
 //! the key.
 
 use http::Method;
@@ -248,4 +249,63 @@ async fn upstream_headers_carry_secrets_to_the_upstream_only() {
         out.contains("upstreams[0].headers.Host: set by the gateway itself"),
         "{out}"
     );
+}
+
+#[test]
+fn telemetry_headers_and_the_request_log_store_take_the_same_syntax() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (bearer, password) = (
+        format!("otlp-{}", random_id()),
+        format!("pg-{}", random_id()),
+    );
+    let key_file = dir.path().join("otlp-key");
+    std::fs::write(&key_file, format!("{bearer}-file\n")).expect("write");
+    let extra = format!(
+        "\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nheaders = {{ \"Authorization\" = \"env:CC_GW_TEST_OTLP_TOKEN\", \"X-Key\" = \"file:{}\" }}\n\n[request_log]\nstore = \"env:CC_GW_TEST_REQUEST_LOG\"\n",
+        key_file.display()
+    );
+    let text = crate::common::fixture::standard_config(
+        dir.path(),
+        "https://gitlab.example",
+        "jwks_uri = \"https://gitlab.example/oauth/discovery/keys\"",
+        "127.0.0.1:5052".parse().expect("addr"),
+        &Opts {
+            extra,
+            ..Opts::default()
+        },
+    );
+    let config = write_config(dir.path(), &text);
+    let bearer_header = format!("Bearer {bearer}");
+    let url = format!("postgres://gw:{password}@127.0.0.1:1/logs");
+    let env = [
+        ("CC_GW_TEST_OTLP_TOKEN", bearer_header.as_str()),
+        ("CC_GW_TEST_REQUEST_LOG", url.as_str()),
+    ];
+    let check = run_check(&config, &env);
+    let out = describe_output(&check);
+    assert!(check.status.success(), "{out}");
+    assert!(
+        !out.contains(&bearer) && !out.contains(&password),
+        "check printed a secret: {out}"
+    );
+    assert!(out.contains("postgres://gw:***@127.0.0.1:1/logs"), "{out}");
+
+    // a variable missing: `check` fails naming the key
+    for (missing, key) in [
+        ("CC_GW_TEST_OTLP_TOKEN", "telemetry.headers.Authorization"),
+        ("CC_GW_TEST_REQUEST_LOG", "request_log.store"),
+    ] {
+        let partial: Vec<(&str, &str)> =
+            env.iter().copied().filter(|(k, _)| *k != missing).collect();
+        let check = run_check(&config, &partial);
+        let out = describe_output(&check);
+        assert!(!check.status.success(), "{out}");
+        assert!(
+            out.contains(&format!(
+                "{key}: environment variable \"{missing}\" is not set"
+            )),
+            "{out}"
+        );
+        assert!(!out.contains(&bearer) && !out.contains(&password), "{out}");
+    }
 }
