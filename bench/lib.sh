@@ -98,6 +98,28 @@ $extra
 CONF
 }
 
+# start_postgres NAME PORT [-c opt=value …]: a PostgreSQL server (Debian's) in $RUN/NAME on
+# 127.0.0.1:PORT, user `bench` trusted, database `postgres`; its log in $RUN/NAME.log. As root
+# it runs as nobody (PostgreSQL refuses root), in a directory nobody owns.
+start_postgres() {
+  local name=$1 port=$2; shift 2
+  local bin; bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [ -x "$bin/initdb" ] || { echo "bench: needs PostgreSQL's server (apt-get install -y postgresql)" >&2; exit 1; }
+  local data=$RUN/$name as=()
+  rm -rf "$data"
+  if [ "$(id -u)" = 0 ]; then
+    as=(setpriv --reuid=nobody --regid=nogroup --clear-groups --)
+    mkdir -p "$data" && chown nobody:nogroup "$data"
+  fi
+  "${as[@]}" "$bin/initdb" -D "$data" -U bench --auth=trust >/dev/null
+  "${as[@]}" "$bin/postgres" -D "$data" -p "$port" -k "$data" \
+    -c listen_addresses=127.0.0.1 -c max_connections=200 "$@" >"$RUN/$name.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$port"
+  for _ in $(seq 100); do psql -h 127.0.0.1 -p "$port" -U bench -d postgres -c 'select 1' >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "bench: PostgreSQL on $port never answered (see $RUN/$name.log)" >&2; return 1
+}
+
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 cpu_ticks() { local t=0; for p in "$@"; do [ -r /proc/$p/stat ] && t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' /proc/$1/status 2>/dev/null || echo "?"; }

@@ -26,24 +26,8 @@ CONNECT_PORT=$((PG_PORT + 3))
 TUNNEL_PORT=$((PG_PORT + 4))
 NGINX_PORT=$((PG_PORT + 5))
 need pgbench psql
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-[ -x "$PGBIN/initdb" ] || { echo "bench: needs PostgreSQL's server (apt-get install -y postgresql)" >&2; exit 1; }
 build_and_mint
-
-# PostgreSQL refuses to run as root: as root it runs as nobody, in a directory nobody owns
-PGDATA=$RUN/tcp-pg
-rm -rf "$PGDATA"
-as_pg=()
-if [ "$(id -u)" = 0 ]; then
-  as_pg=(setpriv --reuid=nobody --regid=nogroup --clear-groups --)
-  mkdir -p "$PGDATA" && chown nobody:nogroup "$PGDATA"
-fi
-"${as_pg[@]}" "$PGBIN/initdb" -D "$PGDATA" -U bench --auth=trust >/dev/null
-"${as_pg[@]}" "$PGBIN/postgres" -D "$PGDATA" -p "$PG_PORT" -k "$PGDATA" \
-  -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off >"$RUN/tcp-pg.log" 2>&1 &
-PIDS+=($!)
-wait_port "$PG_PORT"
-for _ in $(seq 100); do psql -h 127.0.0.1 -p "$PG_PORT" -U bench -d postgres -c 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
+start_postgres tcp-pg "$PG_PORT" -c fsync=off
 pgbench -i -q -s 10 -h 127.0.0.1 -p "$PG_PORT" -U bench postgres >/dev/null 2>&1
 
 has_connect=0; has_tunnel=0
