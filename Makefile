@@ -51,7 +51,10 @@ bench-upgrade: prereqs
 bench-tcp: prereqs
 	./bench/tcp.sh
 
-## fuzz the token parser for FUZZ_SECONDS (default 60); needs nightly + cargo-fuzz
+## fuzz every parser we wrote for FUZZ_SECONDS each (default 60), or only FUZZ_TARGET
+## (jwt_decode, jwks_parse, config_parse, sse_scan, traceparent_parse, proxy_header);
+## needs nightly + cargo-fuzz
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && cargo +nightly fuzz run jwt_decode -- -max_total_time=$${FUZZ_SECONDS:-60}
+	cd fuzz && for t in $${FUZZ_TARGET:-$$(cargo +nightly fuzz list)}; do \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$${FUZZ_SECONDS:-60} || exit 1; done
