@@ -236,7 +236,7 @@ impl Exchange {
     }
 
     /// Metrics and the access-log line, once per request.
-    fn record(&self, outcome: &Outcome<'_>) {
+    fn record(&mut self, outcome: &Outcome<'_>) {
         let gw = &self.snapshot.gw;
         let elapsed = self.start.elapsed();
         match self.route {
@@ -253,7 +253,7 @@ impl Exchange {
         });
         let id = self.identity.as_deref();
         let trace_id = gw.tracer.finish(
-            &self.trace,
+            &mut self.trace,
             &Finish {
                 status: outcome.status,
                 reason: outcome.reason,
