@@ -261,6 +261,7 @@ impl Exchange {
                 upstream: self.upstream.map(|u| upstream_name(gw, u)),
                 sub: id.and_then(|v| v.sub.as_deref()),
                 realm: id.and_then(|v| v.realm.as_deref()),
+                request_id: self.request_id.to_str().ok(),
                 client: self.client,
                 elapsed,
             },

@@ -87,7 +87,7 @@ impl Encoder {
         if let Some(ts) = e.tracestate {
             otlp::bytes(s, tag::SPAN_TRACE_STATE, ts.of(text).as_bytes());
         }
-        self.server_attributes(t, e);
+        self.server_attributes(t, e, text);
         if e.status >= 500 {
             let reason = e.reason.map_or("", |r| r.of(text));
             status(&mut self.span, reason);
@@ -112,8 +112,8 @@ impl Encoder {
             self.end(out);
             n += 1;
         }
-        for a in &t.attempts {
-            self.attempt(t, clock, e, a);
+        for a in t.attempts() {
+            self.attempt(t, clock, e, a, text);
             self.end(out);
             n += 1;
         }
@@ -160,8 +160,7 @@ impl Encoder {
         out.extend_from_slice(&self.span);
     }
 
-    fn server_attributes(&mut self, t: &Trace, e: &Sealed) {
-        let text = t.text.as_str();
+    fn server_attributes(&mut self, t: &Trace, e: &Sealed, text: &str) {
         let (s, fmt) = (&mut self.span, &mut self.fmt);
         let attr = |s: &mut Vec<u8>, k: &str, v: &str| otlp::kv_str(s, tag::SPAN_ATTRIBUTES, k, v);
         attr(s, "http.request.method", t.method.as_str());
@@ -207,8 +206,7 @@ impl Encoder {
         }
     }
 
-    fn attempt(&mut self, t: &Trace, clock: &Clock, e: &Sealed, a: &Attempt) {
-        let text = t.text.as_str();
+    fn attempt(&mut self, t: &Trace, clock: &Clock, e: &Sealed, a: &Attempt, text: &str) {
         self.child(t, clock, &a.span_id, otlp::KIND_CLIENT, a.time, e.end);
         let (s, fmt) = (&mut self.span, &mut self.fmt);
         otlp::string_parts(s, tag::SPAN_NAME, &["upstream.attempt"]);

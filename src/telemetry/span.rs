@@ -5,7 +5,8 @@
 //! one buffer, so the record no longer borrows the connection's read buffer nor the config.
 //! The spans themselves — names, attributes, wall-clock times, protobuf — are made on the export
 //! thread (`encode`), which frees the record there: a sampled request costs the worker no
-//! allocation beyond the record, its text buffer, its attempts and the `traceparent` header.
+//! allocation beyond the record itself (strings inline, up to a bound) and the `traceparent`
+//! header.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -44,10 +45,11 @@ pub(super) struct Trace {
     pub(super) auth: Option<Timing>,
     pub(super) token_cache: Option<bool>,
     pub(super) budget: Option<Timing>,
-    /// one per upstream attempt, in order
-    pub(super) attempts: Vec<Attempt>,
+    /// the first upstream attempt (inline: the usual request has one), then any retries
+    first_attempt: Option<Attempt>,
+    retries: Vec<Attempt>,
     /// every string the spans carry, back to back (`Text` ranges into it)
-    pub(super) text: String,
+    pub(super) text: TextBuf,
     /// borrowed from the request until `seal` copies what it needs into `text`
     live: Option<Live>,
     /// set by `seal`
@@ -61,8 +63,6 @@ struct Live {
     /// `Host`, for `server.address`
     host: Option<HeaderValue>,
     uri: http::Uri,
-    /// `X-Request-Id` (set by the handler before the pipeline runs)
-    request_id: Option<HeaderValue>,
 }
 
 /// A range of `Trace::text`.
@@ -79,17 +79,73 @@ impl Text {
     }
 }
 
-/// Appends `s` to `text` and returns where it went.
-fn put(text: &mut String, s: &str) -> Text {
-    let at = text.len();
-    text.push_str(s);
-    range(text, at)
+/// Room for the usual strings (host, path, request id, route, identity, endpoint) inside the
+/// record itself: an exported request then costs the worker one allocation, not three.
+const INLINE_TEXT: usize = 256;
+
+/// The record's strings, back to back: inline while they fit, moved whole to the heap past
+/// that (so earlier `Text` ranges stay valid).
+pub(super) struct TextBuf {
+    inline: [u8; INLINE_TEXT],
+    len: usize,
+    /// in use once the inline room ran out
+    heap: Option<String>,
 }
 
-fn range(text: &str, at: usize) -> Text {
-    Text {
-        at: at as u32,
-        len: (text.len() - at) as u32,
+impl TextBuf {
+    fn new() -> TextBuf {
+        TextBuf {
+            inline: [0; INLINE_TEXT],
+            len: 0,
+            heap: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.heap.as_ref().map_or(self.len, String::len)
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        match &self.heap {
+            Some(h) => h,
+            // only whole `str`s are ever copied in: always UTF-8
+            None => std::str::from_utf8(&self.inline[..self.len]).unwrap_or(""),
+        }
+    }
+
+    /// Appends `s` and returns where it went.
+    fn put(&mut self, s: &str) -> Text {
+        let at = self.len();
+        self.push(s);
+        self.since(at)
+    }
+
+    fn push(&mut self, s: &str) {
+        if self.heap.is_none() && self.len + s.len() <= INLINE_TEXT {
+            self.inline[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+            self.len += s.len();
+            return;
+        }
+        let heap = self.heap.get_or_insert_with(|| {
+            let mut h = String::with_capacity(2 * INLINE_TEXT + s.len());
+            h.push_str(std::str::from_utf8(&self.inline[..self.len]).unwrap_or(""));
+            h
+        });
+        heap.push_str(s);
+    }
+
+    fn since(&self, at: usize) -> Text {
+        Text {
+            at: at as u32,
+            len: (self.len() - at) as u32,
+        }
+    }
+}
+
+impl std::fmt::Write for TextBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s);
+        Ok(())
     }
 }
 
@@ -135,6 +191,8 @@ pub struct Finish<'a> {
     pub upstream: Option<&'a str>,
     pub sub: Option<&'a str>,
     pub realm: Option<&'a str>,
+    /// `X-Request-Id` (the exchange's: the handler set the header to it)
+    pub request_id: Option<&'a str>,
     pub client: IpAddr,
     pub elapsed: Duration,
 }
@@ -149,10 +207,6 @@ impl HexTraceId {
         std::str::from_utf8(&self.0).unwrap_or("")
     }
 }
-
-/// Room for the usual strings (host, path, request id, route, identity, endpoint) without
-/// growing: one allocation per exported request.
-const TEXT_CAPACITY: usize = 256;
 
 impl TraceSlot {
     pub(super) fn trace(&self) -> Option<&Trace> {
@@ -188,7 +242,7 @@ impl TraceSlot {
     pub(super) fn begin_attempt(&mut self) -> Option<(HeaderValue, Option<HeaderValue>)> {
         let t = self.0.as_mut()?;
         let span_id = span_id();
-        t.attempts.push(Attempt {
+        let a = Attempt {
             span_id,
             time: Timing {
                 start: Instant::now(),
@@ -197,7 +251,11 @@ impl TraceSlot {
             endpoint: None,
             status: None,
             error: None,
-        });
+        };
+        match t.first_attempt {
+            None => t.first_attempt = Some(a),
+            Some(_) => t.retries.push(a),
+        }
         if !t.propagated() {
             return None;
         }
@@ -219,22 +277,19 @@ impl TraceSlot {
             return;
         };
         let text = &mut t.text;
-        let Some(a) = t.attempts.last_mut() else {
+        let Some(a) = t.retries.last_mut().or(t.first_attempt.as_mut()) else {
             return;
         };
-        if text.capacity() == 0 {
-            text.reserve(TEXT_CAPACITY);
-        }
         match result {
             Ok((resp, endpoint)) => {
                 a.status = Some(resp.status().as_u16());
-                a.endpoint = Some(put(text, endpoint.as_str()));
+                a.endpoint = Some(text.put(endpoint.as_str()));
             }
             Err(e) => {
                 let at = text.len();
-                // writing into a String cannot fail
+                // writing into a TextBuf cannot fail
                 let _ = write!(text, "{e}");
-                a.error = Some(range(text, at));
+                a.error = Some(text.since(at));
                 a.time.end = Some(Instant::now());
             }
         }
@@ -262,13 +317,13 @@ impl Trace {
             auth: None,
             token_cache: None,
             budget: None,
-            attempts: Vec::new(),
-            text: String::new(),
+            first_attempt: None,
+            retries: Vec::new(),
+            text: TextBuf::new(),
             live: Some(Live {
                 tracestate,
                 host: req.headers().get(http::header::HOST).cloned(),
                 uri: req.uri().clone(),
-                request_id: req.headers().get(crate::forward::X_REQUEST_ID).cloned(),
             }),
             end: None,
         }
@@ -296,12 +351,17 @@ impl Trace {
         HexTraceId(out)
     }
 
+    /// The upstream attempts, in order.
+    pub(super) fn attempts(&self) -> impl Iterator<Item = &Attempt> {
+        self.first_attempt.iter().chain(&self.retries)
+    }
+
     /// How many spans the record makes (what a drop counts).
     pub(super) fn span_count(&self) -> u64 {
         let public = self.end.as_ref().is_some_and(|e| e.public);
         1 + u64::from(self.auth.is_some() && !public)
             + u64::from(self.budget.is_some())
-            + self.attempts.len() as u64
+            + self.attempts().count() as u64
     }
 
     /// The request's end, on the worker, for a trace that is exported: copies the strings its
@@ -313,17 +373,16 @@ impl Trace {
             .into_iter()
             .flatten()
             .map(|t| &mut t.end)
-            .chain(self.attempts.iter_mut().map(|a| &mut a.time.end))
+            .chain(self.first_attempt.iter_mut().map(|a| &mut a.time.end))
+            .chain(self.retries.iter_mut().map(|a| &mut a.time.end))
         {
             t.get_or_insert(end);
         }
-        if self.text.capacity() == 0 {
-            self.text.reserve(TEXT_CAPACITY);
-        }
         let live = self.live.take();
         let text = &mut self.text;
-        let mut opt = |s: Option<&str>| s.map(|s| put(text, s));
-        let (tracestate, host, request_id, query) = match &live {
+        let mut opt = |s: Option<&str>| s.map(|s| text.put(s));
+        let request_id = opt(f.request_id);
+        let (tracestate, host, query) = match &live {
             Some(l) => (
                 opt(l.tracestate.as_ref().and_then(|v| v.to_str().ok())),
                 // `Host`, or an HTTP/2 request's `:authority`
@@ -332,19 +391,15 @@ impl Trace {
                     .as_ref()
                     .and_then(|h| h.to_str().ok())
                     .or_else(|| l.uri.authority().map(|a| a.as_str()))),
-                opt(l.request_id.as_ref().and_then(|v| v.to_str().ok())),
                 opt(l.uri.query()),
             ),
-            None => (None, None, None, None),
+            None => (None, None, None),
         };
-        let path = put(text, live.as_ref().map_or("", |l| l.uri.path()));
-        let route = f.route.map(|r| {
-            (
-                put(text, r.path_prefix.as_str()),
-                put(text, r.name.as_str()),
-            )
-        });
-        let mut opt = |s: Option<&str>| s.map(|s| put(text, s));
+        let path = text.put(live.as_ref().map_or("", |l| l.uri.path()));
+        let route = f
+            .route
+            .map(|r| (text.put(r.path_prefix.as_str()), text.put(r.name.as_str())));
+        let mut opt = |s: Option<&str>| s.map(|s| text.put(s));
         self.end = Some(Sealed {
             end,
             status: f.status,
@@ -391,8 +446,46 @@ pub(super) fn sealed_for_test() -> Box<Trace> {
         upstream: None,
         sub: None,
         realm: None,
+        request_id: Some("r-1"),
         client: IpAddr::from([127, 0, 0, 1]),
         elapsed: Duration::from_millis(1),
     });
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_spills_whole_and_keeps_its_ranges() {
+        let mut t = TextBuf::new();
+        let a = t.put("host.example");
+        let long = "p".repeat(INLINE_TEXT);
+        assert!(t.heap.is_none());
+        let b = t.put(&long);
+        assert!(t.heap.is_some(), "past the inline room: on the heap");
+        let at = t.len();
+        let n = 1;
+        let _ = write!(t, "{n}-x");
+        let c = t.since(at);
+        let s = t.as_str();
+        assert_eq!(
+            (a.of(s), b.of(s), c.of(s)),
+            ("host.example", long.as_str(), "1-x")
+        );
+    }
+
+    #[test]
+    fn a_sealed_record_counts_its_spans() {
+        let t = sealed_for_test();
+        // the server span alone: no step, no attempt
+        assert_eq!(t.span_count(), 1);
+        let e = t.end.as_ref().unwrap();
+        let s = t.text.as_str();
+        assert_eq!(e.path.of(s), "/x");
+        assert_eq!(e.query.map(|q| q.of(s)), Some("q=1"));
+        assert_eq!(e.host.map(|h| h.of(s)), Some("a.example"));
+        assert_eq!(e.request_id.map(|r| r.of(s)), Some("r-1"));
+    }
 }
