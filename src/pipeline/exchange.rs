@@ -237,7 +237,7 @@ impl Exchange {
     }
 
     /// Metrics and the access-log line, once per request.
-    fn record(&self, outcome: &Outcome<'_>) {
+    fn record(&mut self, outcome: &Outcome<'_>) {
         let gw = &self.snapshot.gw;
         let elapsed = self.start.elapsed();
         match self.route {
@@ -254,7 +254,7 @@ impl Exchange {
         });
         let id = self.identity.as_deref();
         let trace_id = gw.tracer.finish(
-            &self.trace,
+            &mut self.trace,
             &Finish {
                 status: outcome.status,
                 reason: outcome.reason,
@@ -262,6 +262,7 @@ impl Exchange {
                 upstream: self.upstream.map(|u| upstream_name(gw, u)),
                 sub: id.and_then(|v| v.sub.as_deref()),
                 realm: id.and_then(|v| v.realm.as_deref()),
+                request_id: self.request_id.to_str().ok(),
                 client: self.client,
                 elapsed,
             },

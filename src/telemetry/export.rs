@@ -1,6 +1,8 @@
-//! The export thread: spans arrive through a bounded queue, leave in batches as OTLP/HTTP
-//! protobuf POSTs. Workers only ever `try_send` (a full queue drops the trace and counts its
-//! spans), so a slow or absent collector costs memory up to the bound and never latency.
+//! The export thread: sealed trace records arrive through a bounded queue, are encoded here
+//! (`encode`: spans straight to protobuf bytes, so the workers build nothing) and leave in
+//! batches as OTLP/HTTP protobuf POSTs. Workers only ever `try_send` (a full queue drops the
+//! trace and counts its spans), so a slow or absent collector costs memory up to the bound and
+//! never latency.
 //!
 //! The HTTP client is our own hyper client on a current-thread runtime that this thread alone
 //! drives: the OTLP exporter's hyper client, run from a batch processor's plain thread, is
@@ -17,11 +19,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::otlp::{self, KeyValue, Span};
+use super::encode::{Clock, Encoder};
+use super::otlp::Frame;
+use super::span::Trace;
 use crate::config::Telemetry;
 use crate::metrics::METRICS;
 
-/// Traces (one request's spans each) waiting for the export thread.
+/// Traces (one request's record each) waiting for the export thread.
 const QUEUE_TRACES: usize = 4096;
 /// An export is sent when this many spans are waiting …
 const MAX_BATCH_SPANS: usize = 512;
@@ -32,7 +36,7 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The workers' side: a queue and a way to ask for a flush.
 pub(super) struct Exporter {
-    tx: SyncSender<Vec<Span>>,
+    tx: SyncSender<Box<Trace>>,
     flush: Arc<FlushState>,
 }
 
@@ -48,8 +52,8 @@ impl Exporter {
     pub(super) fn start(cfg: &Telemetry) -> std::io::Result<Exporter> {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_TRACES);
         let flush = Arc::new(FlushState::default());
-        let mut resource = vec![otlp::kv_str("service.name", cfg.service_name.clone())];
-        resource.extend(cfg.resource.iter().map(|(k, v)| otlp::kv_str(k, v.clone())));
+        let resource = std::iter::once(("service.name", cfg.service_name.as_str()))
+            .chain(cfg.resource.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let target = Target {
             endpoint: cfg.endpoint.clone(),
             headers: cfg
@@ -57,7 +61,7 @@ impl Exporter {
                 .iter()
                 .map(|(n, v)| (n.clone(), v.0.clone()))
                 .collect(),
-            resource,
+            frame: Frame::new(resource),
         };
         let state = flush.clone();
         std::thread::Builder::new()
@@ -66,20 +70,17 @@ impl Exporter {
         Ok(Exporter { tx, flush })
     }
 
-    /// Queues one trace's spans; never blocks.
-    pub(super) fn send(&self, spans: Vec<Span>) {
-        let n = spans.len() as u64;
-        match self.tx.try_send(spans) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => METRICS
-                .spans_dropped
-                .with_label_values(&["queue_full"])
-                .inc_by(n),
-            Err(TrySendError::Disconnected(_)) => METRICS
-                .spans_dropped
-                .with_label_values(&["export_failed"])
-                .inc_by(n),
-        }
+    /// Queues one sealed trace; never blocks.
+    pub(super) fn send(&self, trace: Box<Trace>) {
+        let (cause, t) = match self.tx.try_send(trace) {
+            Ok(()) => return,
+            Err(TrySendError::Full(t)) => ("queue_full", t),
+            Err(TrySendError::Disconnected(t)) => ("export_failed", t),
+        };
+        METRICS
+            .spans_dropped
+            .with_label_values(&[cause])
+            .inc_by(t.span_count());
     }
 
     /// Exports what is queued now and waits for it, at most `timeout` (shutdown).
@@ -107,13 +108,14 @@ impl Exporter {
 struct Target {
     endpoint: http::Uri,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    resource: Vec<KeyValue>,
+    /// the resource and scope every export carries
+    frame: Frame,
 }
 
 /// How often the thread takes what the queue holds (and looks at flush requests).
 const TICK: Duration = Duration::from_millis(50);
 
-fn run(rx: Receiver<Vec<Span>>, target: Target, flush: Arc<FlushState>) {
+fn run(rx: Receiver<Box<Trace>>, target: Target, flush: Arc<FlushState>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -126,18 +128,22 @@ fn run(rx: Receiver<Vec<Span>>, target: Target, flush: Arc<FlushState>) {
     };
     let client = client();
     let mut failing = false;
-    let mut batch: Vec<Span> = Vec::new();
+    let mut encoder = Encoder::default();
+    // the batch's spans, encoded, and how many
+    let mut batch: Vec<u8> = Vec::new();
+    let mut spans = 0u64;
     let mut oldest: Option<Instant> = None;
     loop {
         // polled, never woken: a worker's `try_send` then never finds a sleeping receiver to
         // wake — a futex wake and a context switch per request would cost more than the spans
         std::thread::sleep(TICK);
         let mut closed = false;
+        let clock = Clock::now();
         loop {
             match rx.try_recv() {
-                Ok(spans) => {
+                Ok(trace) => {
                     oldest.get_or_insert_with(Instant::now);
-                    batch.extend(spans);
+                    spans += encoder.trace(&trace, &clock, &mut batch);
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
@@ -149,10 +155,17 @@ fn run(rx: Receiver<Vec<Span>>, target: Target, flush: Arc<FlushState>) {
         let (requested, served) = flush.counts.lock().map_or((0, 0), |c| *c);
         let flushing = requested > served;
         let due = oldest.is_some_and(|t| t.elapsed() >= BATCH_DELAY);
-        if !batch.is_empty() && (flushing || closed || due || batch.len() >= MAX_BATCH_SPANS) {
-            let spans = std::mem::take(&mut batch);
+        if spans > 0 && (flushing || closed || due || spans >= MAX_BATCH_SPANS as u64) {
+            let body = target.frame.body(&batch);
+            batch.clear();
             oldest = None;
-            failing = rt.block_on(export(&client, &target, spans, failing));
+            failing = rt.block_on(export(
+                &client,
+                &target,
+                body,
+                std::mem::take(&mut spans),
+                failing,
+            ));
         }
         if flushing {
             if let Ok(mut c) = flush.counts.lock() {
@@ -189,9 +202,13 @@ fn client() -> OtlpClient {
 
 /// One POST; returns whether it failed. Only the first failure of a run is a warning (a
 /// collector that is down would otherwise log twice a second).
-async fn export(client: &OtlpClient, target: &Target, spans: Vec<Span>, failing: bool) -> bool {
-    let n = spans.len() as u64;
-    let body = otlp::encode(&target.resource, spans);
+async fn export(
+    client: &OtlpClient,
+    target: &Target,
+    body: Vec<u8>,
+    n: u64,
+    failing: bool,
+) -> bool {
     let mut req = http::Request::post(target.endpoint.clone())
         .header(http::header::CONTENT_TYPE, "application/x-protobuf")
         .body(Full::new(Bytes::from(body)));
@@ -237,21 +254,6 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn span() -> Span {
-        Span {
-            trace_id: vec![1; 16],
-            span_id: vec![1; 8],
-            trace_state: String::new(),
-            parent_span_id: Vec::new(),
-            name: "t".into(),
-            kind: otlp::KIND_SERVER,
-            start_time_unix_nano: 1,
-            end_time_unix_nano: 2,
-            attributes: Vec::new(),
-            status: None,
-        }
-    }
-
     /// A collector that accepts and never answers holds the export thread in its first POST;
     /// the queue fills, and every further trace is dropped and counted at once.
     #[test]
@@ -279,7 +281,7 @@ mod tests {
         let n = 20_000;
         let started = Instant::now();
         for _ in 0..n {
-            exporter.send(vec![span()]);
+            exporter.send(super::super::span::sealed_for_test());
         }
         assert!(
             started.elapsed() < Duration::from_secs(2),

@@ -5,13 +5,15 @@
 //! neither head-sampled nor carrying a client `traceparent` costs one header lookup and one
 //! random number — no allocation, no clock read — unless `keep_errors` is on: then every
 //! request keeps a small record (one allocation, one wall-clock read, an `Instant` per step)
-//! because whether it is an error or slow is only known at its end (the tail decision). Spans
-//! themselves (the OTLP messages) are built only for the requests that are exported.
+//! because whether it is an error or slow is only known at its end (the tail decision). A
+//! request that is exported has its record sealed on the worker (its strings copied into one
+//! buffer) and queued as is; its spans are encoded to protobuf by the export thread
+//! (`encode`), so the workers build no OTLP message and read no wall clock.
 //!
 //! Why not the `opentelemetry` SDK: it would put its span objects, context and locks on every
 //! sampled request and pull a large dependency tree; the gateway's spans are a fixed shape
-//! known per step, so a plain record turned into prost messages at the end does the same job
-//! (`otlp` holds the hand-written message definitions).
+//! known per step, so a plain record written as protobuf at the end does the same job (`otlp`
+//! holds the hand-written encoding).
 //!
 //! Propagation (see `Tracer::propagate`): the client's `traceparent`/`tracestate` are always
 //! removed from the upstream request when `[telemetry]` is on; ours, naming the
@@ -19,6 +21,7 @@
 //! valid one (its trace goes on through us, sampled or not). A malformed one is never
 //! forwarded.
 
+mod encode;
 mod export;
 mod otlp;
 mod span;
@@ -112,7 +115,7 @@ impl Tracer {
     /// The end of the request: exports its spans if it was sampled or, with `keep_errors`, if
     /// it was refused, answered 5xx or slow. Returns the trace id to log — set when the trace
     /// is visible somewhere (exported, or carried on to the upstream), absent otherwise.
-    pub fn finish(&self, slot: &TraceSlot, f: &Finish<'_>) -> Option<HexTraceId> {
+    pub fn finish(&self, slot: &mut TraceSlot, f: &Finish<'_>) -> Option<HexTraceId> {
         let (Some(inner), Some(t)) = (&self.inner, slot.trace()) else {
             return None;
         };
@@ -121,10 +124,14 @@ impl Tracer {
                 && (f.reason.is_some()
                     || f.status >= 500
                     || f.elapsed >= inner.cfg.slow_threshold));
+        let id = (kept || t.propagated()).then(|| t.hex_id());
         if kept {
-            inner.exporter.send(t.spans(f));
+            if let Some(mut t) = slot.0.take() {
+                t.seal(f);
+                inner.exporter.send(t);
+            }
         }
-        (kept || t.propagated()).then(|| t.hex_id())
+        id
     }
 
     /// Exports what is queued, waiting at most `timeout` (shutdown).

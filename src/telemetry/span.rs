@@ -1,15 +1,19 @@
-//! One request's trace record (`Trace`, behind the pipeline's `TraceSlot`) and the OTLP spans
-//! built from it when it is exported.
+//! One request's trace record (`Trace`, behind the pipeline's `TraceSlot`).
 //!
-//! The record is a handful of `Instant`s: steps open and close with one call each, and the
-//! spans (names, attributes, wall-clock times) are only materialised at export.
+//! The request path only records: a handful of `Instant`s while the request runs, then at its
+//! end (`seal`, only for a trace that is exported) the few strings the spans need copied into
+//! one buffer, so the record no longer borrows the connection's read buffer nor the config.
+//! The spans themselves — names, attributes, wall-clock times, protobuf — are made on the export
+//! thread (`encode`), which frees the record there: a sampled request costs the worker no
+//! allocation beyond the record itself (strings inline, up to a bound) and the `traceparent`
+//! header.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Version};
 
-use super::otlp::{self, kv_int, kv_str, KeyValue, Span};
 use super::traceparent::{self, TraceParent};
 use crate::config::Route;
 
@@ -28,43 +32,155 @@ pub enum Step {
 }
 
 pub(super) struct Trace {
-    trace_id: [u8; 16],
+    pub(super) trace_id: [u8; 16],
     /// the server span
-    span_id: [u8; 8],
+    pub(super) span_id: [u8; 8],
     /// the client's span (with a valid `traceparent`)
-    parent: Option<[u8; 8]>,
+    pub(super) parent: Option<[u8; 8]>,
     pub(super) sampled: bool,
+    pub(super) start: Instant,
+    pub(super) method: Method,
+    pub(super) version: Version,
+    pub(super) tls: bool,
+    pub(super) auth: Option<Timing>,
+    pub(super) token_cache: Option<bool>,
+    pub(super) budget: Option<Timing>,
+    /// the first upstream attempt (inline: the usual request has one), then any retries
+    first_attempt: Option<Attempt>,
+    retries: Vec<Attempt>,
+    /// every string the spans carry, back to back (`Text` ranges into it)
+    pub(super) text: TextBuf,
+    /// borrowed from the request until `seal` copies what it needs into `text`
+    live: Option<Live>,
+    /// set by `seal`
+    pub(super) end: Option<Sealed>,
+}
+
+/// What the request lends the record while it runs: cheap clones (refcounts on the
+/// connection's buffer), dropped at `seal` so a queued record never holds that buffer.
+struct Live {
     tracestate: Option<HeaderValue>,
-    /// wall clock at `start` (ns since the epoch): span times are `start` + monotonic offsets
-    wall_start: u64,
-    start: Instant,
-    /// `Host` / `:authority`, for `server.address`
+    /// `Host`, for `server.address`
     host: Option<HeaderValue>,
     uri: http::Uri,
-    method: Method,
-    version: Version,
-    tls: bool,
-    /// `X-Request-Id` (set by the handler before the pipeline runs)
-    request_id: Option<HeaderValue>,
-    auth: Option<Timing>,
-    token_cache: Option<bool>,
-    budget: Option<Timing>,
-    /// one per upstream attempt, in order
-    attempts: Vec<Attempt>,
+}
+
+/// A range of `Trace::text`.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Text {
+    at: u32,
+    len: u32,
+}
+
+impl Text {
+    pub(super) fn of<'a>(&self, text: &'a str) -> &'a str {
+        let (at, len) = (self.at as usize, self.len as usize);
+        text.get(at..at + len).unwrap_or("")
+    }
+}
+
+/// Room for the usual strings (host, path, request id, route, identity, endpoint) inside the
+/// record itself: an exported request then costs the worker one allocation, not three.
+const INLINE_TEXT: usize = 256;
+
+/// The record's strings, back to back: inline while they fit, moved whole to the heap past
+/// that (so earlier `Text` ranges stay valid).
+pub(super) struct TextBuf {
+    inline: [u8; INLINE_TEXT],
+    len: usize,
+    /// in use once the inline room ran out
+    heap: Option<String>,
+}
+
+impl TextBuf {
+    fn new() -> TextBuf {
+        TextBuf {
+            inline: [0; INLINE_TEXT],
+            len: 0,
+            heap: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.heap.as_ref().map_or(self.len, String::len)
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        match &self.heap {
+            Some(h) => h,
+            // only whole `str`s are ever copied in: always UTF-8
+            None => std::str::from_utf8(&self.inline[..self.len]).unwrap_or(""),
+        }
+    }
+
+    /// Appends `s` and returns where it went.
+    fn put(&mut self, s: &str) -> Text {
+        let at = self.len();
+        self.push(s);
+        self.since(at)
+    }
+
+    fn push(&mut self, s: &str) {
+        if self.heap.is_none() && self.len + s.len() <= INLINE_TEXT {
+            self.inline[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+            self.len += s.len();
+            return;
+        }
+        let heap = self.heap.get_or_insert_with(|| {
+            let mut h = String::with_capacity(2 * INLINE_TEXT + s.len());
+            h.push_str(std::str::from_utf8(&self.inline[..self.len]).unwrap_or(""));
+            h
+        });
+        heap.push_str(s);
+    }
+
+    fn since(&self, at: usize) -> Text {
+        Text {
+            at: at as u32,
+            len: (self.len() - at) as u32,
+        }
+    }
+}
+
+impl std::fmt::Write for TextBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s);
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy)]
-struct Timing {
-    start: Instant,
-    end: Option<Instant>,
+pub(super) struct Timing {
+    pub(super) start: Instant,
+    pub(super) end: Option<Instant>,
 }
 
-struct Attempt {
-    span_id: [u8; 8],
-    time: Timing,
-    endpoint: Option<String>,
-    status: Option<u16>,
-    error: Option<String>,
+pub(super) struct Attempt {
+    pub(super) span_id: [u8; 8],
+    pub(super) time: Timing,
+    pub(super) endpoint: Option<Text>,
+    pub(super) status: Option<u16>,
+    pub(super) error: Option<Text>,
+}
+
+/// The request's end, as the server span reports it (strings are ranges of `Trace::text`).
+pub(super) struct Sealed {
+    pub(super) end: Instant,
+    pub(super) status: u16,
+    pub(super) client: IpAddr,
+    /// a public route verifies nothing: no `auth.verify` span
+    pub(super) public: bool,
+    pub(super) tracestate: Option<Text>,
+    pub(super) host: Option<Text>,
+    pub(super) path: Text,
+    pub(super) query: Option<Text>,
+    pub(super) request_id: Option<Text>,
+    /// the route's `path_prefix` and name
+    pub(super) route: Option<(Text, Text)>,
+    pub(super) reason: Option<Text>,
+    pub(super) sub: Option<Text>,
+    pub(super) realm: Option<Text>,
+    pub(super) upstream: Option<Text>,
 }
 
 /// What the pipeline knows at the end of a request, for the server span's attributes.
@@ -75,6 +191,8 @@ pub struct Finish<'a> {
     pub upstream: Option<&'a str>,
     pub sub: Option<&'a str>,
     pub realm: Option<&'a str>,
+    /// `X-Request-Id` (the exchange's: the handler set the header to it)
+    pub request_id: Option<&'a str>,
     pub client: IpAddr,
     pub elapsed: Duration,
 }
@@ -124,7 +242,7 @@ impl TraceSlot {
     pub(super) fn begin_attempt(&mut self) -> Option<(HeaderValue, Option<HeaderValue>)> {
         let t = self.0.as_mut()?;
         let span_id = span_id();
-        t.attempts.push(Attempt {
+        let a = Attempt {
             span_id,
             time: Timing {
                 start: Instant::now(),
@@ -133,13 +251,19 @@ impl TraceSlot {
             endpoint: None,
             status: None,
             error: None,
-        });
+        };
+        match t.first_attempt {
+            None => t.first_attempt = Some(a),
+            Some(_) => t.retries.push(a),
+        }
         if !t.propagated() {
             return None;
         }
-        let tp = traceparent::format(&t.trace_id, &span_id, t.sampled);
-        let tp = HeaderValue::from_str(&tp).ok()?;
-        Some((tp, t.tracestate.clone()))
+        // formatted on the stack: the header value is the only allocation
+        let tp = traceparent::format_bytes(&t.trace_id, &span_id, t.sampled);
+        let tp = HeaderValue::from_bytes(&tp).ok()?;
+        let ts = t.live.as_ref().and_then(|l| l.tracestate.clone());
+        Some((tp, ts))
     }
 
     /// The current attempt's outcome: the endpoint and status that answered, or the error. A
@@ -149,16 +273,23 @@ impl TraceSlot {
         &mut self,
         result: &Result<(http::Response<T>, http::uri::Authority), impl std::fmt::Display>,
     ) {
-        let Some(a) = self.0.as_mut().and_then(|t| t.attempts.last_mut()) else {
+        let Some(t) = self.0.as_deref_mut() else {
+            return;
+        };
+        let text = &mut t.text;
+        let Some(a) = t.retries.last_mut().or(t.first_attempt.as_mut()) else {
             return;
         };
         match result {
             Ok((resp, endpoint)) => {
                 a.status = Some(resp.status().as_u16());
-                a.endpoint = Some(endpoint.to_string());
+                a.endpoint = Some(text.put(endpoint.as_str()));
             }
             Err(e) => {
-                a.error = Some(e.to_string());
+                let at = text.len();
+                // writing into a TextBuf cannot fail
+                let _ = write!(text, "{e}");
+                a.error = Some(text.since(at));
                 a.time.end = Some(Instant::now());
             }
         }
@@ -174,33 +305,27 @@ impl Trace {
         sampled: bool,
         tracestate: Option<HeaderValue>,
     ) -> Trace {
-        let wall_start = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            // `start` was taken a moment earlier
-            .saturating_sub(start.elapsed().as_nanos() as u64);
         Trace {
             trace_id: client.map_or_else(trace_id, |c| c.trace_id),
             span_id: span_id(),
             parent: client.map(|c| c.parent_id),
             sampled,
-            tracestate,
-            wall_start,
             start,
-            host: req.headers().get(http::header::HOST).cloned().or_else(|| {
-                req.uri()
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            }),
-            uri: req.uri().clone(),
             method: req.method().clone(),
             version: req.version(),
             tls,
-            request_id: req.headers().get(crate::forward::X_REQUEST_ID).cloned(),
             auth: None,
             token_cache: None,
             budget: None,
-            attempts: Vec::new(),
+            first_attempt: None,
+            retries: Vec::new(),
+            text: TextBuf::new(),
+            live: Some(Live {
+                tracestate,
+                host: req.headers().get(http::header::HOST).cloned(),
+                uri: req.uri().clone(),
+            }),
+            end: None,
         }
     }
 
@@ -226,224 +351,141 @@ impl Trace {
         HexTraceId(out)
     }
 
-    fn nanos(&self, at: Instant) -> u64 {
-        self.wall_start + at.saturating_duration_since(self.start).as_nanos() as u64
+    /// The upstream attempts, in order.
+    pub(super) fn attempts(&self) -> impl Iterator<Item = &Attempt> {
+        self.first_attempt.iter().chain(&self.retries)
     }
 
-    /// The server span and its children, as exported.
-    pub(super) fn spans(&self, f: &Finish<'_>) -> Vec<Span> {
+    /// How many spans the record makes (what a drop counts).
+    pub(super) fn span_count(&self) -> u64 {
+        let public = self.end.as_ref().is_some_and(|e| e.public);
+        1 + u64::from(self.auth.is_some() && !public)
+            + u64::from(self.budget.is_some())
+            + self.attempts().count() as u64
+    }
+
+    /// The request's end, on the worker, for a trace that is exported: copies the strings its
+    /// spans carry into `text` and lets go of the request's and the config's, so the record can
+    /// travel to the export thread on its own.
+    pub(super) fn seal(&mut self, f: &Finish<'_>) {
         let end = self.start + f.elapsed;
-        let end_ns = self.nanos(end);
-        let mut spans = Vec::with_capacity(3 + self.attempts.len());
-        let mut server = self.span(
-            self.span_id,
-            self.parent,
-            server_name(&self.method, f),
-            otlp::KIND_SERVER,
-            self.start,
-            end,
-        );
-        server.trace_state = self
-            .tracestate
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        server.attributes = self.server_attributes(f);
-        if f.status >= 500 {
-            server.status = Some(otlp::Status {
-                message: f.reason.unwrap_or("").to_string(),
-                code: otlp::STATUS_ERROR,
-            });
-        }
-        server.end_time_unix_nano = end_ns;
-        // a public route verifies nothing: no `auth.verify` span
-        let public = f
-            .route
-            .is_some_and(|r| r.auth == crate::config::RouteAuth::Public);
-        if let Some(t) = self.auth.filter(|_| !public) {
-            let mut s = self.child("auth.verify", otlp::KIND_INTERNAL, t, end);
-            if let Some(hit) = self.token_cache {
-                s.attributes
-                    .push(kv_str("cc.token_cache", if hit { "hit" } else { "miss" }));
-            }
-            spans.push(s);
-        }
-        if let Some(t) = self.budget {
-            spans.push(self.child("budget.decide", otlp::KIND_INTERNAL, t, end));
-        }
-        for a in &self.attempts {
-            spans.push(self.attempt(a, f, end));
-        }
-        spans.insert(0, server);
-        spans
-    }
-
-    fn server_attributes(&self, f: &Finish<'_>) -> Vec<KeyValue> {
-        let mut a = vec![
-            kv_str("http.request.method", self.method.as_str()),
-            kv_str("url.path", self.uri.path()),
-            kv_str("url.scheme", if self.tls { "https" } else { "http" }),
-            kv_str("network.protocol.version", protocol_version(self.version)),
-            kv_str("client.address", f.client.to_string()),
-            kv_int("http.response.status_code", i64::from(f.status)),
-        ];
-        if let Some((host, port)) = self
-            .host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .map(split_host)
+        for t in [&mut self.auth, &mut self.budget]
+            .into_iter()
+            .flatten()
+            .map(|t| &mut t.end)
+            .chain(self.first_attempt.iter_mut().map(|a| &mut a.time.end))
+            .chain(self.retries.iter_mut().map(|a| &mut a.time.end))
         {
-            a.push(kv_str("server.address", host));
-            if let Some(p) = port {
-                a.push(kv_int("server.port", i64::from(p)));
-            }
+            t.get_or_insert(end);
         }
-        if let Some(id) = self.request_id.as_ref().and_then(|v| v.to_str().ok()) {
-            a.push(kv_str("cc.request_id", id));
-        }
-        if let Some(q) = self.uri.query() {
-            a.push(kv_str("url.query", q));
-        }
-        if let Some(r) = f.route {
-            a.push(kv_str("http.route", r.path_prefix.as_str()));
-            a.push(kv_str("cc.route", r.name.as_str()));
-        }
-        let optional = [
-            ("cc.reason", f.reason),
-            ("cc.sub", f.sub),
-            ("cc.realm", f.realm),
-            ("cc.upstream", f.upstream),
-        ];
-        for (k, v) in optional {
-            if let Some(v) = v {
-                a.push(kv_str(k, v));
-            }
-        }
-        if f.status >= 500 {
-            a.push(kv_str("error.type", f.status.to_string()));
-        }
-        a
-    }
-
-    fn attempt(&self, at: &Attempt, f: &Finish<'_>, end: Instant) -> Span {
-        let mut s = self.child("upstream.attempt", otlp::KIND_CLIENT, at.time, end);
-        s.span_id = at.span_id.to_vec();
-        s.attributes
-            .push(kv_str("http.request.method", self.method.as_str()));
-        if let Some(u) = f.upstream {
-            s.attributes.push(kv_str("cc.upstream", u));
-        }
-        if let Some((host, port)) = at.endpoint.as_deref().map(split_host) {
-            s.attributes.push(kv_str("server.address", host));
-            if let Some(p) = port {
-                s.attributes.push(kv_int("server.port", i64::from(p)));
-            }
-        }
-        if let Some(code) = at.status {
-            s.attributes
-                .push(kv_int("http.response.status_code", i64::from(code)));
-            if code >= 400 {
-                s.attributes.push(kv_str("error.type", code.to_string()));
-                s.status = Some(otlp::Status {
-                    message: String::new(),
-                    code: otlp::STATUS_ERROR,
-                });
-            }
-        }
-        if let Some(e) = &at.error {
-            s.attributes.push(kv_str("error.type", "upstream_error"));
-            s.status = Some(otlp::Status {
-                message: e.clone(),
-                code: otlp::STATUS_ERROR,
-            });
-        }
-        s
-    }
-
-    fn child(&self, name: &str, kind: i32, t: Timing, end: Instant) -> Span {
-        let id = span_id();
-        self.span(
-            id,
-            Some(self.span_id),
-            name.to_string(),
-            kind,
-            t.start,
-            t.end.unwrap_or(end),
-        )
-    }
-
-    fn span(
-        &self,
-        id: [u8; 8],
-        parent: Option<[u8; 8]>,
-        name: String,
-        kind: i32,
-        start: Instant,
-        end: Instant,
-    ) -> Span {
-        Span {
-            trace_id: self.trace_id.to_vec(),
-            span_id: id.to_vec(),
-            trace_state: String::new(),
-            parent_span_id: parent.map_or_else(Vec::new, |p| p.to_vec()),
-            name,
-            kind,
-            start_time_unix_nano: self.nanos(start),
-            end_time_unix_nano: self.nanos(end),
-            attributes: Vec::new(),
-            status: None,
-        }
+        let live = self.live.take();
+        let text = &mut self.text;
+        let mut opt = |s: Option<&str>| s.map(|s| text.put(s));
+        let request_id = opt(f.request_id);
+        let (tracestate, host, query) = match &live {
+            Some(l) => (
+                opt(l.tracestate.as_ref().and_then(|v| v.to_str().ok())),
+                // `Host`, or an HTTP/2 request's `:authority`
+                opt(l
+                    .host
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| l.uri.authority().map(|a| a.as_str()))),
+                opt(l.uri.query()),
+            ),
+            None => (None, None, None),
+        };
+        let path = text.put(live.as_ref().map_or("", |l| l.uri.path()));
+        let route = f
+            .route
+            .map(|r| (text.put(r.path_prefix.as_str()), text.put(r.name.as_str())));
+        let mut opt = |s: Option<&str>| s.map(|s| text.put(s));
+        self.end = Some(Sealed {
+            end,
+            status: f.status,
+            client: f.client,
+            public: f
+                .route
+                .is_some_and(|r| r.auth == crate::config::RouteAuth::Public),
+            tracestate,
+            host,
+            path,
+            query,
+            request_id,
+            route,
+            reason: opt(f.reason),
+            sub: opt(f.sub),
+            realm: opt(f.realm),
+            upstream: opt(f.upstream),
+        });
     }
 }
 
-/// `GET api` (method and route name), or the method alone for a request no route matched.
-fn server_name(method: &Method, f: &Finish<'_>) -> String {
-    match f.route {
-        Some(r) => format!("{method} {}", r.name),
-        None => method.to_string(),
-    }
-}
-
-fn protocol_version(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_11 => "1.1",
-        Version::HTTP_2 => "2",
-        _ => "",
-    }
-}
-
-/// `host:port` → (host, port); brackets of an IPv6 literal removed.
-fn split_host(s: &str) -> (&str, Option<u16>) {
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => {
-            (h, p.parse().ok())
-        }
-        _ => (s, None),
-    };
-    (host.trim_start_matches('[').trim_end_matches(']'), port)
-}
-
-/// Random, never all-zero (the spec's invalid id).
+/// Random, never all-zero (the spec's invalid id). `fastrand` is a per-thread wyrand: a few
+/// instructions, no lock, no syscall.
 fn trace_id() -> [u8; 16] {
     let v = fastrand::u128(1..);
     v.to_be_bytes()
 }
 
-fn span_id() -> [u8; 8] {
+pub(super) fn span_id() -> [u8; 8] {
     fastrand::u64(1..).to_be_bytes()
+}
+
+/// A sealed record of a plain request, for the exporter's tests.
+#[cfg(test)]
+pub(super) fn sealed_for_test() -> Box<Trace> {
+    let req = http::Request::get("http://a.example/x?q=1")
+        .body(())
+        .unwrap();
+    let mut t = Box::new(Trace::new(&req, Instant::now(), false, None, true, None));
+    t.seal(&Finish {
+        status: 200,
+        reason: None,
+        route: None,
+        upstream: None,
+        sub: None,
+        realm: None,
+        request_id: Some("r-1"),
+        client: IpAddr::from([127, 0, 0, 1]),
+        elapsed: Duration::from_millis(1),
+    });
+    t
 }
 
 #[cfg(test)]
 mod tests {
-    use super::split_host;
+    use super::*;
 
     #[test]
-    fn hosts_split() {
-        assert_eq!(split_host("a.example:8080"), ("a.example", Some(8080)));
-        assert_eq!(split_host("a.example"), ("a.example", None));
-        assert_eq!(split_host("[::1]:443"), ("::1", Some(443)));
-        assert_eq!(split_host("::1"), ("::1", None));
+    fn text_spills_whole_and_keeps_its_ranges() {
+        let mut t = TextBuf::new();
+        let a = t.put("host.example");
+        let long = "p".repeat(INLINE_TEXT);
+        assert!(t.heap.is_none());
+        let b = t.put(&long);
+        assert!(t.heap.is_some(), "past the inline room: on the heap");
+        let at = t.len();
+        let n = 1;
+        let _ = write!(t, "{n}-x");
+        let c = t.since(at);
+        let s = t.as_str();
+        assert_eq!(
+            (a.of(s), b.of(s), c.of(s)),
+            ("host.example", long.as_str(), "1-x")
+        );
+    }
+
+    #[test]
+    fn a_sealed_record_counts_its_spans() {
+        let t = sealed_for_test();
+        // the server span alone: no step, no attempt
+        assert_eq!(t.span_count(), 1);
+        let e = t.end.as_ref().unwrap();
+        let s = t.text.as_str();
+        assert_eq!(e.path.of(s), "/x");
+        assert_eq!(e.query.map(|q| q.of(s)), Some("q=1"));
+        assert_eq!(e.host.map(|h| h.of(s)), Some("a.example"));
+        assert_eq!(e.request_id.map(|r| r.of(s)), Some("r-1"));
     }
 }

@@ -58,13 +58,25 @@ fn nibble(c: u8) -> Option<u8> {
 
 /// `00-<trace>-<span>-<flags>`, what we send upstream.
 pub fn format(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> String {
-    let mut s = String::with_capacity(55);
-    s.push_str("00-");
-    push_hex(&mut s, trace_id);
-    s.push('-');
-    push_hex(&mut s, span_id);
-    s.push_str(if sampled { "-01" } else { "-00" });
-    s
+    let b = format_bytes(trace_id, span_id, sampled);
+    // only ASCII is ever written into it
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// `format` on the stack (the request path: no allocation for the text).
+pub fn format_bytes(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> [u8; 55] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    for (i, b) in trace_id.iter().chain(span_id).enumerate() {
+        // the span id starts after the trace id's 32 digits and a dash
+        let at = 3 + 2 * i + usize::from(i >= 16);
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 0xf)];
+    }
+    if sampled {
+        out[54] = b'1';
+    }
+    out
 }
 
 /// Lowercase hex, as trace ids are written everywhere (logs, collectors).
