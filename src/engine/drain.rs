@@ -5,7 +5,7 @@
 //! that accepted its connection), so it is a thread-local the worker sets before it accepts
 //! and the handler reads when a request starts: no process-wide state, no lookup per poll.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -19,6 +19,18 @@ thread_local! {
     static CUT_OFF: RefCell<Option<watch::Receiver<bool>>> = const { RefCell::new(None) };
     static DRAINING: RefCell<Option<watch::Receiver<bool>>> = const { RefCell::new(None) };
     static HOLD: RefCell<Option<tokio::sync::mpsc::Sender<()>>> = const { RefCell::new(None) };
+    static CLOSING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this worker as draining: from now on its HTTP/1 answers close their connections.
+pub(super) fn set_closing() {
+    CLOSING.with(|c| c.set(true));
+}
+
+/// Is this worker draining? A request that reached an open connection is still answered, with
+/// `Connection: close`, rather than cut off by the connection closing under it.
+pub fn closing() -> bool {
+    CLOSING.with(Cell::get)
 }
 
 /// Keeps this worker's drain waiting while it lives (up to `shutdown_timeout`, like an open

@@ -103,6 +103,12 @@ impl WorkerThreads {
 
 /// After the shutdown timeout, how long the requests it cut get to have their 503 written.
 const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
+/// How long a draining worker keeps answering requests on its open HTTP/1 connections (each
+/// answer says `Connection: close`) before the graceful drain closes the idle ones: a
+/// keep-alive client sends its next request right after an answer, and closing the connection
+/// under that request costs it a retry (or, for a client that retries nothing, an error).
+const CLOSE_WINDOW: Duration = Duration::from_secs(1);
+const CLOSE_POLL: Duration = Duration::from_millis(10);
 
 /// A worker's HTTP/1 + HTTP/2 connection builder. `keep_alive: false` for the connections
 /// accepted while closing: each answers the request it came with, `Connection: close`.
@@ -185,6 +191,7 @@ async fn run_worker<H: Handler>(
         accepts.spawn(accept_loop(listener, tls, ctx.clone(), stop.clone()));
     }
     let _ = stop.wait_for(|s| *s != Stop::Serving).await;
+    drain::set_closing();
     drain::release_hold();
     while accepts.join_next().await.is_some() {}
     // listeners are closed now (or in the successor's hands); drain open connections
@@ -199,6 +206,12 @@ async fn run_worker<H: Handler>(
         ..
     } = ctx;
     drop((last, lingering));
+    // busy HTTP/1 connections end by themselves now, after their next answer
+    let window = CLOSE_WINDOW.min(opts.shutdown_timeout / 4);
+    let began = tokio::time::Instant::now();
+    while graceful.count() > 0 && began.elapsed() < window {
+        tokio::time::sleep(CLOSE_POLL).await;
+    }
     // every connection's IO dropped, lingering close included: HTTP connections drained,
     // those accepted while closing answered, upgraded ones (WebSocket tunnels, which hyper's
     // graceful drain no longer sees) ended by their peers, and every `drain::hold` released
@@ -368,9 +381,20 @@ async fn serve<H, IO>(
     H: Handler,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let http1 = req.version() < http::Version::HTTP_2;
         let fut = h.clone().handle(req, conn_info.clone());
-        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        async move {
+            let mut resp = fut.await;
+            // a draining worker's HTTP/1 answers end their connections (see CLOSE_WINDOW)
+            if http1 && drain::closing() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     let result = match watcher {
