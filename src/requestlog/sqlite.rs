@@ -73,6 +73,11 @@ impl SqliteStore {
             conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
+            // the writer checkpoints (copies the WAL back, then fsyncs) every 10,000 pages
+            // rather than SQLite's 1,000: the pages every batch rewrites (the table's and the
+            // time index's last ones) are copied once per checkpoint, and fsyncs are a tenth;
+            // the WAL file grows to ~40 MiB
+            conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         }
         let mut s = SqliteStore { conn };
         if migrate {
@@ -106,16 +111,16 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Inserts `rows` in one transaction; a request id already there is skipped.
+    /// Inserts `rows` as one statement, atomic on its own; a request id already there is
+    /// skipped. No BEGIN/COMMIT around it: inside an explicit transaction SQLite keeps a
+    /// statement journal for the multi-row insert (spilled to a temp file past 64 KiB), which
+    /// took a tenth of the writer's time in a profile at 28k rows/s.
     pub fn insert(&mut self, rows: &[Row]) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let sql = insert_sql(rows.len());
-            let mut stmt = tx.prepare_cached(&sql)?;
-            let values: Vec<Value> = rows.iter().flat_map(Row::values).collect();
-            stmt.execute(params_from_iter(values.iter().map(Bound)))?;
-        }
-        tx.commit()
+        let sql = insert_sql(rows.len());
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let values: Vec<Value> = rows.iter().flat_map(Row::values).collect();
+        stmt.execute(params_from_iter(values.iter().map(Bound)))?;
+        Ok(())
     }
 
     /// Deletes rows older than `cutoff`, then the oldest while the live pages exceed

@@ -178,25 +178,17 @@ impl Writer {
     }
 
     fn connect(&mut self) -> Option<&mut Store> {
-        if self.store.is_none() {
-            match Store::open(&self.cfg.store, true) {
-                Ok(s) => self.store = Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, store = %self.cfg.store, "request log: cannot open the store; rows are spooled");
-                    return None;
-                }
-            }
-        }
-        self.store.as_mut()
+        open_store(&mut self.store, &self.cfg.store)
     }
 
     /// Writes pending rows, a batch at a time, oldest first; stops at the first failure.
     fn write(&mut self) {
         while !self.pending.is_empty() {
             let n = self.pending.len().min(self.cfg.batch_size);
-            let batch: Vec<Row> = self.pending.range(..n).cloned().collect();
-            let result = match self.connect() {
-                Some(s) => s.insert(&batch),
+            // the rows are written from where they wait, not copied out
+            let rows = &self.pending.make_contiguous()[..n];
+            let result = match open_store(&mut self.store, &self.cfg.store) {
+                Some(s) => s.insert(rows),
                 None => {
                     self.failed();
                     return;
@@ -298,4 +290,22 @@ impl Writer {
             }
         }
     }
+}
+
+/// The writer's store, opened first if it is not yet (a free function: the caller keeps the
+/// pending rows borrowed meanwhile).
+fn open_store<'a>(
+    store: &'a mut Option<Store>,
+    at: &crate::config::RequestLogStore,
+) -> Option<&'a mut Store> {
+    if store.is_none() {
+        match Store::open(at, true) {
+            Ok(s) => *store = Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, store = %at, "request log: cannot open the store; rows are spooled");
+                return None;
+            }
+        }
+    }
+    store.as_mut()
 }
