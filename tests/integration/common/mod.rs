@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod fixture;
 pub mod gateway;
+pub mod h2frame;
 pub mod llm;
 pub mod metrics;
 pub mod postgres;

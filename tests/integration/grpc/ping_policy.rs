@@ -16,20 +16,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use crate::common::h2frame::{read_frame, Frame, ACK, DATA, GOAWAY, HEADERS, PING, PREFACE};
 
-const PING: u8 = 0x6;
-const ACK: u8 = 0x1;
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const GOAWAY: u8 = 0x7;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// grpc-go's `maxPingStrikes`, C-core's `GRPC_ARG_HTTP2_MAX_PING_STRIKES` default
 const MAX_PING_STRIKES: u32 = 2;
-const PREFACE_LEN: usize = 24;
 
 /// What the policy saw, over all connections.
 #[derive(Default)]
@@ -117,15 +111,6 @@ struct Policy {
     last_stream: u32,
 }
 
-async fn read_frame(r: &mut OwnedReadHalf) -> Option<([u8; 9], Vec<u8>)> {
-    let mut head = [0u8; 9];
-    r.read_exact(&mut head).await.ok()?;
-    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await.ok()?;
-    Some((head, payload))
-}
-
 async fn relay(client: TcpStream, server: TcpStream, min_time: Duration, seen: Arc<Seen>) {
     let (mut cr, cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
@@ -141,7 +126,7 @@ async fn relay(client: TcpStream, server: TcpStream, min_time: Duration, seen: A
     let down = {
         let (cw, policy) = (cw.clone(), policy.clone());
         tokio::spawn(async move {
-            while let Some((head, payload)) = read_frame(&mut sr).await {
+            while let Some(Frame { head, payload }) = read_frame(&mut sr).await {
                 if head[3] == DATA || head[3] == HEADERS {
                     policy.lock().expect("policy").reset = true;
                 }
@@ -155,14 +140,14 @@ async fn relay(client: TcpStream, server: TcpStream, min_time: Duration, seen: A
     };
 
     // gateway → server: the preface, then frames, each PING judged by the policy
-    let mut preface = [0u8; PREFACE_LEN];
+    let mut preface = [0u8; PREFACE.len()];
     if cr.read_exact(&mut preface).await.is_err() || sw.write_all(&preface).await.is_err() {
         down.abort();
         return;
     }
-    while let Some((head, payload)) = read_frame(&mut cr).await {
-        let kind = head[3];
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    while let Some(f) = read_frame(&mut cr).await {
+        let (kind, stream) = (f.kind(), f.stream());
+        let Frame { head, payload } = f;
         let too_many = {
             let mut p = policy.lock().expect("policy");
             if kind == HEADERS {

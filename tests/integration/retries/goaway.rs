@@ -16,16 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::{config, log_line, pool, retries};
+use crate::common::h2frame::*;
 use crate::common::{Gateway, Req};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
 const NO_ERROR: u32 = 0x0;
 const INTERNAL_ERROR: u32 = 0x2;
 
@@ -107,26 +100,6 @@ impl RawH2 {
     }
 }
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// (type, flags, stream id, payload); None at EOF or on an error.
-async fn read_frame(s: &mut TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
-    let mut h = [0u8; 9];
-    s.read_exact(&mut h).await.ok()?;
-    let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-    let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload).await.ok()?;
-    Some((h[3], h[4], stream, payload))
-}
-
 async fn serve(
     mut s: TcpStream,
     plan: Plan,
@@ -142,7 +115,8 @@ async fn serve(
     }
     // the body length of each open request stream
     let mut open: Vec<(u32, usize)> = Vec::new();
-    while let Some((kind, flags, id, payload)) = read_frame(&mut s).await {
+    while let Some(f) = read_frame(&mut s).await {
+        let (kind, flags, id, payload) = (f.kind(), f.flags(), f.stream(), f.payload);
         let done = match kind {
             SETTINGS if flags & ACK == 0 => {
                 if s.write_all(&frame(SETTINGS, ACK, 0, &[])).await.is_err() {
