@@ -75,6 +75,30 @@ async fn assert_never_printed(
     );
 }
 
+/// For each (variable, key): `check` without that variable in `env` fails naming the key and
+/// the variable, and prints none of `secrets`.
+fn assert_missing_variables_named(
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+    cases: &[(&str, &str)],
+    secrets: &[&str],
+) {
+    for (missing, key) in cases {
+        let partial: Vec<(&str, &str)> =
+            env.iter().copied().filter(|(k, _)| k != missing).collect();
+        let check = run_check(config, &partial);
+        let out = describe_output(&check);
+        assert!(!check.status.success(), "{out}");
+        assert!(
+            out.contains(&format!(
+                "{key}: environment variable \"{missing}\" is not set"
+            )),
+            "{out}"
+        );
+        assert!(secrets.iter().all(|s| !out.contains(s)), "{out}");
+    }
+}
+
 #[tokio::test]
 async fn secrets_from_files_are_used_and_never_printed() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -157,23 +181,15 @@ async fn secrets_from_the_environment_are_used_and_a_missing_one_names_its_key()
     assert_never_printed(&gw, &token, &config, &env, &[&password, &token]).await;
 
     // a variable missing: `check` (and so `run` and a reload) fails naming the key
-    for (missing, key) in [
-        ("CC_GW_TEST_REDIS_URL", "budgets.store"),
-        ("CC_GW_TEST_ADMIN_TOKEN", "server.admin_token"),
-    ] {
-        let partial: Vec<(&str, &str)> =
-            env.iter().copied().filter(|(k, _)| *k != missing).collect();
-        let check = run_check(&config, &partial);
-        let out = describe_output(&check);
-        assert!(!check.status.success(), "{out}");
-        assert!(
-            out.contains(&format!(
-                "{key}: environment variable \"{missing}\" is not set"
-            )),
-            "{out}"
-        );
-        assert!(!out.contains(&password) && !out.contains(&token), "{out}");
-    }
+    assert_missing_variables_named(
+        &config,
+        &env,
+        &[
+            ("CC_GW_TEST_REDIS_URL", "budgets.store"),
+            ("CC_GW_TEST_ADMIN_TOKEN", "server.admin_token"),
+        ],
+        &[&password, &token],
+    );
 }
 
 #[tokio::test]
@@ -291,21 +307,13 @@ fn telemetry_headers_and_the_request_log_store_take_the_same_syntax() {
     assert!(out.contains("postgres://gw:***@127.0.0.1:1/logs"), "{out}");
 
     // a variable missing: `check` fails naming the key
-    for (missing, key) in [
-        ("CC_GW_TEST_OTLP_TOKEN", "telemetry.headers.Authorization"),
-        ("CC_GW_TEST_REQUEST_LOG", "request_log.store"),
-    ] {
-        let partial: Vec<(&str, &str)> =
-            env.iter().copied().filter(|(k, _)| *k != missing).collect();
-        let check = run_check(&config, &partial);
-        let out = describe_output(&check);
-        assert!(!check.status.success(), "{out}");
-        assert!(
-            out.contains(&format!(
-                "{key}: environment variable \"{missing}\" is not set"
-            )),
-            "{out}"
-        );
-        assert!(!out.contains(&bearer) && !out.contains(&password), "{out}");
-    }
+    assert_missing_variables_named(
+        &config,
+        &env,
+        &[
+            ("CC_GW_TEST_OTLP_TOKEN", "telemetry.headers.Authorization"),
+            ("CC_GW_TEST_REQUEST_LOG", "request_log.store"),
+        ],
+        &[&bearer, &password],
+    );
 }
