@@ -53,6 +53,7 @@ http {
 }
 CONF
   nginx -c "$RUN/upstream.conf" -p "$RUN" & PIDS+=($!)
+  UP_PID=$!
   wait_port $UP_PORT
 }
 
@@ -121,6 +122,12 @@ start_postgres() {
 }
 
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+# cpu_ns PID…: nanoseconds on CPU so far, all threads of each process (the scheduler's own
+# account, not 10 ms ticks: a 3 s round of a 7 µs/request upstream is only ~35 ticks)
+cpu_ns() {
+  local p
+  for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done | awk '{t += $1} END {printf "%.0f", t}'
+}
 cpu_ticks() { local t=0; for p in "$@"; do [ -r /proc/$p/stat ] && t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' /proc/$1/status 2>/dev/null || echo "?"; }
 
@@ -130,4 +137,61 @@ wrk_result() {
   local out
   out=$(TOKENS_FILE=$2 wrk -t"$WRK_THREADS" -c"$CONNS" -d"$3" -s bench/tokens.lua "http://127.0.0.1:$1/ai/v2/completions" | grep '^RESULT')
   eval "$(echo "$out" | sed 's/^RESULT //; s/ /;/g')"
+}
+
+# The interleaved rounds of the side-by-side benchmarks (ab.sh, pools.sh, traces.sh). Every
+# variant is a running gateway: PORT[v] and PID[v] (associative arrays the caller declares);
+# UP_PID is the upstream nginx's master (its workers are measured). Each round loads every
+# scenario once per variant, the variants in a new random order each time, so slow phases of a
+# shared machine hit all alike.
+#
+# rounds OUT ROUNDS DURATION "SCENARIOS" VARIANT…: scenario = a token file ($RUN/<s>.txt);
+# appends "variant scenario round req/s p50_µs p99_µs cpu_µs/req upstream_cpu_µs/req errors" to OUT
+rounds() {
+  local out=$1 nr=$2 dur=$3 scenarios=$4; shift 4
+  local r s v c0 c1 u0 u1 up
+  up=$(pgrep -P "${UP_PID:?start_upstream first}" | tr '\n' ' ')
+  for r in $(seq "$nr"); do
+    for s in $scenarios; do
+      for v in $(printf '%s\n' "$@" | shuf); do
+        c0=$(cpu_ns "${PID[$v]}"); u0=$(cpu_ns $up)
+        wrk_result "${PORT[$v]}" "$RUN/$s.txt" "$dur"
+        c1=$(cpu_ns "${PID[$v]}"); u1=$(cpu_ns $up)
+        awk -v v="$v" -v s="$s" -v r="$r" -v n="$requests" -v d="$duration_us" -v p50="$p50_us" \
+          -v p99="$p99_us" -v c=$((c1 - c0)) -v u=$((u1 - u0)) -v bad="$non2xx" -v se="$sockerr" \
+          'BEGIN{printf "%s %s %d %.0f %d %d %.2f %.2f %d\n", v, s, r, n/(d/1e6), p50, p99, c/1e3/n, u/1e3/n, bad+se}' \
+          >> "$out"
+      done
+    done
+  done
+}
+
+# round_table OUT REF "SCENARIOS" VARIANT…: one row per scenario and variant — medians over the
+# rounds of req/s, of the per-round throughput ratio to REF, of the per-round added p50/p99
+# (over REF), of gateway and upstream CPU µs/request; errors summed.
+round_table() {
+  local out=$1 ref=$2 scenarios=$3; shift 3
+  echo "| scenario | variant | req/s | × $ref | added p50 µs | added p99 µs | CPU µs/req | upstream CPU µs/req | errors |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+  awk -v ref="$ref" -v scenarios="$scenarios" -v variants="$*" '
+    function median(a, n,   i, j, t) {
+      for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    { v = $1; s = $2; r = $3; rps[v, s, r] = $4; p50[v, s, r] = $5; p99[v, s, r] = $6
+      cpu[v, s, r] = $7; up[v, s, r] = $8; err[v, s] += $9; if (r > nr) nr = r }
+    END {
+      ns = split(scenarios, sc, " "); nv = split(variants, vs, " ")
+      for (k = 1; k <= ns; k++) for (m = 1; m <= nv; m++) {
+        s = sc[k]; v = vs[m]
+        for (r = 1; r <= nr; r++) {
+          a[r] = rps[v, s, r]; q[r] = rps[v, s, r] / rps[ref, s, r]
+          b[r] = p50[v, s, r] - p50[ref, s, r]; c[r] = p99[v, s, r] - p99[ref, s, r]
+          d[r] = cpu[v, s, r]; e[r] = up[v, s, r]
+        }
+        printf "| %s | %s | %.0f | %.3f | %+.0f | %+.0f | %.1f | %.2f | %d |\n", s, v, median(a, nr),
+          median(q, nr), median(b, nr), median(c, nr), median(d, nr), median(e, nr), err[v, s]
+      }
+    }' "$out"
+  echo "(per round: $out — variant scenario round req/s p50 p99 cpu upstream_cpu errors)"
 }

@@ -13,12 +13,12 @@
 #   bench/pools.sh [OLD_BINARY]
 #
 # Per variant: median req/s, the median of its per-round throughput ratio to rr1, p50/p99,
-# gateway CPU µs/request. Knobs: BENCH_ROUNDS (7), BENCH_DURATION (3s), BENCH_CONNS (32).
+# gateway and upstream CPU µs/request. Knobs: BENCH_ROUNDS (7), BENCH_DURATION (3s), BENCH_CONNS (32).
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${BENCH_ROUNDS:-7}
 DUR=${BENCH_DURATION:-3s}
 OLD_BIN=${1:-}
-need wrk nginx
+need wrk nginx pgrep
 build_and_mint
 
 # nginx: one worker, 8 ports, keep-alive, 200 {"ok":true}
@@ -38,6 +38,7 @@ http {
 }
 CONF
 nginx -c "$RUN/pools-upstream.conf" -p "$RUN" & PIDS+=($!)
+UP_PID=$!
 wait_port "$UP_PORT"
 
 eight=""
@@ -71,37 +72,6 @@ done
 
 for v in "${VARIANTS[@]}"; do wrk_result "${PORT[$v]}" "$RUN/warm.txt" 2s; done # warm-up
 : > "$RUN/pools.txt"
-for r in $(seq "$ROUNDS"); do
-  for v in $(printf '%s\n' "${VARIANTS[@]}" | shuf); do
-    c0=$(cpu_ticks "${PID[$v]}")
-    wrk_result "${PORT[$v]}" "$RUN/warm.txt" "$DUR"
-    c1=$(cpu_ticks "${PID[$v]}")
-    awk -v v="$v" -v r="$r" -v n="$requests" -v d="$duration_us" -v p50="$p50_us" \
-      -v p99="$p99_us" -v c=$((c1 - c0)) -v hz="$HZ" -v bad="$non2xx" -v se="$sockerr" \
-      'BEGIN{printf "%s %d %.0f %d %d %.1f %d\n", v, r, n/(d/1e6), p50, p99, c/hz*1e6/n, bad+se}' \
-      >> "$RUN/pools.txt"
-  done
-done
-
+rounds "$RUN/pools.txt" "$ROUNDS" "$DUR" warm "${VARIANTS[@]}"
 echo
-echo "| variant | req/s | vs rr1 | p50 µs | p99 µs | CPU µs/req | errors |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
-awk -v list="${VARIANTS[*]}" '
-  function median(a, n,   i, j, t) {
-    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-  }
-  { v = $1; r = $2; rps[v, r] = $3; p50[v, r] = $4; p99[v, r] = $5; cpu[v, r] = $6; err[v] += $7
-    if (r > nr) nr = r }
-  END {
-    nv = split(list, vs, " ")
-    for (k = 1; k <= nv; k++) {
-      v = vs[k]
-      for (r = 1; r <= nr; r++) {
-        a[r] = rps[v, r]; q[r] = rps[v, r] / rps["rr1", r]; b[r] = p50[v, r]; c[r] = p99[v, r]; d[r] = cpu[v, r]
-      }
-      printf "| %s | %.0f | %.3f | %.0f | %.0f | %.1f | %d |\n", v, median(a, nr), median(q, nr),
-        median(b, nr), median(c, nr), median(d, nr), err[v]
-    }
-  }' "$RUN/pools.txt"
-echo "(per round: $RUN/pools.txt — variant round req/s p50 p99 cpu errors)"
+round_table "$RUN/pools.txt" rr1 warm "${VARIANTS[@]}"

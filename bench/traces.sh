@@ -19,7 +19,7 @@ source "$(dirname "$0")/lib.sh"
 ROUNDS=${BENCH_ROUNDS:-5}
 DUR=${BENCH_DURATION:-3s}
 COLLECTOR_PORT=${BENCH_COLLECTOR_PORT:-18190}
-need wrk nginx
+need wrk nginx pgrep
 build_and_mint
 start_upstream
 
@@ -78,41 +78,11 @@ done
 
 for v in "${VARIANTS[@]}"; do wrk_result "${PORT[$v]}" "$RUN/warm.txt" 2s; done # warm-up
 : > "$RUN/traces.txt"
-for r in $(seq "$ROUNDS"); do
-  for v in $(printf '%s\n' "${VARIANTS[@]}" | shuf); do
-    c0=$(cpu_ticks "${PID[$v]}")
-    wrk_result "${PORT[$v]}" "$RUN/warm.txt" "$DUR"
-    c1=$(cpu_ticks "${PID[$v]}")
-    awk -v v="$v" -v r="$r" -v n="$requests" -v d="$duration_us" -v p50="$p50_us" \
-      -v p99="$p99_us" -v c=$((c1 - c0)) -v hz="$HZ" -v bad="$non2xx" -v se="$sockerr" \
-      'BEGIN{printf "%s %d %.0f %d %d %.1f %d\n", v, r, n/(d/1e6), p50, p99, c/hz*1e6/n, bad+se}' \
-      >> "$RUN/traces.txt"
-  done
-done
+rounds "$RUN/traces.txt" "$ROUNDS" "$DUR" warm "${VARIANTS[@]}"
 
 spans() { curl -s "http://127.0.0.1:$((${PORT[$1]} + 100))/metrics" | awk -v m="$2" 'index($1, m) == 1 {s += $2} END {print s + 0}'; }
 echo
-echo "| variant | req/s | vs off | added p50 µs | added p99 µs | CPU µs/req | errors |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
-awk '
-  function median(a, n,   i, j, t) {
-    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-  }
-  { v = $1; r = $2; rps[v, r] = $3; p50[v, r] = $4; p99[v, r] = $5; cpu[v, r] = $6; err[v] += $7; if (r > nr) nr = r }
-  END {
-    nv = split(variants, vs, " ")
-    for (k = 1; k <= nv; k++) {
-      v = vs[k]
-      for (r = 1; r <= nr; r++) {
-        a[r] = rps[v, r]; q[r] = rps[v, r] / rps["off", r]
-        c[r] = p50[v, r] - p50["off", r]; d[r] = p99[v, r] - p99["off", r]; e[r] = cpu[v, r]
-      }
-      printf "| %s | %.0f | %.3f | %+.0f | %+.0f | %.1f | %d |\n", v, median(a, nr), median(q, nr),
-        median(c, nr), median(d, nr), median(e, nr), err[v]
-    }
-  }' variants="${VARIANTS[*]}" "$RUN/traces.txt"
-echo "(per round: $RUN/traces.txt — variant round req/s p50 p99 cpu errors)"
+round_table "$RUN/traces.txt" off warm "${VARIANTS[@]}"
 for v in "${VARIANTS[@]}"; do
   case $v in
     r*) echo "$v: spans exported $(spans "$v" cc_gateway_spans_exported_total), dropped $(spans "$v" cc_gateway_spans_dropped_total)" ;;
