@@ -81,6 +81,61 @@ pub(super) fn install(rx: watch::Receiver<bool>) {
     CUT_OFF.with(|c| *c.borrow_mut() = Some(rx));
 }
 
+pin_project_lite::pin_project! {
+    /// [`or_cut_off`]'s future: `fut` and the cut-off signal side by side, `fut` polled first.
+    /// A named type rather than `select!` in an `async` block: that block would hold `fut`
+    /// twice (its capture and the macro's copy), and the request future is the largest value
+    /// the engine moves per request (hyper copies it into the connection's slot).
+    pub struct OrCutOff<F: std::future::Future, C, G> {
+        #[pin]
+        fut: F,
+        #[pin]
+        cut: C,
+        on_cut: Option<G>,
+    }
+}
+
+impl<F, C, G> std::future::Future for OrCutOff<F, C, G>
+where
+    F: std::future::Future,
+    C: std::future::Future<Output = ()>,
+    G: FnOnce() -> F::Output,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(out);
+        }
+        match this.cut.poll(cx) {
+            Poll::Ready(()) => match this.on_cut.take() {
+                Some(g) => Poll::Ready(g()),
+                // polled again after it ended: nothing more will come
+                None => Poll::Pending,
+            },
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// `fut`, unless this worker's `shutdown_timeout` passes first: then `fut` is dropped and the
+/// answer is `on_cut()`.
+pub fn or_cut_off<F, G>(
+    fut: F,
+    on_cut: G,
+) -> OrCutOff<F, impl std::future::Future<Output = ()> + Send + 'static, G>
+where
+    F: std::future::Future,
+    G: FnOnce() -> F::Output,
+{
+    OrCutOff {
+        fut,
+        cut: cut_off(),
+        on_cut: Some(on_cut),
+    }
+}
+
 /// Resolves when this worker's `shutdown_timeout` has passed with the request still open;
 /// never resolves off a worker thread. Taken when the request starts.
 pub fn cut_off() -> impl std::future::Future<Output = ()> + Send + 'static {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -383,18 +384,23 @@ async fn serve<H, IO>(
 {
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let http1 = req.version() < http::Version::HTTP_2;
-        let fut = h.clone().handle(req, conn_info.clone());
-        async move {
-            let mut resp = fut.await;
-            // a draining worker's HTTP/1 answers end their connections (see CLOSE_WINDOW)
-            if http1 && drain::closing() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                resp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            Ok::<_, std::convert::Infallible>(resp)
-        }
+        // `map`, not an `async` block around the handler's future: the block would hold that
+        // future twice (capture and await slot) and hyper copies it per request
+        h.clone()
+            .handle(req, conn_info.clone())
+            .map(move |mut resp| {
+                // a draining worker's HTTP/1 answers end their connections (see CLOSE_WINDOW)
+                if http1
+                    && drain::closing()
+                    && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            })
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     let result = match watcher {
