@@ -60,10 +60,14 @@ pub fn token_from<'h>(
         if token.is_empty() {
             continue;
         }
-        // a JWS is base64url and dots: anything outside visible ASCII is malformed
+        // a JWS is base64url and dots: anything outside visible ASCII is malformed. A fold
+        // without early exit, so the check over the whole token vectorizes.
+        let visible = token
+            .iter()
+            .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x5e));
         return std::str::from_utf8(token)
             .ok()
-            .filter(|t| t.bytes().all(|b| b.is_ascii_graphic()))
+            .filter(|_| visible)
             .ok_or_else(|| {
                 AuthError::new(
                     Reason::MalformedToken,
@@ -192,5 +196,28 @@ mod tests {
             err(hdrs(&[("x-gitlab-token", &vec![b'a'; 8193])])),
             Reason::TokenTooLarge
         );
+    }
+
+    #[test]
+    fn only_visible_ascii_makes_a_token() {
+        // the edges of 0x21..=0x7e pass, every byte around them fails — anywhere in a long
+        // token (the check is a vectorized pass: each lane and the tail must count)
+        assert_eq!(
+            token_from(&hdrs(&[("x-gitlab-token", b"!a.b.c~")]), &cfg(), 8192).unwrap(),
+            "!a.b.c~"
+        );
+        for bad in [b'\t', b' ', 0x80, 0xfe, 0xff] {
+            for at in [1, 2, 31, 32, 33, 100, 797, 798] {
+                let mut t = vec![b'a'; 800];
+                t[at] = bad; // not at either end, where the value is trimmed
+                let h = hdrs(&[("x-gitlab-token", &t)]);
+                let r = token_from(&h, &cfg(), 8192);
+                assert_eq!(
+                    r.unwrap_err().reason,
+                    Reason::MalformedToken,
+                    "{bad:#x} at {at}"
+                );
+            }
+        }
     }
 }
