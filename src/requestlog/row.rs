@@ -96,10 +96,6 @@ impl Value {
     }
 }
 
-fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
-    v.map_or(Value::Null, f)
-}
-
 /// One request. `ttfb_ms` is NULL when no byte of the response went to the client; the AI
 /// columns are NULL on other routes, and the token counts and cost are NULL when
 /// the usage is missing (unknown is never 0).
@@ -139,35 +135,64 @@ pub struct Row {
     pub feedback_comment: Option<String>,
 }
 
+/// A column value borrowed from a [`Row`], for binding without copying the row's strings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell<'a> {
+    Null,
+    Text(std::borrow::Cow<'a, str>),
+    Int(i64),
+    Real(f64),
+    Bool(bool),
+}
+
+impl Cell<'_> {
+    fn into_value(self) -> Value {
+        match self {
+            Cell::Null => Value::Null,
+            Cell::Text(s) => Value::Text(s.into_owned()),
+            Cell::Int(n) => Value::Int(n),
+            Cell::Real(f) => Value::Real(f),
+            Cell::Bool(b) => Value::Bool(b),
+        }
+    }
+}
+
 impl Row {
-    /// The values in [`COLUMNS`] order.
-    pub fn values(&self) -> Vec<Value> {
-        let t = |s: &Option<String>| opt(s.clone(), Value::Text);
-        let i = |n: Option<i64>| opt(n, Value::Int);
-        let r = |f: Option<f64>| opt(f, Value::Real);
-        vec![
-            Value::Text(self.request_id.clone()),
+    /// The cells in [`COLUMNS`] order, borrowing the row's strings (the `fields` object is
+    /// the one value serialized here).
+    pub fn cells(&self) -> [Cell<'_>; COLUMNS.len()] {
+        use std::borrow::Cow::Borrowed;
+        fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Cell<'static>) -> Cell<'static> {
+            v.map_or(Cell::Null, f)
+        }
+        fn t(s: &Option<String>) -> Cell<'_> {
+            s.as_deref().map_or(Cell::Null, |s| Cell::Text(Borrowed(s)))
+        }
+        let i = |n: Option<i64>| opt(n, Cell::Int);
+        let r = |f: Option<f64>| opt(f, Cell::Real);
+        [
+            Cell::Text(Borrowed(&self.request_id)),
             t(&self.trace_id),
-            Value::Text(self.time.clone()),
-            Value::Text(self.node.clone()),
+            Cell::Text(Borrowed(&self.time)),
+            Cell::Text(Borrowed(&self.node)),
             t(&self.route),
             t(&self.upstream),
             t(&self.endpoint),
             i(self.attempts),
-            Value::Text(self.method.clone()),
+            Cell::Text(Borrowed(&self.method)),
             t(&self.path),
-            Value::Int(self.status),
+            Cell::Int(self.status),
             t(&self.reason),
-            Value::Real(self.duration_ms),
+            Cell::Real(self.duration_ms),
             r(self.ttfb_ms),
-            Value::Int(self.bytes_in),
-            Value::Int(self.bytes_out),
+            Cell::Int(self.bytes_in),
+            Cell::Int(self.bytes_out),
             t(&self.sub),
             t(&self.iss),
             t(&self.realm),
             t(&self.client_ip),
-            opt(self.fields.as_ref(), |m| {
-                Value::Text(serde_json::Value::Object(m.clone()).to_string())
+            self.fields.as_ref().map_or(Cell::Null, |m| {
+                Cell::Text(serde_json::to_string(m).unwrap_or_default().into())
             }),
             t(&self.model),
             i(self.input_tokens),
@@ -177,10 +202,15 @@ impl Row {
             i(self.reasoning_tokens),
             t(&self.usage_source),
             r(self.cost_usd),
-            opt(self.stream, Value::Bool),
+            opt(self.stream, Cell::Bool),
             i(self.feedback_score),
             t(&self.feedback_comment),
         ]
+    }
+
+    /// The values in [`COLUMNS`] order, owned.
+    pub fn values(&self) -> Vec<Value> {
+        self.cells().into_iter().map(Cell::into_value).collect()
     }
 
     /// A row read back, values in [`COLUMNS`] order (missing trailing values read as NULL).

@@ -9,7 +9,7 @@ use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
 use super::query::{self, Dialect, Filter, GroupBy, Sample};
-use super::row::{Row, Value, COLUMNS};
+use super::row::{Cell, Row, Value, COLUMNS};
 
 /// The schema, one entry per version, applied in order inside one transaction each.
 const MIGRATIONS: &[&str] = &[
@@ -49,6 +49,20 @@ struct Bound<'a>(&'a Value);
 impl rusqlite::ToSql for Bound<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(bind(self.0))
+    }
+}
+
+/// A row's cell bound as it is (its text borrowed from the row).
+struct BoundCell<'a>(&'a Cell<'a>);
+impl rusqlite::ToSql for BoundCell<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self.0 {
+            Cell::Null => ToSqlOutput::Owned(SqlValue::Null),
+            Cell::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Cell::Int(n) => ToSqlOutput::Owned(SqlValue::Integer(*n)),
+            Cell::Real(f) => ToSqlOutput::Owned(SqlValue::Real(*f)),
+            Cell::Bool(b) => ToSqlOutput::Owned(SqlValue::Integer(i64::from(*b))),
+        })
     }
 }
 
@@ -118,8 +132,9 @@ impl SqliteStore {
     pub fn insert(&mut self, rows: &[Row]) -> rusqlite::Result<()> {
         let sql = insert_sql(rows.len());
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let values: Vec<Value> = rows.iter().flat_map(Row::values).collect();
-        stmt.execute(params_from_iter(values.iter().map(Bound)))?;
+        // the rows' strings are bound where they are (SQLite copies each once, as it must)
+        let cells: Vec<Cell> = rows.iter().flat_map(Row::cells).collect();
+        stmt.execute(params_from_iter(cells.iter().map(BoundCell)))?;
         Ok(())
     }
 
@@ -255,23 +270,18 @@ impl SqliteStore {
     }
 }
 
+/// One statement for `n` rows. Placeholders are anonymous `?` (numbered in order): at tens of
+/// thousands of rows a second, formatting `?NNN` per value was a tenth of the writer's time.
 fn insert_sql(n: usize) -> String {
     let names: Vec<&str> = COLUMNS.iter().map(|c| c.0).collect();
+    let group = format!("({})", vec!["?"; COLUMNS.len()].join(", "));
     let mut sql = format!("INSERT INTO requests ({}) VALUES ", names.join(", "));
-    let mut p = 0;
+    sql.reserve(n * (group.len() + 2) + 40);
     for r in 0..n {
         if r > 0 {
             sql.push_str(", ");
         }
-        sql.push('(');
-        for (i, &(_, kind)) in COLUMNS.iter().enumerate() {
-            p += 1;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&Dialect::Sqlite.param(p, kind));
-        }
-        sql.push(')');
+        sql.push_str(&group);
     }
     sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
     sql
