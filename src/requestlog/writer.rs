@@ -90,14 +90,38 @@ pub fn run(cfg: Config, rx: Receiver<Row>, shared: &Shared) {
         cfg,
     };
     let tick = w.cfg.flush_interval.min(Duration::from_millis(100));
+    /// how often a filling batch takes what was queued
+    const POLL: Duration = Duration::from_millis(5);
     loop {
         let stopping = shared.stop.load(Ordering::Acquire);
         let mut closed = false;
-        if !stopping {
+        if !stopping && w.pending.is_empty() {
+            // idle: block until a row comes
             match rx.recv_timeout(tick) {
                 Ok(r) => w.take(r),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => closed = true,
+            }
+        } else if !stopping {
+            // rows are pending: a batch filling is collected by polling. Blocking here had the
+            // workers wake this thread once per row (a futex call on the request path, then a
+            // context switch) — now it is once per batch. The queue holds far more than a
+            // poll's worth. A store in back-off is waited for (up to a tick), not spun on.
+            let filling = match w.pending.len() < w.cfg.batch_size {
+                true => w
+                    .cfg
+                    .flush_interval
+                    .saturating_sub(w.last_write.elapsed())
+                    .min(POLL),
+                false => Duration::ZERO,
+            };
+            let backing_off = w
+                .retry_at
+                .saturating_duration_since(Instant::now())
+                .min(tick);
+            let wait = filling.max(backing_off);
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
             }
         }
         // what else is queued, up to a batch (all of it when stopping)
