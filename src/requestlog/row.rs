@@ -145,6 +145,19 @@ pub enum Cell<'a> {
     Bool(bool),
 }
 
+impl Value {
+    /// The value as a cell, its text borrowed (for binding it).
+    pub fn as_cell(&self) -> Cell<'_> {
+        match self {
+            Value::Null => Cell::Null,
+            Value::Text(s) => Cell::Text(std::borrow::Cow::Borrowed(s)),
+            Value::Int(n) => Cell::Int(*n),
+            Value::Real(f) => Cell::Real(*f),
+            Value::Bool(b) => Cell::Bool(*b),
+        }
+    }
+}
+
 impl Cell<'_> {
     fn into_value(self) -> Value {
         match self {

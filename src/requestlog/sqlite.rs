@@ -35,24 +35,7 @@ pub struct SqliteStore {
     conn: Connection,
 }
 
-fn bind(v: &Value) -> ToSqlOutput<'_> {
-    match v {
-        Value::Null => ToSqlOutput::Owned(SqlValue::Null),
-        Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-        Value::Int(n) => ToSqlOutput::Owned(SqlValue::Integer(*n)),
-        Value::Real(f) => ToSqlOutput::Owned(SqlValue::Real(*f)),
-        Value::Bool(b) => ToSqlOutput::Owned(SqlValue::Integer(i64::from(*b))),
-    }
-}
-
-struct Bound<'a>(&'a Value);
-impl rusqlite::ToSql for Bound<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(bind(self.0))
-    }
-}
-
-/// A row's cell bound as it is (its text borrowed from the row).
+/// A cell bound as it is (its text borrowed from the row or the query's parameter).
 struct BoundCell<'a>(&'a Cell<'a>);
 impl rusqlite::ToSql for BoundCell<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -214,7 +197,8 @@ impl SqliteStore {
 
     fn select_rows(&self, sql: &str, params: &[Value]) -> rusqlite::Result<Vec<Row>> {
         let mut stmt = self.conn.prepare(sql)?;
-        let rows = stmt.query_map(params_from_iter(params.iter().map(Bound)), |r| {
+        let cells: Vec<Cell> = params.iter().map(Value::as_cell).collect();
+        let rows = stmt.query_map(params_from_iter(cells.iter().map(BoundCell)), |r| {
             let mut v = Vec::with_capacity(COLUMNS.len());
             for i in 0..COLUMNS.len() {
                 v.push(read(r.get_ref(i)?));
@@ -228,7 +212,8 @@ impl SqliteStore {
         let mut params = Vec::new();
         let sql = query::stats_sql(Dialect::Sqlite, by, f, &mut params);
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(params.iter().map(Bound)), |r| {
+        let cells: Vec<Cell> = params.iter().map(Value::as_cell).collect();
+        let rows = stmt.query_map(params_from_iter(cells.iter().map(BoundCell)), |r| {
             Ok(Sample {
                 group: match read(r.get_ref(0)?) {
                     Value::Text(s) => Some(s),
