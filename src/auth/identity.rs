@@ -2,6 +2,7 @@
 //! pre-computed (identity header values). Produced by `verify`, kept by `cache`, read by
 //! authorization, budgets and forwarding — its own module so none of them depends on another.
 
+use bytes::Bytes;
 use http::HeaderValue;
 use serde_json::{Map, Value};
 
@@ -20,8 +21,8 @@ pub struct Verified {
     pub iss: Box<str>,
     pub sub: Option<Box<str>>,
     pub realm: Option<Box<str>>,
-    pub aud: Box<[Box<str>]>,
-    pub scopes: Box<[Box<str>]>,
+    pub aud: StrList,
+    pub scopes: StrList,
     pub claims: Map<String, Value>,
     /// identity header values, built once per verified token
     pub identity: Identity,
@@ -39,16 +40,87 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Built once per verified token (a cache hit reuses it).
-    pub fn new(sub: Option<&str>, iss: &str, scopes: &[Box<str>], realm: Option<&str>) -> Self {
+    /// Built once per verified token (a cache hit reuses it). The four values are slices of
+    /// one buffer: a request clones all of them, and with many distinct tokens (one per GitLab
+    /// instance) each separate allocation is another cache miss on every request.
+    pub fn new(sub: Option<&str>, iss: &str, scopes: &StrList, realm: Option<&str>) -> Self {
+        let joined;
+        let scopes = if scopes.is_empty() {
+            None
+        } else {
+            joined = scopes.iter().collect::<Vec<_>>().join(",");
+            Some(joined.as_str())
+        };
+        let values = [sub, Some(iss), scopes, realm].map(|v| v.filter(|s| fits_header(s)));
+        let mut buf = Vec::with_capacity(values.iter().flatten().map(|s| s.len()).sum());
+        let ranges = values.map(|v| {
+            v.map(|s| {
+                buf.extend_from_slice(s.as_bytes());
+                buf.len() - s.len()..buf.len()
+            })
+        });
+        let buf = Bytes::from(buf);
+        let [subject, issuer, scopes, realm] =
+            ranges.map(|r| r.and_then(|r| HeaderValue::from_maybe_shared(buf.slice(r)).ok()));
         Identity {
-            subject: sub.and_then(identity_header_value),
-            issuer: identity_header_value(iss),
-            scopes: (!scopes.is_empty())
-                .then(|| identity_header_value(&scopes.join(",")))
-                .flatten(),
-            realm: realm.and_then(identity_header_value),
+            subject,
+            issuer,
+            scopes,
+            realm,
         }
+    }
+}
+
+/// A token's string-list claim (`aud`, `scopes`) in one allocation: authorization reads it on
+/// every request, and one allocation is one cache line to fetch rather than one per string.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StrList {
+    /// each item as its length (4 bytes, little-endian), then its UTF-8 bytes
+    buf: Box<[u8]>,
+}
+
+impl StrList {
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let mut rest = &self.buf[..];
+        std::iter::from_fn(move || {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let (item, tail) = tail.split_at_checked(len)?;
+            rest = tail;
+            // built from `&str`s only, so this never fails
+            std::str::from_utf8(item).ok()
+        })
+    }
+
+    pub fn contains(&self, s: &str) -> bool {
+        self.iter().any(|t| t == s)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+}
+
+impl<'a> FromIterator<&'a str> for StrList {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(items: I) -> Self {
+        let mut buf = Vec::new();
+        for s in items {
+            // a token is at most a few KiB, so no claim comes near 4 GiB
+            let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&s.as_bytes()[..len as usize]);
+        }
+        StrList { buf: buf.into() }
+    }
+}
+
+impl std::fmt::Debug for StrList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -65,14 +137,10 @@ impl Verified {
     }
 }
 
-/// A claim value as an identity header value. Only visible ASCII (and spaces) is forwarded;
-/// anything else is left out rather than smuggled into a header.
-fn identity_header_value(s: &str) -> Option<HeaderValue> {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        HeaderValue::from_str(s).ok()
-    } else {
-        None
-    }
+/// Only visible ASCII (and spaces) is forwarded as an identity header; anything else is left
+/// out rather than smuggled into a header.
+fn fits_header(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 #[cfg(test)]
@@ -81,7 +149,7 @@ mod tests {
 
     #[test]
     fn identity_headers_leave_out_what_cannot_be_a_header() {
-        let scopes: Vec<Box<str>> = vec!["read".into(), "write".into()];
+        let scopes: StrList = ["read", "write"].into_iter().collect();
         let id = Identity::new(Some("user:1"), "https://iss", &scopes, Some("saas\u{e9}"));
         assert_eq!(
             id.subject.as_ref().map(|v| v.as_bytes()),
@@ -100,7 +168,39 @@ mod tests {
             "non-ASCII realm forwarded: {:?}",
             id.realm
         );
-        let id = Identity::new(None, "a\nb", &[], None);
+        let id = Identity::new(None, "a\nb", &StrList::default(), None);
         assert!(id.subject.is_none() && id.issuer.is_none() && id.scopes.is_none());
+    }
+
+    #[test]
+    fn a_str_list_keeps_every_item_whole_and_in_order() {
+        let items = ["svc", "", "a b", "gr\u{fc}n", "x,y"];
+        let l: StrList = items.into_iter().collect();
+        assert_eq!(l.iter().collect::<Vec<_>>(), items);
+        assert_eq!(l.len(), 5);
+        assert!(l.contains("") && l.contains("a b") && l.contains("x,y"));
+        // whole items only: no prefix, suffix or join of neighbours matches
+        for probe in ["sv", "svc ", "a", "x", "svca b", "b"] {
+            assert!(!l.contains(probe), "{probe:?} matched");
+        }
+        let empty = StrList::default();
+        assert!(empty.is_empty() && empty.iter().next().is_none() && !empty.contains(""));
+        assert!(!std::iter::once("").collect::<StrList>().is_empty());
+    }
+
+    #[test]
+    fn identity_values_share_one_buffer() {
+        let scopes: StrList = ["a", "b"].into_iter().collect();
+        let id = Identity::new(Some("s"), "i", &scopes, Some("r"));
+        let values = [&id.subject, &id.issuer, &id.scopes, &id.realm]
+            .map(|v| v.as_ref().map(|v| v.as_bytes()));
+        assert_eq!(
+            values,
+            [Some(&b"s"[..]), Some(b"i"), Some(b"a,b"), Some(b"r")]
+        );
+        // adjacent in one allocation (what makes a cache hit cheap)
+        let at = |v: &Option<HeaderValue>| v.as_ref().map_or(0, |v| v.as_bytes().as_ptr() as usize);
+        assert_eq!(at(&id.issuer), at(&id.subject) + 1);
+        assert_eq!(at(&id.realm), at(&id.scopes) + 3);
     }
 }

@@ -101,7 +101,7 @@ pub fn authorize(
         }
     }
     if let Some(aud) = &route.audience {
-        if !v.aud.iter().any(|a| **a == **aud) {
+        if !v.aud.contains(aud) {
             return Err(AuthError::new(
                 Reason::AudienceMismatch,
                 format!("token audience does not include {aud:?}"),
@@ -121,12 +121,7 @@ pub fn authorize(
             ));
         }
     }
-    if !route.scopes.is_empty()
-        && !route
-            .scopes
-            .iter()
-            .any(|s| v.scopes.iter().any(|t| **t == **s))
-    {
+    if !route.scopes.is_empty() && !route.scopes.iter().any(|s| v.scopes.contains(s)) {
         return Err(AuthError::new(
             Reason::InsufficientScope,
             format!("token needs one of the scopes: {}", route.scopes.join(" ")),

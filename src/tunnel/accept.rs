@@ -19,7 +19,7 @@ pub fn admits(t: &Tunnel, v: &Verified) -> Result<(), AuthError> {
             format!("tunnel {} takes agent tokens of another issuer", t.name),
         ));
     }
-    if !v.aud.iter().any(|a| **a == *t.audience) {
+    if !v.aud.contains(&t.audience) {
         return Err(AuthError::new(
             Reason::AudienceMismatch,
             format!("token audience does not include {:?}", t.audience),
