@@ -211,7 +211,7 @@ fn prepare_upstream(
     });
     let pq = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let path = if r.strip_prefix {
-        PathAndQuery::try_from(routing::upstream_path(r, pq))
+        PathAndQuery::try_from(&*routing::upstream_path(r, pq))
             .unwrap_or_else(|_| PathAndQuery::from_static("/"))
     } else {
         head.uri
@@ -249,14 +249,7 @@ fn prepare_upstream(
             head.headers.insert(name, uri);
         }
     }
-    let proto_from_proxy = ex.trusted_peer && head.headers.contains_key("x-forwarded-proto");
-    forward::set_forwarded(&mut head.headers, ex.peer, host, ex.trusted_peer);
-    if ex.tls && !proto_from_proxy {
-        head.headers.insert(
-            http::HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("https"),
-        );
-    }
+    forward::set_forwarded(&mut head.headers, ex.peer, host, ex.trusted_peer, ex.tls);
     head.headers.insert(X_REQUEST_ID, ex.request_id.clone());
     gw.tracer.propagate(&mut ex.trace, &mut head.headers);
     // HTTP/1.1 toward every upstream: hyper's HTTP/2 client (h2, h2c, `auto` when ALPN picks

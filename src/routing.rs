@@ -2,6 +2,7 @@
 //! step 4, the route's upstream: its own, or of a split the one the request's canary key places
 //! it on (`canary.rs`).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::{HeaderMap, Method};
@@ -113,15 +114,19 @@ impl Router {
 }
 
 /// The upstream path: the prefix removed when `strip_prefix`, always starting with `/`.
-pub fn upstream_path(route: &Route, path_and_query: &str) -> String {
+/// A slice of the client's path where one will do (a prefix ending in `/` keeps its slash).
+pub fn upstream_path<'a>(route: &Route, path_and_query: &'a str) -> Cow<'a, str> {
     if !route.strip_prefix {
-        return path_and_query.to_string();
+        return path_and_query.into();
     }
-    let rest = &path_and_query[route.path_prefix.len().min(path_and_query.len())..];
+    let cut = route.path_prefix.len().min(path_and_query.len());
+    let rest = &path_and_query[cut..];
     if rest.starts_with('/') {
-        rest.to_string()
+        rest.into()
+    } else if cut > 0 && path_and_query.as_bytes()[cut - 1] == b'/' {
+        path_and_query[cut - 1..].into()
     } else {
-        format!("/{rest}")
+        format!("/{rest}").into()
     }
 }
 
@@ -230,6 +235,9 @@ mod tests {
             "/v2/completions?x=1"
         );
         assert_eq!(upstream_path(&r, "/ai/"), "/");
+        assert_eq!(upstream_path(&r, "/ai"), "/");
+        // the client's own bytes where they already start with '/'
+        assert!(matches!(upstream_path(&r, "/ai/v2"), Cow::Borrowed("/v2")));
         let mut r2 = route("b", "/api", None);
         assert_eq!(upstream_path(&r2, "/api/x"), "/x");
         assert_eq!(upstream_path(&r2, "/api"), "/");
