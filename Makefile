@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: dev test build release install check-fmt lint bench bench-anchors bench-tcp bench-upgrade prereqs fuzz
+.PHONY: dev test build release install check-fmt lint bench bench-anchors bench-instructions bench-tcp bench-upgrade prereqs fuzz
 
 prereqs:
 	@./scripts/prereqs.sh
@@ -46,6 +46,11 @@ bench-anchors: prereqs
 bench-upgrade: prereqs
 	PREREQS_EXTRA="wrk nginx" ./scripts/prereqs.sh
 	./bench/upgrade.sh
+
+## user-space instructions and simulated cache misses per request under callgrind (bench/instructions.sh)
+bench-instructions: prereqs
+	PREREQS_EXTRA="wrk nginx valgrind" ./scripts/prereqs.sh
+	./bench/instructions.sh
 
 ## pgbench -S direct vs through an L4 route, `connect` and a tunnel (bench/tcp.sh)
 bench-tcp: prereqs
