@@ -40,6 +40,9 @@ pub use pool::{build as build_pools, describe as describe_pools, Pool};
 pub use retry::{send_with_retries, Tries};
 pub use supervise::start as supervise;
 
+/// The endpoints one request has tried (a few at most; kept inline, no allocation).
+pub type Tried = smallvec::SmallVec<[EndpointId; 4]>;
+
 /// Sends `req` for upstream `upstream` (an index into the worker's `clients`, which are
 /// indexed like `config.upstreams`) to one endpoint, preferably one not in `tried`, and adds
 /// it to `tried` and sets `endpoint` to its authority — so a retry passes the same list and
@@ -57,7 +60,7 @@ pub async fn send(
     upstream: usize,
     req: Request<ReqBody>,
     path: PathAndQuery,
-    tried: &mut Vec<EndpointId>,
+    tried: &mut Tried,
     endpoint: &mut Option<Authority>,
     per_try: Option<std::time::Duration>,
 ) -> Result<(Response<Incoming>, Authority), Failed> {
@@ -66,10 +69,10 @@ pub async fn send(
             "no upstream #{upstream}"
         ))));
     };
-    let fresh = choose(clients, upstream, tried, &mut Vec::new());
+    let fresh = choose(clients, upstream, tried);
     let usable = fresh.or_else(|| {
         (!tried.is_empty())
-            .then(|| choose(clients, upstream, &[], &mut Vec::new()))
+            .then(|| choose(clients, upstream, &[]))
             .flatten()
     });
     if let Some((k, c)) = usable {
@@ -110,9 +113,28 @@ pub async fn send(
     }
 }
 
+/// `upstream` itself when it has a usable endpoint not yet tried (nearly always: no
+/// allocation), else the first of its fallbacks that has one.
+fn choose(
+    clients: &[Arc<UpstreamClient>],
+    upstream: usize,
+    tried: &[EndpointId],
+) -> Option<(usize, Choice)> {
+    let client = clients.get(upstream)?;
+    if let Some(c) = client.pick(tried) {
+        return Some((upstream, c));
+    }
+    let mut visited = vec![upstream];
+    client
+        .pool
+        .fallback
+        .iter()
+        .find_map(|&f| choose_fallback(clients, f, tried, &mut visited))
+}
+
 /// Depth first over `upstream` and its fallbacks (the config refuses cycles; `visited` makes
 /// sure anyway): the first that has a usable endpoint not yet tried.
-fn choose(
+fn choose_fallback(
     clients: &[Arc<UpstreamClient>],
     upstream: usize,
     tried: &[EndpointId],
@@ -130,5 +152,5 @@ fn choose(
         .pool
         .fallback
         .iter()
-        .find_map(|&f| choose(clients, f, tried, visited))
+        .find_map(|&f| choose_fallback(clients, f, tried, visited))
 }

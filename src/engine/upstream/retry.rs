@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use super::body::ReqBody;
 use super::client::UpstreamClient;
 use super::error::{Failed, Failure, UpstreamError};
-use super::health::EndpointId;
+use super::Tried;
 use crate::config::Route;
 use crate::metrics::UPSTREAM_RETRIES;
 
@@ -65,17 +65,27 @@ pub async fn send_with_retries(
         body.lendable(policy.body_limit)
     };
     let name = clients.get(upstream).map_or("", |c| c.pool.name());
-    let mut tried = Vec::new();
+    let mut tried = Tried::new();
     let mut next = Some(body);
+    let mut head = Some(head);
     loop {
         let body = next.take().unwrap_or(ReqBody::Empty);
         // a copy for the next try, taken now: a lent body is checked again after the try
         let spare = body.replay();
         tries.attempts += 1;
+        // the head is copied only for a try that may have a successor (one try by default)
+        let this_head = if tries.attempts < policy.attempts {
+            head.clone()
+        } else {
+            head.take()
+        };
+        let Some(this_head) = this_head else {
+            return Err(UpstreamError::Uri("no request head left to try".into()));
+        };
         let result = one_try(
             clients,
             upstream,
-            &head,
+            this_head,
             body,
             &path,
             policy.per_try_timeout,
@@ -111,14 +121,14 @@ pub async fn send_with_retries(
 async fn one_try(
     clients: &[Arc<UpstreamClient>],
     upstream: usize,
-    head: &Parts,
+    head: Parts,
     body: ReqBody,
     path: &PathAndQuery,
     per_try_timeout: Option<Duration>,
-    tried: &mut Vec<EndpointId>,
+    tried: &mut Tried,
     endpoint: &mut Option<Authority>,
 ) -> Result<(Response<Incoming>, Authority), Failed> {
-    let req = Request::from_parts(head.clone(), body);
+    let req = Request::from_parts(head, body);
     super::send(
         clients,
         upstream,
