@@ -230,6 +230,9 @@ fn prepare_upstream(
             })
         });
     forward::strip_hop_by_hop(&mut head.headers, upgrade);
+    // room for what goes on below (identity, X-Forwarded-*, request id, trace context) at
+    // once: hyper sized the map for the client's headers, and each growth rehashes them all
+    head.headers.reserve(12);
     if te_trailers {
         head.headers
             .insert(http::header::TE, HeaderValue::from_static("trailers"));

@@ -81,19 +81,26 @@ pub struct StrList {
 
 impl StrList {
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        // built from `&str`s only, so this never fails
+        self.items()
+            .map_while(|item| std::str::from_utf8(item).ok())
+    }
+
+    /// Compares bytes: authorization asks this on every request, and a UTF-8 check per item
+    /// costs more than the comparison.
+    pub fn contains(&self, s: &str) -> bool {
+        self.items().any(|t| t == s.as_bytes())
+    }
+
+    fn items(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let mut rest = &self.buf[..];
         std::iter::from_fn(move || {
             let (len, tail) = rest.split_first_chunk::<4>()?;
             let len = u32::from_le_bytes(*len) as usize;
             let (item, tail) = tail.split_at_checked(len)?;
             rest = tail;
-            // built from `&str`s only, so this never fails
-            std::str::from_utf8(item).ok()
+            Some(item)
         })
-    }
-
-    pub fn contains(&self, s: &str) -> bool {
-        self.iter().any(|t| t == s)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -178,7 +185,9 @@ mod tests {
         let l: StrList = items.into_iter().collect();
         assert_eq!(l.iter().collect::<Vec<_>>(), items);
         assert_eq!(l.len(), 5);
-        assert!(l.contains("") && l.contains("a b") && l.contains("x,y"));
+        assert!(
+            l.contains("") && l.contains("a b") && l.contains("x,y") && l.contains("gr\u{fc}n")
+        );
         // whole items only: no prefix, suffix or join of neighbours matches
         for probe in ["sv", "svc ", "a", "x", "svca b", "b"] {
             assert!(!l.contains(probe), "{probe:?} matched");

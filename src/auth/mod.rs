@@ -65,15 +65,15 @@ pub fn token_from<'h>(
         let visible = token
             .iter()
             .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x5e));
-        return std::str::from_utf8(token)
-            .ok()
-            .filter(|_| visible)
-            .ok_or_else(|| {
-                AuthError::new(
-                    Reason::MalformedToken,
-                    format!("{name} contains bytes that cannot be in a token"),
-                )
-            });
+        if !visible {
+            return Err(AuthError::new(
+                Reason::MalformedToken,
+                format!("{name} contains bytes that cannot be in a token"),
+            ));
+        }
+        // SAFETY: every byte is visible ASCII (0x21..=0x7e), and ASCII is valid UTF-8. (A
+        // second, byte-at-a-time UTF-8 check cost ~480 instructions per request.)
+        return Ok(unsafe { std::str::from_utf8_unchecked(token) });
     }
     Err(AuthError::new(
         Reason::MissingToken,
