@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod drain;
+mod first_request;
 pub mod listener;
 pub mod proxy_protocol;
 mod timer;

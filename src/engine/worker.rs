@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::first_request::FirstRequest;
 use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -336,14 +337,14 @@ fn spawn_connection<H: Handler>(
         }
         let stream = drain::Lingering::new(stream, lingering);
         match tls {
-            None => serve(stream, conn_info, h, &builder, watcher).await,
+            None => serve(stream, conn_info, h, &builder, watcher, handshake_timeout).await,
             Some(tls) => {
                 if let Some((stream, client_cert)) = tls.accept(stream, handshake_timeout).await {
                     let conn_info = ConnInfo {
                         client_cert,
                         ..conn_info
                     };
-                    serve(stream, conn_info, h, &builder, watcher).await;
+                    serve(stream, conn_info, h, &builder, watcher, handshake_timeout).await;
                 }
             }
         }
@@ -371,18 +372,24 @@ async fn proxy_header<H: Handler>(
     }
 }
 
-/// Serves HTTP on an established (plaintext or TLS) connection until it ends.
+/// Serves HTTP on an established (plaintext or TLS) connection until it ends, or until
+/// `first_request` (`header_read_timeout`) passes before its first request head is in.
 async fn serve<H, IO>(
     io: IO,
     conn_info: ConnInfo,
     h: Arc<H>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: Option<Watcher>,
+    first_request: Option<Duration>,
 ) where
     H: Handler,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = conn_info.peer;
+    let arrived = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = arrived.clone();
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        seen.store(true, std::sync::atomic::Ordering::Relaxed);
         let http1 = req.version() < http::Version::HTTP_2;
         // `map`, not an `async` block around the handler's future: the block would hold that
         // future twice (capture and await slot) and hyper copies it per request
@@ -404,12 +411,14 @@ async fn serve<H, IO>(
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     let result = match watcher {
-        Some(w) => w.watch(conn.into_owned()).await,
-        None => conn.await,
+        Some(w) => FirstRequest::new(w.watch(conn.into_owned()), first_request, arrived).await,
+        None => FirstRequest::new(conn, first_request, arrived).await,
     };
-    // errors on one connection (client gone, bad request) end that connection only
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
+    match result {
+        // errors on one connection (client gone, bad request) end that connection only
+        Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Some(Ok(())) => {}
+        None => tracing::debug!(peer = %peer, "closed: no request within header_read_timeout"),
     }
 }
 

@@ -103,3 +103,57 @@ async fn an_http10_backend_is_answered_in_the_clients_protocol_with_keep_alive()
     assert_eq!(r.version, http::Version::HTTP_2);
     assert_eq!(r.text(), "/old/h2");
 }
+
+/// `server.header_read_timeout`, the slow-client defence: a head that is not complete in time,
+/// a keep-alive connection left idle after its answer and a connection that never brings a
+/// request are closed without a response; a head that arrives in pieces inside the timeout is
+/// answered.
+#[tokio::test]
+async fn a_slow_or_idle_http1_client_is_closed_at_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = Fixture::with(Opts {
+        server_extra: "header_read_timeout = \"1s\"".into(),
+        ..Opts::default()
+    })
+    .await;
+    // the gateway ends the connection without sending a byte
+    async fn closed_silently(mut c: TcpStream, what: &str) {
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(DEADLINE, c.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: still open after {DEADLINE:?}"));
+        assert!(
+            matches!(n, Ok(0) | Err(_)),
+            "{what}: got {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+
+    // in pieces, well inside the timeout: answered, and the connection kept
+    let mut c = TcpStream::connect(fx.gw.addr).await.expect("connect");
+    c.write_all(b"GET /nothing-here HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    c.write_all(b"Host: gw\r\n\r\n").await.expect("write");
+    let (status, _, body) = read_response(&mut c, "pieces").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found", "{body}");
+    assert!(body.contains("no_route"), "{body}");
+    // then idle: the keep-alive connection is closed by the same timer
+    closed_silently(c, "idle keep-alive").await;
+
+    // a head that never completes (slowloris)
+    let mut c = TcpStream::connect(fx.gw.addr).await.expect("connect");
+    c.write_all(b"GET /nothing-here HTTP/1.1\r\nHost: gw\r\nX-Slow: 1\r\n")
+        .await
+        .expect("write");
+    closed_silently(c, "incomplete head").await;
+
+    // nothing at all after connecting, or half of the HTTP/2 preface (the connection is
+    // still being told apart as HTTP/1.1 or h2c: hyper's own timer has not started)
+    let c = TcpStream::connect(fx.gw.addr).await.expect("connect");
+    closed_silently(c, "silent client").await;
+    let mut c = TcpStream::connect(fx.gw.addr).await.expect("connect");
+    c.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    closed_silently(c, "half an h2 preface").await;
+}
