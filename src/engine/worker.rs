@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::first_request::FirstRequest;
 use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -17,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::drain;
+use super::first_request::FirstRequest;
 use super::listener::Listening;
 use super::proxy_protocol::{self, ProxyError};
 use super::{ConnInfo, Handler};

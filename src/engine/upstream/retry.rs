@@ -67,20 +67,18 @@ pub async fn send_with_retries(
     let name = clients.get(upstream).map_or("", |c| c.pool.name());
     let mut tried = Tried::new();
     let mut next = Some(body);
-    let mut head = Some(head);
+    let mut head = head;
     loop {
         let body = next.take().unwrap_or(ReqBody::Empty);
         // a copy for the next try, taken now: a lent body is checked again after the try
         let spare = body.replay();
         tries.attempts += 1;
-        // the head is copied only for a try that may have a successor (one try by default)
+        // the head is copied only for a try that may have a successor (one try by default);
+        // the last takes it, leaving an empty one (no allocation) that nothing reads
         let this_head = if tries.attempts < policy.attempts {
             head.clone()
         } else {
-            head.take()
-        };
-        let Some(this_head) = this_head else {
-            return Err(UpstreamError::Uri("no request head left to try".into()));
+            std::mem::replace(&mut head, Request::new(()).into_parts().0)
         };
         let result = one_try(
             clients,

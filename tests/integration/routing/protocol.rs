@@ -134,6 +134,7 @@ async fn a_slow_or_idle_http1_client_is_closed_at_header_read_timeout() {
     c.write_all(b"GET /nothing-here HTTP/1.1\r\n")
         .await
         .expect("write");
+    // the pause is the slow client under test, not a wait for the gateway
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     c.write_all(b"Host: gw\r\n\r\n").await.expect("write");
     let (status, _, body) = read_response(&mut c, "pieces").await;
