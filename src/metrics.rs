@@ -24,6 +24,9 @@ pub struct Metrics {
     pub token_cache_hits: IntCounter,
     pub token_cache_misses: IntCounter,
     pub upstream_errors: IntCounterVec,
+    /// requests refused `413 request_body_too_large`, by route and `check` (`declared`: the
+    /// Content-Length said so; `streamed`: cut when the bytes passed the limit)
+    pub request_body_too_large: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub connections: IntGauge,
     pub config_reloads: IntCounterVec,
@@ -137,6 +140,14 @@ impl Metrics {
                     "upstream_errors_total",
                     "Upstream failures, by upstream and kind (connect/timeout/protocol).",
                     &["upstream", "kind"],
+                ),
+            ),
+            request_body_too_large: reg(
+                &r,
+                counter_vec(
+                    "request_body_too_large_total",
+                    "Requests refused because their body passed the route's max_request_body, by route and check (declared/streamed).",
+                    &["route", "check"],
                 ),
             ),
             access_log_dropped: reg(

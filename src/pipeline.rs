@@ -69,6 +69,12 @@ pub async fn handle(
         }
     }
 
+    // 2b. a body declared longer than the route accepts goes no further (one that streams
+    // past the limit is cut on its way up, in step 4)
+    if let Err(r) = declared_body(route.route, req.body()) {
+        return ex.refuse(*r);
+    }
+
     // 3. budget (only verified requests get here: bad tokens never consume budget)
     if let Err(r) = budget(gw, route, req.headers(), &mut ex).await {
         return ex.refuse(*r);
@@ -118,6 +124,10 @@ pub async fn handle(
     // 5. respond (6. the log is written when the response body completes)
     match result {
         Ok((resp, _endpoint)) => ex.respond(resp, forwarded.client_upgrade),
+        Err(UpstreamError::BodyTooLarge { limit }) => {
+            body_too_large(route.route, "streamed");
+            ex.refuse(Refusal::body_too_large(limit))
+        }
         Err(e) => {
             upstream_failed(gw, &ex, upstream, &e);
             ex.refuse((&e).into())
@@ -154,6 +164,26 @@ async fn authenticate(
     trace.token_cache(cached);
     auth::authorize(r, &verified, &gw.verifier, req.headers())?;
     Ok(Some(verified))
+}
+
+/// Step 2b: the body's declared length (HTTP/1.1 `Content-Length`, or HTTP/2's
+/// `content-length`) within the route's `max_request_body`. Refused here, the body is never
+/// read: hyper sends no `100 Continue` for it.
+fn declared_body(r: &Route, body: &Incoming) -> Result<(), Box<Refusal>> {
+    match r.max_request_body {
+        Some(limit) if http_body::Body::size_hint(body).lower() > limit => {
+            body_too_large(r, "declared");
+            Err(Box::new(Refusal::body_too_large(limit)))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn body_too_large(r: &Route, check: &str) {
+    METRICS
+        .request_body_too_large
+        .with_label_values(&[r.name.as_str(), check])
+        .inc();
 }
 
 /// Step 3: every budget rule of the route must admit the request.
@@ -258,7 +288,7 @@ fn prepare_upstream(
     // HTTP/1.1 toward every upstream: hyper's HTTP/2 client (h2, h2c, `auto` when ALPN picks
     // h2) takes it as is, and an HTTP/1.1 connection refuses an HTTP/2 request
     head.version = Version::HTTP_11;
-    let (body, counter) = ReqBody::from_client(body);
+    let (body, counter) = ReqBody::from_client(body, r.max_request_body);
     ex.bytes_in = counter;
     UpstreamRequest {
         request: Request::from_parts(head, body),

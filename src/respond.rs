@@ -66,6 +66,18 @@ impl Refusal {
     }
 }
 
+impl Refusal {
+    /// The request's body is longer than its route's `max_request_body`: declared so (refused
+    /// before the upstream) or found so while it streamed (cut there).
+    pub fn body_too_large(limit: u64) -> Self {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_body_too_large",
+            format!("the request body is longer than this route accepts ({limit} bytes)"),
+        )
+    }
+}
+
 impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Self {
         let mut r = Refusal::new(e.reason.status(), e.reason.code(), e.detail);
@@ -165,6 +177,7 @@ impl From<&UpstreamError> for Refusal {
                 r.retry_after = Some(1);
                 r
             }
+            UpstreamError::BodyTooLarge { limit } => Refusal::body_too_large(*limit),
             UpstreamError::Protocol { .. } | UpstreamError::Uri(_) => Refusal::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
@@ -182,6 +195,7 @@ fn category(r: &Refusal) -> &'static str {
     match r.status {
         StatusCode::BAD_REQUEST => "bad_request",
         StatusCode::NOT_FOUND => "not_found",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::TOO_MANY_REQUESTS => "budget_exceeded",
         StatusCode::UPGRADE_REQUIRED => "upgrade_required",
         StatusCode::BAD_GATEWAY => "bad_gateway",
@@ -222,14 +236,15 @@ pub fn is_grpc(h: &http::HeaderMap) -> bool {
 /// The gRPC status of a refusal. gRPC's HTTP-to-gRPC mapping (doc/http-grpc-status-mapping.md)
 /// for 400, 401, 403, 404, 502, 503 and other statuses; 429 and 504 say more precisely what
 /// happened than that table's UNAVAILABLE: over budget (RESOURCE_EXHAUSTED, which clients do
-/// not retry blindly) and out of time (DEADLINE_EXCEEDED).
+/// not retry blindly) and out of time (DEADLINE_EXCEEDED). 413 is RESOURCE_EXHAUSTED too, as
+/// gRPC servers answer a message over their size limit.
 pub fn grpc_status(status: StatusCode) -> u16 {
     match status.as_u16() {
         400 => grpc_code::INTERNAL,
         401 => grpc_code::UNAUTHENTICATED,
         403 => grpc_code::PERMISSION_DENIED,
         404 => grpc_code::UNIMPLEMENTED,
-        429 => grpc_code::RESOURCE_EXHAUSTED,
+        413 | 429 => grpc_code::RESOURCE_EXHAUSTED,
         502 | 503 => grpc_code::UNAVAILABLE,
         504 => grpc_code::DEADLINE_EXCEEDED,
         _ => grpc_code::UNKNOWN,

@@ -173,6 +173,7 @@ mod tests {
             retries: Default::default(),
             kind: Default::default(),
             connect: None,
+            max_request_body: None,
         }
     }
 

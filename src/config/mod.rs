@@ -203,7 +203,7 @@ impl Validator {
         let issuers = self.issuers(raw.issuers)?;
         let tunnels = self.tunnels(raw.tunnels, &issuers)?;
         self.tunnel_endpoints(&upstreams, &tunnels)?;
-        let routes = self.routes(raw.routes, &upstreams, &issuers, &tunnels)?;
+        let routes = self.routes(raw.routes, &upstreams, &issuers, &tunnels, &server)?;
         self.client_cert_rules_need_client_auth(&routes, &server)?;
         let budgets = raw.budgets.map(|b| self.budgets(b, &routes)).transpose()?;
         let request_log = self.request_log(raw.request_log, &auth)?;
@@ -264,6 +264,44 @@ impl Validator {
                 Err(self.err(path, format!("{n} is out of range ({min}..={max})")))
             }
             Some(n) => Ok(n as usize),
+        }
+    }
+
+    /// Bytes: a number, or a number with a unit — B, KiB, MiB, GiB (KB/MB/GB and K/M/G are
+    /// read as the binary units: a limit is a buffer size, nobody means 10^6 there).
+    fn size(&self, path: &str, s: &raw::RawSize, max: u64) -> VResult<u64> {
+        let (n, shown) = match s {
+            raw::RawSize::Bytes(n) => (u64::try_from(*n).ok(), n.to_string()),
+            raw::RawSize::Text(t) => {
+                let t = t.trim();
+                let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+                let (num, unit) = t.split_at(split);
+                let mult = match unit.trim().to_ascii_lowercase().as_str() {
+                    "" | "b" => Some(1u64),
+                    "k" | "kb" | "kib" => Some(1 << 10),
+                    "m" | "mb" | "mib" => Some(1 << 20),
+                    "g" | "gb" | "gib" => Some(1 << 30),
+                    _ => None,
+                };
+                let n = num
+                    .parse::<u64>()
+                    .ok()
+                    .zip(mult)
+                    .and_then(|(n, m)| n.checked_mul(m));
+                (n, format!("{t:?}"))
+            }
+        };
+        match n {
+            None => Err(self.err(
+                path,
+                format!(
+                    "{shown}: expected a size such as \"64KiB\", \"1MiB\" or a number of bytes"
+                ),
+            )),
+            Some(n) if n > max => {
+                Err(self.err(path, format!("{n} bytes is more than the {max} allowed")))
+            }
+            Some(n) => Ok(n),
         }
     }
 

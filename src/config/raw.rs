@@ -58,6 +58,7 @@ pub struct RawServer {
     pub drain_delay: Option<String>,
     pub upgrade_socket: Option<String>,
     pub region: Option<String>,
+    pub max_request_body: Option<RawSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +139,7 @@ pub struct RawRoute {
     pub kind: Option<String>,
     /// TCP over WebSocket: the target an authorised upgrade's bytes go to
     pub connect: Option<String>,
+    pub max_request_body: Option<RawSize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -57,6 +57,10 @@ pub struct Route {
     /// `connect = …`: a WebSocket upgrade on this route becomes a byte stream to this target
     /// (TCP over WebSocket) instead of a request to an upstream
     pub connect: Option<TcpTarget>,
+    /// the most request body bytes accepted (its own `max_request_body`, else the server's;
+    /// None: unlimited): a longer declared length is refused before the upstream, a longer
+    /// stream is cut — `413 request_body_too_large` either way
+    pub max_request_body: Option<u64>,
 }
 
 /// How a route treats protocol upgrades and long-lived responses.
@@ -94,6 +98,7 @@ impl Validator {
         upstreams: &[Upstream],
         issuers: &[Issuer],
         tunnels: &[super::Tunnel],
+        server: &super::Server,
     ) -> VResult<Vec<Route>> {
         let ups: HashMap<&str, usize> = upstreams
             .iter()
@@ -258,6 +263,11 @@ impl Validator {
                     .transpose()?,
                 streams: self.route_streams(&p, r.upgrades, r.idle_timeout, r.timeout)?,
                 retries: self.retries(&p, r.retries)?,
+                max_request_body: self.body_limit(
+                    &format!("{p}.max_request_body"),
+                    r.max_request_body.as_ref(),
+                    server.max_request_body,
+                )?,
                 kind,
                 connect,
             });

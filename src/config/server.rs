@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::raw::RawServer;
+use super::raw::{RawServer, RawSize};
 use super::secret::Literal;
 use super::{ServerTls, VResult, Validator};
 use crate::forward::ipnet::IpNet;
@@ -37,6 +37,9 @@ pub struct Server {
     /// this gateway's region: its upstream endpoints without a region are in it, and are
     /// preferred while any is healthy
     pub region: Option<String>,
+    /// `max_request_body`: the most request body bytes a route accepts unless it sets its own
+    /// (None: unlimited, the default — long gRPC and upload streams must not be cut by surprise)
+    pub max_request_body: Option<u64>,
 }
 
 /// The admin bearer token, read from the environment or a file at load time (a `Secret`, see
@@ -142,6 +145,11 @@ impl Validator {
                 .region
                 .map(|g| self.name("server.region", &g).map(|()| g))
                 .transpose()?,
+            max_request_body: self.body_limit(
+                "server.max_request_body",
+                r.max_request_body.as_ref(),
+                None,
+            )?,
         })
         .and_then(|s| {
             if s.proxy_protocol && s.trusted_proxies.is_empty() {
@@ -153,6 +161,21 @@ impl Validator {
             }
             Ok(s)
         })
+    }
+
+    /// A request body limit: a size (0 admits only empty bodies), or `"unlimited"`; absent,
+    /// `default`.
+    pub(super) fn body_limit(
+        &self,
+        path: &str,
+        v: Option<&RawSize>,
+        default: Option<u64>,
+    ) -> VResult<Option<u64>> {
+        match v {
+            None => Ok(default),
+            Some(RawSize::Text(t)) if t.trim().eq_ignore_ascii_case("unlimited") => Ok(None),
+            Some(s) => self.size(path, s, 1 << 40).map(Some),
+        }
     }
 
     fn admin_token(
@@ -220,6 +243,49 @@ mod tests {
         assert_eq!(e.path, "server.drain_delay", "{e}");
         let e = parse(&with_server("upgrade_socket = \"\"")).unwrap_err();
         assert_eq!(e.path, "server.upgrade_socket", "{e}");
+    }
+
+    #[test]
+    fn max_request_body_is_a_default_routes_inherit_or_override() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.server.max_request_body, None, "unlimited unless set");
+        assert_eq!(c.routes[0].max_request_body, None);
+        let text = with_server("max_request_body = \"10MiB\"");
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.server.max_request_body, Some(10 << 20));
+        assert_eq!(c.routes[0].max_request_body, Some(10 << 20), "inherited");
+        for (route, want) in [
+            ("max_request_body = 0", Some(0)),
+            ("max_request_body = \"2GiB\"", Some(2 << 30)),
+            ("max_request_body = \" 64 KiB \"", Some(64 << 10)),
+            ("max_request_body = \"unlimited\"", None),
+        ] {
+            let t = text.replace(
+                "path_prefix = \"/ai/\"",
+                &format!("path_prefix = \"/ai/\"\n{route}"),
+            );
+            let c = parse(&t).unwrap_or_else(|e| panic!("{route}: {e}"));
+            assert_eq!(c.routes[0].max_request_body, want, "{route}");
+        }
+        for (v, path) in [
+            ("max_request_body = -1", "server.max_request_body"),
+            ("max_request_body = \"lots\"", "server.max_request_body"),
+            ("max_request_body = \"2TiB\"", "server.max_request_body"),
+            ("max_request_body = \"2048GiB\"", "server.max_request_body"),
+        ] {
+            let e = parse(&with_server(v)).unwrap_err();
+            assert_eq!(e.path, path, "{v}: {e}");
+        }
+        let e = parse(&GOOD.replace(
+            "path_prefix = \"/ai/\"",
+            "path_prefix = \"/ai/\"\nmax_request_body = \"64 potatoes\"",
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "routes[0].max_request_body", "{e}");
+        assert!(
+            e.problem.starts_with("\"64 potatoes\": expected a size"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::raw::{RawRetries, RawSize};
+use crate::config::raw::RawRetries;
 use crate::config::{VResult, Validator};
 
 /// When and how often a route's request is tried again (on another endpoint where one exists).
@@ -133,38 +133,6 @@ impl Validator {
             }
         }
         Ok(on)
-    }
-
-    /// Bytes: a number, or a number with B, KiB, MiB (KB/MB are read as KiB/MiB).
-    fn size(&self, path: &str, s: &RawSize, max: u64) -> VResult<u64> {
-        let n = match s {
-            RawSize::Bytes(n) => u64::try_from(*n).ok(),
-            RawSize::Text(t) => {
-                let t = t.trim();
-                let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-                let (num, unit) = t.split_at(split);
-                let mult = match unit.trim().to_ascii_lowercase().as_str() {
-                    "" | "b" => Some(1),
-                    "k" | "kb" | "kib" => Some(1024),
-                    "m" | "mb" | "mib" => Some(1024 * 1024),
-                    _ => None,
-                };
-                num.parse::<u64>()
-                    .ok()
-                    .zip(mult)
-                    .and_then(|(n, m)| n.checked_mul(m))
-            }
-        };
-        match n {
-            None => Err(self.err(
-                path,
-                format!("{s:?}: expected a size such as \"64KiB\", \"1MiB\" or a number of bytes"),
-            )),
-            Some(n) if n > max => {
-                Err(self.err(path, format!("{n} bytes is more than the {max} allowed")))
-            }
-            Some(n) => Ok(n),
-        }
     }
 }
 

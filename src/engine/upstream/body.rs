@@ -1,6 +1,8 @@
 //! The request body sent upstream: none, the client's body streamed through and counted, the
 //! same lent to one try at a time (so that a try that never read it, or read no more than the
-//! copy kept of it, can hand it to the next), or a small body buffered for replays.
+//! copy kept of it, can hand it to the next), or a small body buffered for replays. Every
+//! byte read from the client goes through a [`Meter`], which stops the body at the route's
+//! `max_request_body`.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,10 +14,27 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+/// Why the body sent upstream failed: the client's side broke, or it went past the route's
+/// limit (the pipeline answers that one `413 request_body_too_large`).
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the client's request body failed")]
+    Client(#[source] hyper::Error),
+    #[error("the request body is longer than the route's max_request_body ({limit} bytes)")]
+    TooLarge { limit: u64 },
+}
+
+/// Counts the client's body bytes as they are read, and stops the body past `limit`.
+#[derive(Clone)]
+pub struct Meter {
+    read: Arc<AtomicU64>,
+    limit: u64,
+}
+
 /// The body sent upstream.
 pub enum ReqBody {
     Empty,
-    Streamed(Incoming, Arc<AtomicU64>),
+    Streamed(Incoming, Meter),
     /// the client's body, shared between the retry loop and the current try, which has
     /// taken the first `n` of the kept frames
     Lent(Arc<Lent>, usize),
@@ -30,7 +49,7 @@ pub enum ReqBody {
 /// the rest of the client's body. Past `limit` nothing is kept: a body read by a try is spent.
 pub struct Lent {
     inner: Mutex<LentInner>,
-    counter: Arc<AtomicU64>,
+    meter: Meter,
 }
 
 struct LentInner {
@@ -60,20 +79,25 @@ fn copy(f: &Frame<Bytes>) -> Frame<Bytes> {
 }
 
 impl ReqBody {
-    /// Wraps a client body; returns the counter of bytes that went through.
-    pub fn from_client(b: Incoming) -> (ReqBody, Option<Arc<AtomicU64>>) {
+    /// Wraps a client body that may carry at most `limit` bytes (None: any number); returns
+    /// the counter of bytes read from the client.
+    pub fn from_client(b: Incoming, limit: Option<u64>) -> (ReqBody, Option<Arc<AtomicU64>>) {
         if b.is_end_stream() {
             return (ReqBody::Empty, None);
         }
-        let n = Arc::new(AtomicU64::new(0));
-        (ReqBody::Streamed(b, n.clone()), Some(n))
+        let read = Arc::new(AtomicU64::new(0));
+        let meter = Meter {
+            read: read.clone(),
+            limit: limit.unwrap_or(u64::MAX),
+        };
+        (ReqBody::Streamed(b, meter), Some(read))
     }
 
     /// A streamed body made lendable, keeping up to `limit` bytes of what tries read for the
     /// next try (other bodies stay as they are).
     pub fn lendable(self, limit: u64) -> ReqBody {
         match self {
-            ReqBody::Streamed(body, counter) => ReqBody::Lent(
+            ReqBody::Streamed(body, meter) => ReqBody::Lent(
                 Arc::new(Lent {
                     inner: Mutex::new(LentInner {
                         body,
@@ -82,7 +106,7 @@ impl ReqBody {
                         limit,
                         read: false,
                     }),
-                    counter,
+                    meter,
                 }),
                 0,
             ),
@@ -94,14 +118,16 @@ impl ReqBody {
     /// counter gets its size). Bodies without a declared length, or a longer one, are left
     /// streaming: buffering never goes past `limit` and never delays a stream.
     pub async fn buffer_up_to(self, limit: u64) -> Result<ReqBody, hyper::Error> {
-        let ReqBody::Streamed(b, counter) = self else {
+        let ReqBody::Streamed(b, meter) = self else {
             return Ok(self);
         };
         if b.size_hint().upper().is_none_or(|n| n > limit) {
-            return Ok(ReqBody::Streamed(b, counter));
+            return Ok(ReqBody::Streamed(b, meter));
         }
+        // a declared length: hyper holds the body to it, and the pipeline refused one longer
+        // than the route's limit before we got here
         let bytes = b.collect().await?.to_bytes();
-        counter.store(bytes.len() as u64, Ordering::Relaxed);
+        meter.read.store(bytes.len() as u64, Ordering::Relaxed);
         Ok(ReqBody::Buffered(Some(bytes)))
     }
 
@@ -118,16 +144,16 @@ impl ReqBody {
 
 impl http_body::Body for ReqBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Streamed(b, n) => poll_counted(b, n, cx),
+            ReqBody::Streamed(b, m) => poll_metered(b, m, cx),
             ReqBody::Lent(l, n) => {
                 // one try at a time holds the body (the loop starts the next after this one
                 // ended): the lock is never contended; a poisoned one still holds the body
@@ -139,7 +165,7 @@ impl http_body::Body for ReqBody {
                     *n += 1;
                     return Poll::Ready(Some(Ok(copy(f))));
                 }
-                let r = poll_counted(&mut inner.body, &l.counter, cx);
+                let r = poll_metered(&mut inner.body, &l.meter, cx);
                 if let Poll::Ready(Some(Ok(f))) = &r {
                     inner.read = true;
                     *n += 1;
@@ -194,16 +220,23 @@ impl http_body::Body for ReqBody {
     }
 }
 
-fn poll_counted(
+fn poll_metered(
     b: &mut Incoming,
-    n: &AtomicU64,
+    m: &Meter,
     cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-    let r = Pin::new(b).poll_frame(cx);
-    if let Poll::Ready(Some(Ok(f))) = &r {
-        if let Some(d) = f.data_ref() {
-            n.fetch_add(d.len() as u64, Ordering::Relaxed);
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    let f = match Pin::new(b).poll_frame(cx) {
+        Poll::Ready(Some(Ok(f))) => f,
+        Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(BodyError::Client(e)))),
+        Poll::Ready(None) => return Poll::Ready(None),
+        Poll::Pending => return Poll::Pending,
+    };
+    if let Some(d) = f.data_ref() {
+        let len = d.len() as u64;
+        // the frame that crosses the limit is counted (it was read) but not sent on
+        if m.read.fetch_add(len, Ordering::Relaxed) + len > m.limit {
+            return Poll::Ready(Some(Err(BodyError::TooLarge { limit: m.limit })));
         }
     }
-    r
+    Poll::Ready(Some(Ok(f)))
 }

@@ -221,6 +221,10 @@ impl UpstreamClient {
         let endpoint = ep.authority.as_str();
         let outlier = &self.pool.config.outlier;
         let client_side = matches!(&result, Ok(Err(e)) if body_broke_off(e));
+        let too_large = match &result {
+            Ok(Err(e)) if client_side => body_too_large(e),
+            _ => None,
+        };
         let failure = match &result {
             Ok(Err(e)) if !client_side => classify(e),
             Err(_) => Failure::Timeout,
@@ -254,6 +258,9 @@ impl UpstreamClient {
             Ok(Err(e)) if e.is_connect() && no_agent(&e) => UpstreamError::TunnelUnavailable {
                 endpoint: endpoint.into(),
                 detail: error_chain(&e),
+            },
+            Ok(Err(_)) if too_large.is_some() => UpstreamError::BodyTooLarge {
+                limit: too_large.unwrap_or_default(),
             },
             Ok(Err(e)) if e.is_connect() => UpstreamError::Connect {
                 endpoint: endpoint.into(),
@@ -322,7 +329,19 @@ fn no_agent(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-/// The client's own body failed (it went away mid-upload): hyper reports it as a "user"
+/// The client's body went past the route's limit: the limit.
+fn body_too_large(e: &hyper_util::client::legacy::Error) -> Option<u64> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if let Some(super::BodyError::TooLarge { limit }) = c.downcast_ref() {
+            return Some(*limit);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// The client's own body failed (it went away mid-upload, or past the route's limit): hyper reports it as a "user"
 /// error. Not the endpoint's fault, so not counted against its health.
 fn body_broke_off(e: &hyper_util::client::legacy::Error) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);

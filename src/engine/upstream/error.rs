@@ -26,6 +26,10 @@ pub enum UpstreamError {
     /// the endpoint is behind a tunnel none of whose agents is connected
     #[error("{endpoint}: {detail}")]
     TunnelUnavailable { endpoint: String, detail: String },
+    /// the client's body went past the route's `max_request_body` while it streamed: the
+    /// client's fault, not the upstream's (413, never retried, not held against the endpoint)
+    #[error("the request body is longer than the route's max_request_body ({limit} bytes)")]
+    BodyTooLarge { limit: u64 },
 }
 
 impl UpstreamError {
@@ -37,6 +41,7 @@ impl UpstreamError {
             UpstreamError::Protocol { .. } | UpstreamError::Uri(_) => "protocol",
             UpstreamError::Unavailable { .. } => "unavailable",
             UpstreamError::TunnelUnavailable { .. } => "tunnel",
+            UpstreamError::BodyTooLarge { .. } => "request_body",
         }
     }
 }

@@ -32,7 +32,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 pub use balance::Choice;
-pub use body::ReqBody;
+pub use body::{BodyError, ReqBody};
 pub use client::UpstreamClient;
 pub use error::{error_chain, Failed, Failure, UpstreamError};
 pub use health::EndpointId;
