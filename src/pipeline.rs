@@ -40,7 +40,13 @@ pub async fn handle(
     let gw = &w.gw;
     let mut ex = Exchange::begin(&w, &req, &conn);
 
-    // 0. an agent of a [[tunnels]] entry dialling in (`/_tunnel/<name>`, never a route)
+    // 0. a head whose host is ambiguous or whose body we could not forward faithfully goes
+    // no further
+    if let Err(e) = forward::head::check(&req) {
+        return ex.refuse(e.into());
+    }
+
+    // 0b. an agent of a [[tunnels]] entry dialling in (`/_tunnel/<name>`, never a route)
     if let Some(t) = agent::tunnel_of(gw, req.uri().path()) {
         return agent::accept(&w, t, req, &conn, ex).await;
     }
@@ -234,11 +240,20 @@ fn prepare_upstream(
         && forward::upgrade_allowed(&head.headers, &r.streams.upgrades);
     let on_upgrade = head.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let client_upgrade = if upgrade { on_upgrade } else { None };
-    let host = head.headers.get(HOST).cloned().or_else(|| {
+    // HTTP/1.1 absolute-form (`GET http://host/path`): the target's authority, not Host,
+    // names the host (RFC 9112 §3.2.2), and the upstream gets it as Host
+    let absolute = head.version < Version::HTTP_2 && head.uri.authority().is_some();
+    let authority = || {
         head.uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    };
+    let client_host = head.headers.get(HOST).cloned();
+    let set_host = absolute || client_host.is_none();
+    let host = match absolute {
+        true => authority(),
+        false => client_host.or_else(authority),
+    };
     let pq = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let path = if r.strip_prefix {
         PathAndQuery::try_from(&*routing::upstream_path(r, pq))
@@ -270,7 +285,7 @@ fn prepare_upstream(
     if !gw.config.auth.forward_token {
         forward::remove_token(&mut head.headers, &gw.config.auth.token_headers);
     }
-    if let (None, Some(h)) = (head.headers.get(HOST), &host) {
+    if let (true, Some(h)) = (set_host, &host) {
         // HTTP/2 clients send :authority, not Host: the upstream sees the same Host either way
         head.headers.insert(HOST, h.clone());
     }

@@ -89,6 +89,25 @@ impl From<AuthError> for Refusal {
     }
 }
 
+impl From<crate::forward::HeadError> for Refusal {
+    fn from(e: crate::forward::HeadError) -> Self {
+        use crate::forward::HeadError;
+        match e {
+            HeadError::TransferCoding => Refusal::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported_transfer_encoding",
+                e.to_string(),
+            ),
+            HeadError::MissingHost
+            | HeadError::DuplicateHost
+            | HeadError::InvalidHost
+            | HeadError::HostMismatch => {
+                Refusal::new(StatusCode::BAD_REQUEST, "invalid_host", e.to_string())
+            }
+        }
+    }
+}
+
 impl From<RouteError> for Refusal {
     fn from(e: RouteError) -> Self {
         match e {
@@ -245,6 +264,7 @@ pub fn grpc_status(status: StatusCode) -> u16 {
         403 => grpc_code::PERMISSION_DENIED,
         404 => grpc_code::UNIMPLEMENTED,
         413 | 429 => grpc_code::RESOURCE_EXHAUSTED,
+        501 => grpc_code::UNIMPLEMENTED,
         502 | 503 => grpc_code::UNAVAILABLE,
         504 => grpc_code::DEADLINE_EXCEEDED,
         _ => grpc_code::UNKNOWN,

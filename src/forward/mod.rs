@@ -8,7 +8,9 @@ use std::net::IpAddr;
 
 use crate::auth::Verified;
 
+pub mod head;
 pub mod ipnet;
+pub use head::HeadError;
 pub use ipnet::IpNet;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -6,6 +6,7 @@ mod access_log;
 mod access_log_delivery;
 mod access_log_rotation;
 mod body_limit;
+mod head;
 mod headers;
 mod paths;
 mod protocol;
