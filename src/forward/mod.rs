@@ -135,25 +135,36 @@ pub fn upgrade_allowed(h: &HeaderMap, allowed: &[String]) -> bool {
 /// Drops hop-by-hop headers (RFC 9110 §7.6.1), keeping `Connection: upgrade` + `Upgrade`
 /// when the exchange is an upgrade.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // most messages carry none: one pass over the names they have instead of nine lookups
-    // (each hashes a name) in a map that lacks them
-    if !h.keys().any(is_hop_by_hop) {
+    // one pass over the names the message has, noting which hop-by-hop ones are there: most
+    // requests carry none, most HTTP/1.1 responses only `Connection: keep-alive`, and each
+    // removal of an absent name still hashes it
+    let mut present = 0u16;
+    for name in h.keys() {
+        if *name == CONNECTION {
+            present |= CONNECTION_BIT;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|n| n == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     let mut upgrade_value = None;
-    if let Some(conn) = h.remove(CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',').map(str::trim) {
-                if name.eq_ignore_ascii_case("upgrade")
-                    || name.eq_ignore_ascii_case("close")
-                    || name.eq_ignore_ascii_case("keep-alive")
-                {
-                    continue;
-                }
-                if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                    // never let a client drop our own headers by naming them in Connection
-                    if n != X_REQUEST_ID && n != X_FORWARDED_FOR && n != HOST {
-                        h.remove(n);
+    if present & CONNECTION_BIT != 0 {
+        if let Some(conn) = h.remove(CONNECTION) {
+            if let Ok(list) = conn.to_str() {
+                for name in list.split(',').map(str::trim) {
+                    if name.eq_ignore_ascii_case("upgrade")
+                        || name.eq_ignore_ascii_case("close")
+                        || name.eq_ignore_ascii_case("keep-alive")
+                    {
+                        continue;
+                    }
+                    if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                        // never let a client drop our own headers by naming them in Connection
+                        if n != X_REQUEST_ID && n != X_FORWARDED_FOR && n != HOST {
+                            h.remove(n);
+                        }
                     }
                 }
             }
@@ -162,14 +173,19 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if keep_upgrade {
         upgrade_value = h.remove(UPGRADE);
     }
-    for name in HOP_BY_HOP {
-        h.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(name);
+        }
     }
     if let Some(u) = upgrade_value {
         h.insert(UPGRADE, u);
         h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
+
+/// `strip_hop_by_hop`'s mark for `Connection` (bits 0..8 are `HOP_BY_HOP`'s)
+const CONNECTION_BIT: u16 = 1 << 8;
 
 /// Removed from every forwarded message (with those `Connection` names).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -182,10 +198,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     TRANSFER_ENCODING, // hyper re-frames bodies itself
     UPGRADE,
 ];
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == CONNECTION || HOP_BY_HOP.contains(name)
-}
 
 /// The client's address: the TCP peer, unless the peer is a trusted proxy — then the rightmost
 /// `X-Forwarded-For` entry that is not itself a trusted proxy (entries left of it are whatever
