@@ -29,6 +29,8 @@ pub struct Metrics {
     pub request_body_too_large: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub connections: IntGauge,
+    /// times a worker stopped accepting: it had its share of `server.max_connections` open
+    pub connections_limited: IntCounter,
     pub config_reloads: IntCounterVec,
     pub budget_decisions: IntCounterVec,
     pub budget_store_duration: HistogramVec,
@@ -161,6 +163,13 @@ impl Metrics {
                 &r,
                 IntGauge::new("connections", "Open client connections.")
                     .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            connections_limited: reg(
+                &r,
+                counter(
+                    "connections_limited_total",
+                    "Times a worker stopped accepting because it had its share of server.max_connections open.",
+                ),
             ),
             config_reloads: reg(
                 &r,

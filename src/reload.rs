@@ -189,6 +189,9 @@ fn restart_needed(started: &Config, new_config: &Config) -> Vec<&'static str> {
     if bound.proxy_protocol != new.proxy_protocol {
         keys.push("server.proxy_protocol");
     }
+    if bound.max_connections != new.max_connections {
+        keys.push("server.max_connections");
+    }
     if started.log.format != new_config.log.format {
         keys.push("log.format");
     }

@@ -157,6 +157,10 @@ pub fn run_as(
         header_read_timeout: config.server.header_read_timeout,
         shutdown_timeout: config.server.shutdown_timeout,
         proxy_protocol: config.server.proxy_protocol,
+        max_connections_per_worker: config
+            .server
+            .max_connections
+            .map(|m| m.div_ceil(config.server.threads.max(1))),
         http2_keepalive_interval: config.server.http2_keepalive_interval,
         http2_keepalive_timeout: config.server.http2_keepalive_timeout,
     };

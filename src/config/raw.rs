@@ -59,6 +59,7 @@ pub struct RawServer {
     pub upgrade_socket: Option<String>,
     pub region: Option<String>,
     pub max_request_body: Option<RawSize>,
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -40,6 +40,10 @@ pub struct Server {
     /// `max_request_body`: the most request body bytes a route accepts unless it sets its own
     /// (None: unlimited, the default — long gRPC and upload streams must not be cut by surprise)
     pub max_request_body: Option<u64>,
+    /// `max_connections`: open client connections the process serves at once (None:
+    /// unlimited). Split evenly over the workers; a worker at its share stops accepting until
+    /// one of its connections closes (new ones wait in the kernel's queue).
+    pub max_connections: Option<usize>,
 }
 
 /// The admin bearer token, read from the environment or a file at load time (a `Secret`, see
@@ -118,6 +122,10 @@ impl Validator {
                 .collect::<VResult<Vec<_>>>()?,
             tls,
             proxy_protocol: r.proxy_protocol.unwrap_or(false),
+            max_connections: match r.max_connections {
+                None => None,
+                v => Some(self.count("server.max_connections", v, 0, 1, 100_000_000)?),
+            },
             http2_keepalive_interval: match &r.http2_keepalive_interval {
                 Some(s) if s.trim() == "off" => None,
                 v => Some(self.positive_duration(
@@ -369,5 +377,18 @@ mod tests {
         .expect("valid")
         .server;
         assert!(s.proxy_protocol);
+    }
+
+    #[test]
+    fn max_connections_is_unlimited_or_a_positive_count() {
+        assert_eq!(parse(GOOD).expect("valid").server.max_connections, None);
+        let s = parse(&with_server("max_connections = 50000"))
+            .expect("valid")
+            .server;
+        assert_eq!(s.max_connections, Some(50_000));
+        for bad in ["0", "-1", "\"lots\""] {
+            let e = parse(&with_server(&format!("max_connections = {bad}"))).unwrap_err();
+            assert!(e.to_string().contains("max_connections"), "{bad}: {e}");
+        }
     }
 }

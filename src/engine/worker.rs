@@ -34,6 +34,8 @@ pub struct ServeOptions {
     /// HTTP/2 PINGs toward clients (None: off) and how long one may go unanswered
     pub http2_keepalive_interval: Option<Duration>,
     pub http2_keepalive_timeout: Duration,
+    /// this worker's share of `server.max_connections` (None: unlimited)
+    pub max_connections_per_worker: Option<usize>,
 }
 
 /// How the workers stop accepting.
@@ -147,6 +149,8 @@ struct Accepting<H> {
     lingering: tokio::sync::mpsc::Sender<()>,
     handshake_timeout: Option<Duration>,
     proxy_protocol: bool,
+    /// one permit per open connection (`server.max_connections`); None: unlimited
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 async fn run_worker<H: Handler>(
@@ -180,6 +184,9 @@ async fn run_worker<H: Handler>(
         lingering,
         handshake_timeout: opts.header_read_timeout,
         proxy_protocol: opts.proxy_protocol,
+        slots: opts
+            .max_connections_per_worker
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
     });
     let mut accepts = tokio::task::JoinSet::new();
     for Listening { socket, tls } in socks {
@@ -247,12 +254,28 @@ async fn accept_loop<H: Handler>(
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
     loop {
+        // at the connection limit, stop accepting until a connection ends: the next ones wait
+        // in the kernel's queue (as nginx's worker_connections and HAProxy's maxconn do)
+        let slot = match &ctx.slots {
+            None => None,
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    METRICS.connections_limited.inc();
+                    tracing::debug!("at max_connections: not accepting until a connection ends");
+                    tokio::select! {
+                        p = slots.clone().acquire_owned() => p.ok(),
+                        _ = stop.wait_for(|s| *s != Stop::Serving) => break,
+                    }
+                }
+            },
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.wait_for(|s| *s != Stop::Serving) => break,
         };
         match accepted {
-            Ok((stream, peer)) => spawn_connection(stream, peer, local, &tls, &ctx, false),
+            Ok((stream, peer)) => spawn_connection(stream, peer, local, &tls, &ctx, false, slot),
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning
                 tracing::warn!(error = %e, "accept failed");
@@ -275,7 +298,8 @@ async fn accept_loop<H: Handler>(
                     .set_nonblocking(true)
                     .and_then(|()| tokio::net::TcpStream::from_std(stream));
                 match stream {
-                    Ok(s) => spawn_connection(s, peer, local, &tls, &ctx, true),
+                    // answered and closed: past the limit, as the kernel already took them
+                    Ok(s) => spawn_connection(s, peer, local, &tls, &ctx, true, None),
                     Err(e) => tracing::debug!(error = %e, "cannot register a connection"),
                 }
             }
@@ -296,6 +320,7 @@ fn spawn_connection<H: Handler>(
     tls: &Option<Arc<TlsServer>>,
     ctx: &Arc<Accepting<H>>,
     last: bool,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let _ = stream.set_nodelay(true);
     tcp_keepalive(&stream);
@@ -318,7 +343,7 @@ fn spawn_connection<H: Handler>(
         ctx.builder.clone()
     };
     tokio::spawn(async move {
-        let _held = held;
+        let (_held, _slot) = (held, slot);
         METRICS.connections.inc();
         if proxy_protocol {
             match proxy_header(&mut stream, &*h, peer, handshake_timeout).await {

@@ -40,6 +40,8 @@ pub struct Opts {
     pub auth_extra: String,
     /// More keys for the `[server]` table (e.g. `admin_token = "file:..."`).
     pub server_extra: String,
+    /// `server.threads` (2).
+    pub threads: usize,
     /// TOML appended after the standard sections and before `extra` (`[budgets]`, `[[budgets.rules]]`).
     pub budgets: String,
 }
@@ -57,6 +59,7 @@ impl Default for Opts {
             key_source: None,
             auth_extra: String::new(),
             server_extra: String::new(),
+            threads: 2,
             budgets: String::new(),
         }
     }
@@ -106,7 +109,7 @@ pub fn standard_config(
         r#"[server]
 listen = ["127.0.0.1:0"]
 admin_listen = "127.0.0.1:0"
-threads = 2
+threads = {threads}
 {server_extra}
 
 [auth]
@@ -161,6 +164,7 @@ read_timeout = {read_timeout}
         extra = opts.extra,
         auth_extra = opts.auth_extra,
         server_extra = opts.server_extra,
+        threads = opts.threads,
         budgets = opts.budgets,
     )
 }

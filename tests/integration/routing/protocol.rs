@@ -158,3 +158,55 @@ async fn a_slow_or_idle_http1_client_is_closed_at_header_read_timeout() {
     c.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
     closed_silently(c, "half an h2 preface").await;
 }
+
+/// `server.max_connections`: a worker with its share open stops accepting — the next
+/// connection waits in the kernel's queue, unanswered and uncounted — until one ends; the open
+/// ones keep being served.
+#[tokio::test]
+async fn at_max_connections_a_worker_accepts_again_only_when_one_ends() {
+    use tokio::io::AsyncWriteExt;
+    let fx = Fixture::with(Opts {
+        threads: 1,
+        server_extra: "max_connections = 2".into(),
+        extra: "\n[[routes]]\nname = \"open\"\npath_prefix = \"/open/\"\nupstream = \"echo\"\nauth = \"public\"\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    const REQ: &[u8] = b"GET /open/x HTTP/1.1\r\nHost: gw.test\r\n\r\n";
+    let connect = || async {
+        TcpStream::connect(fx.gw.addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"))
+    };
+    let mut a = connect().await;
+    let mut b = connect().await;
+    for (s, what) in [(&mut a, "first"), (&mut b, "second")] {
+        s.write_all(REQ).await.expect("write");
+        let (status, _, _) = read_response(s, what).await;
+        assert!(status.contains(" 200 "), "{what}: {status}");
+    }
+    // the worker has its two: it stopped accepting, once (no spinning)
+    crate::common::wait::wait_metric(&fx.gw, "cc_gateway_connections_limited_total", &[], 1.0)
+        .await;
+
+    // a third connects (the kernel queues it) and asks: it is not taken while both are open
+    let mut c = connect().await;
+    c.write_all(REQ).await.expect("write");
+    let text = fx.metrics().await;
+    assert_eq!(
+        crate::common::metrics::metric(&text, "cc_gateway_connections", &[]),
+        2.0,
+        "{text}"
+    );
+    // the open ones are still served
+    b.write_all(REQ).await.expect("write");
+    let (status, _, _) = read_response(&mut b, "second again").await;
+    assert!(status.contains(" 200 "), "{status}");
+
+    // one ends: the third is accepted and answered
+    drop(a);
+    let (status, _, _) = read_response(&mut c, "third").await;
+    assert!(status.contains(" 200 "), "{status}");
+    crate::common::wait::wait_metric(&fx.gw, "cc_gateway_connections_limited_total", &[], 2.0)
+        .await;
+}
