@@ -20,7 +20,8 @@
 # ~25k instructions per token digest instead of ~1.5k natively), D1 and LL read misses per
 # request (LL simulated as 2 MiB, 16-way), and the functions that cost the most per request.
 # Knobs: BENCH_SCENARIOS ("warm cold"), BENCH_WARMUP (40s, the cold warm-up verifies 10k
-# tokens at valgrind speed), BENCH_DURATION (20s), BENCH_TOP (15).
+# tokens at valgrind speed), BENCH_DURATION (20s), BENCH_TOP (15), BENCH_CACHE (cc-gateway's
+# token_cache_size, 100000; 0: every request verifies RS256 — the cache-off path).
 source "$(dirname "$0")/lib.sh"
 need wrk nginx valgrind callgrind_control callgrind_annotate
 build_and_mint
@@ -30,7 +31,7 @@ SCENARIOS=${BENCH_SCENARIOS:-warm cold}
 TOP=${BENCH_TOP:-15}
 port=${BENCH_GATEWAY_PORT:-18240}
 url=http://127.0.0.1:$port/ai/v2/completions
-gateway_config "$RUN/instructions.toml" "$port" 100000
+gateway_config "$RUN/instructions.toml" "$port" "${BENCH_CACHE:-100000}"
 
 summary=()
 for bin in "$@"; do

@@ -327,20 +327,16 @@ async fn restart_needed_compares_with_what_is_bound_not_with_the_last_file() {
         }
     };
 
-    // a changed listener and thread count are not applied: a restart is needed
+    // a changed listener, thread count and connection limit are not applied: a restart is
+    // needed
     let changed = original.replace(
         started,
-        "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\nadmin_listen = \"127.0.0.1:0\"\nthreads = 3\n",
+        "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\nadmin_listen = \"127.0.0.1:0\"\nthreads = 3\nmax_connections = 100\n",
     );
-    assert_eq!(
-        reload(changed.clone()).await,
-        serde_json::json!(["server.listen", "server.threads"])
-    );
+    let needed = serde_json::json!(["server.listen", "server.threads", "server.max_connections"]);
+    assert_eq!(reload(changed.clone()).await, needed);
     // reloading the same changed file again: still not what is bound
-    assert_eq!(
-        reload(changed).await,
-        serde_json::json!(["server.listen", "server.threads"])
-    );
+    assert_eq!(reload(changed).await, needed);
     // reverted: the file matches what the process serves with again, nothing to restart for
     assert_eq!(reload(original).await, serde_json::json!([]));
     fx.expect_ok(Req::get("/public/x")).await;
