@@ -79,15 +79,6 @@ pub fn format_bytes(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> [u
     out
 }
 
-/// Lowercase hex, as trace ids are written everywhere (logs, collectors).
-pub fn push_hex(s: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
