@@ -125,17 +125,9 @@ impl Gateway {
             route_metrics: config
                 .routes
                 .iter()
-                .map(|r| {
-                    if r.max_request_body.is_some() {
-                        // Zero series up front, so an alert on the rate sees the route before
-                        // its first refusal.
-                        for check in ["declared", "streamed"] {
-                            METRICS
-                                .request_body_too_large
-                                .with_label_values(&[&r.name, check]);
-                        }
-                    }
-                    RouteMetrics::new(&r.name)
+                .map(|r| match r.max_request_body {
+                    Some(_) => RouteMetrics::new(&r.name).with_body_limit(),
+                    None => RouteMetrics::new(&r.name),
                 })
                 .collect(),
             unrouted_metrics: RouteMetrics::new("_none"),

@@ -18,7 +18,7 @@ use crate::engine::upstream::{self, ReqBody, UpstreamError};
 use crate::engine::{Body, ConnInfo, Handler};
 use crate::forward::{self, X_REQUEST_ID};
 use crate::gateway::{Gateway, WorkerHandler, WorkerSnapshot};
-use crate::metrics::METRICS;
+use crate::metrics::{BodyCheck, METRICS};
 use crate::respond::{self, Refusal};
 use crate::routing::{self, RouteRef};
 use crate::telemetry::{Step, TraceSlot};
@@ -77,7 +77,7 @@ pub async fn handle(
 
     // 2b. a body declared longer than the route accepts goes no further (one that streams
     // past the limit is cut on its way up, in step 4)
-    if let Err(r) = declared_body(route.route, req.body()) {
+    if let Err(r) = declared_body(gw, route, req.body()) {
         return ex.refuse(*r);
     }
 
@@ -131,7 +131,7 @@ pub async fn handle(
     match result {
         Ok((resp, _endpoint)) => ex.respond(resp, forwarded.client_upgrade),
         Err(UpstreamError::BodyTooLarge { limit }) => {
-            body_too_large(route.route, "streamed");
+            gw.route_metrics[route.index].body_too_large(BodyCheck::Streamed);
             ex.refuse(Refusal::body_too_large(limit))
         }
         Err(e) => {
@@ -175,21 +175,14 @@ async fn authenticate(
 /// Step 2b: the body's declared length (HTTP/1.1 `Content-Length`, or HTTP/2's
 /// `content-length`) within the route's `max_request_body`. Refused here, the body is never
 /// read: hyper sends no `100 Continue` for it.
-fn declared_body(r: &Route, body: &Incoming) -> Result<(), Box<Refusal>> {
-    match r.max_request_body {
+fn declared_body(gw: &Gateway, route: RouteRef<'_>, body: &Incoming) -> Result<(), Box<Refusal>> {
+    match route.route.max_request_body {
         Some(limit) if http_body::Body::size_hint(body).lower() > limit => {
-            body_too_large(r, "declared");
+            gw.route_metrics[route.index].body_too_large(BodyCheck::Declared);
             Err(Box::new(Refusal::body_too_large(limit)))
         }
         _ => Ok(()),
     }
-}
-
-fn body_too_large(r: &Route, check: &str) {
-    METRICS
-        .request_body_too_large
-        .with_label_values(&[r.name.as_str(), check])
-        .inc();
 }
 
 /// Step 3: every budget rule of the route must admit the request.

@@ -6,12 +6,12 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
-// the reason codes only (not `crate::auth`, which records into these metrics)
-use crate::auth::reason::Reason;
+mod handles;
+pub use handles::{AuthFailureCounters, BodyCheck, RouteMetrics};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -270,76 +270,6 @@ impl Metrics {
         let mut buf = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
-    }
-}
-
-/// Handles for one route, resolved once. Counters for the usual statuses are resolved up
-/// front; a rare status falls back to a label lookup.
-pub struct RouteMetrics {
-    route: String,
-    duration: Histogram,
-    by_status: Vec<(u16, IntCounter)>,
-}
-
-const COMMON_STATUSES: &[u16] = &[
-    101, 200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413,
-    415, 422, 429, 431, 499, 500, 502, 503, 504,
-];
-
-impl RouteMetrics {
-    pub fn new(route: &str) -> Self {
-        RouteMetrics {
-            route: route.to_string(),
-            duration: METRICS.request_duration.with_label_values(&[route]),
-            by_status: COMMON_STATUSES
-                .iter()
-                .map(|s| {
-                    (
-                        *s,
-                        METRICS
-                            .requests
-                            .with_label_values(&[route, s.to_string().as_str()]),
-                    )
-                })
-                .collect(),
-        }
-    }
-
-    pub fn record(&self, status: u16, seconds: f64) {
-        self.duration.observe(seconds);
-        match self.by_status.binary_search_by_key(&status, |(s, _)| *s) {
-            Ok(i) => self.by_status[i].1.inc(),
-            Err(_) => METRICS
-                .requests
-                .with_label_values(&[&self.route, status.to_string().as_str()])
-                .inc(),
-        }
-    }
-}
-
-/// Pre-resolved auth failure counters, indexed like `Reason::ALL`.
-pub struct AuthFailureCounters(Vec<IntCounter>);
-
-impl AuthFailureCounters {
-    pub fn new() -> Self {
-        AuthFailureCounters(
-            Reason::ALL
-                .iter()
-                .map(|r| METRICS.auth_failures.with_label_values(&[r.code()]))
-                .collect(),
-        )
-    }
-
-    pub fn inc(&self, reason: Reason) {
-        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
-            self.0[i].inc();
-        }
-    }
-}
-
-impl Default for AuthFailureCounters {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
