@@ -64,9 +64,7 @@ impl Refusal {
         r.retry_after = Some(1);
         r
     }
-}
 
-impl Refusal {
     /// The request's body is longer than its route's `max_request_body`: declared so (refused
     /// before the upstream) or found so while it streamed (cut there).
     pub fn body_too_large(limit: u64) -> Self {

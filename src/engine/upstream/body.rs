@@ -25,7 +25,6 @@ pub enum BodyError {
 }
 
 /// Counts the client's body bytes as they are read, and stops the body past `limit`.
-#[derive(Clone)]
 pub struct Meter {
     read: Arc<AtomicU64>,
     limit: u64,

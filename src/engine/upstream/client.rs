@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::balance::{Choice, Local};
 use super::body::ReqBody;
 use super::connect::{self, Connector, HostOf, TlsConnect};
-use super::error::{classify, error_chain, Failed, Failure, UpstreamError};
+use super::error::{causes, classify, error_chain, Failed, Failure, UpstreamError};
 use super::health::{now_ms, EndpointId, Outcome};
 use super::pool::Pool;
 use crate::config::{Balance, Upstream, UpstreamProtocol};
@@ -231,6 +231,7 @@ impl UpstreamClient {
             _ => Failure::Other,
         };
         let r = match result {
+            Ok(Err(_)) if let Some(limit) = too_large => UpstreamError::BodyTooLarge { limit },
             Ok(Ok(resp)) => {
                 let latency = sent.elapsed();
                 flight.latency = Some(latency);
@@ -258,9 +259,6 @@ impl UpstreamClient {
             Ok(Err(e)) if e.is_connect() && no_agent(&e) => UpstreamError::TunnelUnavailable {
                 endpoint: endpoint.into(),
                 detail: error_chain(&e),
-            },
-            Ok(Err(_)) if too_large.is_some() => UpstreamError::BodyTooLarge {
-                limit: too_large.unwrap_or_default(),
             },
             Ok(Err(e)) if e.is_connect() => UpstreamError::Connect {
                 endpoint: endpoint.into(),
@@ -317,41 +315,29 @@ impl UpstreamClient {
 
 /// The endpoint is behind a tunnel none of whose agents is connected.
 fn no_agent(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(c) = cur {
-        if let Some(connect::ConnectError::Tunnel(crate::tunnel::OpenError::Unavailable(_))) =
-            c.downcast_ref()
-        {
-            return true;
-        }
-        cur = c.source();
-    }
-    false
+    causes(e).any(|c| {
+        matches!(
+            c.downcast_ref(),
+            Some(connect::ConnectError::Tunnel(
+                crate::tunnel::OpenError::Unavailable(_)
+            ))
+        )
+    })
 }
 
 /// The client's body went past the route's limit: the limit.
 fn body_too_large(e: &hyper_util::client::legacy::Error) -> Option<u64> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(c) = cur {
-        if let Some(super::BodyError::TooLarge { limit }) = c.downcast_ref() {
-            return Some(*limit);
-        }
-        cur = c.source();
-    }
-    None
+    causes(e).find_map(|c| match c.downcast_ref() {
+        Some(super::BodyError::TooLarge { limit }) => Some(*limit),
+        _ => None,
+    })
 }
 
-/// The client's own body failed (it went away mid-upload, or past the route's limit): hyper reports it as a "user"
-/// error. Not the endpoint's fault, so not counted against its health.
+/// The client's own body failed (it went away mid-upload, or past the route's limit): hyper
+/// reports it as a "user" error. Not the endpoint's fault, so not counted against its health.
 fn body_broke_off(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(c) = cur {
-        if c.downcast_ref::<hyper::Error>()
+    causes(e).any(|c| {
+        c.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_user)
-        {
-            return true;
-        }
-        cur = c.source();
-    }
-    false
+    })
 }

@@ -46,6 +46,13 @@ impl UpstreamError {
     }
 }
 
+/// The causes of `e`, nearest first (`e` itself not included).
+pub fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(e.source(), |c| c.source())
+}
+
 /// An error with its sources, `a: b: c` (hyper's errors say little without their causes).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::metrics::metric;
+use crate::common::wait::DEADLINE;
 use crate::common::*;
 
 async fn fixture() -> Fixture {
@@ -32,7 +33,10 @@ async fn raw(fx: &Fixture, head: &str, body: &[u8]) -> (u16, Value) {
     s.write_all(head.as_bytes()).await.expect("write head");
     s.write_all(body).await.expect("write body");
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{head:?}: no answer and no close within {DEADLINE:?}"))
+        .expect("read");
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text
         .split(' ')
