@@ -1,7 +1,8 @@
-//! A worker's client for one upstream: a keep-alive pool (hyper-util's client) whose
-//! connections live on the worker's own runtime, and the worker's balancing state over the
-//! upstream's shared pool. HTTP/1.1, or HTTP/2 (`h2` over TLS, `h2c` cleartext, `auto` by
-//! ALPN) where one connection per endpoint carries every concurrent request as its own stream.
+//! A worker's client for one upstream, and the worker's balancing state over the upstream's
+//! shared pool. HTTP/1.1 goes over the worker's own keep-alive connections (`h1.rs`); HTTP/2
+//! (`h2` over TLS, `h2c` cleartext, `auto` by ALPN) over hyper-util's client, where one
+//! connection per endpoint carries every concurrent request as its own stream. Connections
+//! live on the worker's own runtime.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use super::balance::{Choice, Local};
 use super::body::ReqBody;
 use super::connect::{self, Connector, HostOf, TlsConnect};
 use super::error::{causes, classify, error_chain, Failed, Failure, UpstreamError};
+use super::h1::{H1Pool, SendError};
 use super::health::{now_ms, EndpointId, Outcome};
 use super::pool::Pool;
 use crate::config::{Balance, Upstream, UpstreamProtocol};
@@ -35,6 +37,8 @@ pub struct Built {
     pub client: Client<Connector, ReqBody>,
     pub scheme: Scheme,
     pub tls: Option<Arc<TlsConnect>>,
+    /// the connector the client dials with (TCP, TLS, tunnels)
+    pub connector: Connector,
 }
 
 /// The TLS server name of a resolved address: the host it was resolved from.
@@ -110,14 +114,15 @@ pub fn build(u: &Upstream, host_of: HostOf, retry_canceled: bool) -> Built {
         .http2_keep_alive_timeout(u.http2_keepalive_timeout)
         .http2_keep_alive_while_idle(false)
         .build(Connector {
-            http,
+            http: http.clone(),
             tls: tls.clone(),
-            host_of,
+            host_of: host_of.clone(),
         });
     Built {
         client,
         scheme,
-        tls,
+        tls: tls.clone(),
+        connector: Connector { http, tls, host_of },
     }
 }
 
@@ -130,6 +135,8 @@ pub struct UpstreamClient {
     scheme: Scheme,
     tls: Option<Arc<TlsConnect>>,
     client: Client<Connector, ReqBody>,
+    /// HTTP/1.1 upstreams: this worker's connections, without hyper-util's pool
+    h1: Option<H1Pool>,
 }
 
 /// Takes a request out of the worker's in-flight count however it ends, the future dropped
@@ -152,7 +159,17 @@ impl Drop for InFlight<'_> {
 impl UpstreamClient {
     pub fn new(pool: Arc<Pool>) -> Self {
         let b = build(&pool.config, host_of(Arc::downgrade(&pool)), false);
+        let c = &pool.config;
+        let h1 = (c.protocol == UpstreamProtocol::Http1).then(|| {
+            H1Pool::new(
+                b.connector,
+                b.scheme.clone(),
+                c.pool_max_idle,
+                c.pool_idle_timeout,
+            )
+        });
         UpstreamClient {
+            h1,
             read_timeout: pool.config.read_timeout,
             pool,
             local: Local::new(),
@@ -196,12 +213,23 @@ impl UpstreamClient {
     ) -> Result<Response<Incoming>, Failed> {
         let limit = per_try.map_or(self.read_timeout, |t| t.min(self.read_timeout));
         let ep = c.endpoint();
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(ep.authority.clone());
-        parts.path_and_query = Some(path);
-        *req.uri_mut() =
-            Uri::from_parts(parts).map_err(|e| Failed::other(UpstreamError::Uri(e.to_string())))?;
+        // HTTP/1.1 (CONNECT aside, whose target is an authority): origin-form, our own pool;
+        // otherwise hyper-util's client, which wants the absolute URI as its pool key
+        let h1 = self
+            .h1
+            .as_ref()
+            .filter(|_| req.method() != http::Method::CONNECT);
+        *req.uri_mut() = match h1 {
+            Some(_) => Uri::from(path),
+            None => {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(self.scheme.clone());
+                parts.authority = Some(ep.authority.clone());
+                parts.path_and_query = Some(path);
+                Uri::from_parts(parts)
+                    .map_err(|e| Failed::other(UpstreamError::Uri(e.to_string())))?
+            }
+        };
         // the upstream's own `headers` (credentials for it, say) replace anything the client sent
         for h in &self.pool.config.headers {
             req.headers_mut().insert(h.name.clone(), h.value.clone());
@@ -217,7 +245,13 @@ impl UpstreamClient {
             latency: None,
         };
         let sent = Instant::now();
-        let result = tokio::time::timeout(limit, self.client.request(req)).await;
+        let exchange = async {
+            match h1 {
+                Some(h1) => h1.send(ep, req, sent).await,
+                None => Ok(self.client.request(req).await?),
+            }
+        };
+        let result = tokio::time::timeout(limit, exchange).await;
         let endpoint = ep.authority.as_str();
         let outlier = &self.pool.config.outlier;
         let client_side = matches!(&result, Ok(Err(e)) if body_broke_off(e));
@@ -298,7 +332,7 @@ impl UpstreamClient {
     /// died of a TLS alert just now (HTTP/2 hides the cause from the request: h2 passes a
     /// connection error on to its streams as text, without the rustls error): the TLS failure.
     /// Scoped to this worker's client for this upstream and to the last two seconds.
-    fn late_tls_failure(&self, e: &hyper_util::client::legacy::Error) -> Option<String> {
+    fn late_tls_failure(&self, e: &SendError) -> Option<String> {
         let canceled = std::error::Error::source(e)
             .and_then(|s| s.downcast_ref::<hyper::Error>())
             .is_some_and(|h| {
@@ -314,7 +348,7 @@ impl UpstreamClient {
 }
 
 /// The endpoint is behind a tunnel none of whose agents is connected.
-fn no_agent(e: &hyper_util::client::legacy::Error) -> bool {
+fn no_agent(e: &SendError) -> bool {
     causes(e).any(|c| {
         matches!(
             c.downcast_ref(),
@@ -326,7 +360,7 @@ fn no_agent(e: &hyper_util::client::legacy::Error) -> bool {
 }
 
 /// The client's body went past the route's limit: the limit.
-fn body_too_large(e: &hyper_util::client::legacy::Error) -> Option<u64> {
+fn body_too_large(e: &SendError) -> Option<u64> {
     causes(e).find_map(|c| match c.downcast_ref() {
         Some(super::BodyError::TooLarge { limit }) => Some(*limit),
         _ => None,
@@ -335,7 +369,7 @@ fn body_too_large(e: &hyper_util::client::legacy::Error) -> Option<u64> {
 
 /// The client's own body failed (it went away mid-upload, or past the route's limit): hyper
 /// reports it as a "user" error. Not the endpoint's fault, so not counted against its health.
-fn body_broke_off(e: &hyper_util::client::legacy::Error) -> bool {
+fn body_broke_off(e: &SendError) -> bool {
     causes(e).any(|c| {
         c.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_user)

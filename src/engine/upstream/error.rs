@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::h1::SendError;
+
 /// Why an upstream exchange failed; maps to `upstream_unavailable` / `upstream_timeout` /
 /// `upstream_tls_error`.
 #[derive(Debug, thiserror::Error)]
@@ -100,13 +102,11 @@ impl Failed {
 }
 
 /// What a client error proves about the request (`is_connect` is checked by the caller).
-pub fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
+pub fn classify(e: &SendError) -> Failure {
     if e.is_connect() {
         return Failure::Connect;
     }
-    // hyper-util's `Canceled` kind is exactly "hyper gave the request back unsent" (its
-    // `is_canceled` is private; its Display names the kind)
-    if e.to_string() == "client error (Canceled)" {
+    if e.is_canceled() {
         return Failure::Unsent;
     }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);

@@ -6,8 +6,8 @@
 //!   state), read lock-free on the request path; the request/ejection metrics.
 //! - `balance.rs`: a worker's choice among the usable endpoints (regional placement, smooth
 //!   weighted round robin or peak EWMA), excluding endpoints already tried.
-//! - `client.rs`: a worker's client per upstream (keep-alive pool, HTTP/1.1 or HTTP/2, TLS in
-//!   `connect.rs`), one attempt to one endpoint.
+//! - `client.rs`: a worker's client per upstream (HTTP/1.1 on its own keep-alive list in
+//!   `h1.rs`, HTTP/2 on hyper-util's client; TLS in `connect.rs`), one attempt to one endpoint.
 //! - `retry.rs`: a route's tries — which failures are retried, the body kept for a replay,
 //!   per-try timeout and backoff.
 //! - `supervise.rs`: once per process, per pool: active checks, DNS, gauges.
@@ -20,6 +20,7 @@ mod body;
 mod client;
 mod connect;
 mod error;
+mod h1;
 mod health;
 mod pool;
 mod retry;

@@ -5,6 +5,7 @@
 //! nothing listens on, or a backend the test stopped.
 
 mod backend;
+mod keepalive;
 // the upstream TLS tests' CA and TLS server, reused as they are
 #[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../upstream_tls/pki.rs"]
