@@ -287,7 +287,11 @@ async fn accept_loop<H: Handler>(
         return;
     }
     // the connections the kernel completed before this close: accepted and answered, not
-    // reset with the socket
+    // reset with the socket. New handshakes are stopped first, or one completing between the
+    // last accept and the close would be reset instead (its client cannot tell whether its
+    // request was read); a dropped SYN is retried by the client a second later and then finds
+    // another listener, or none: refused, nothing sent.
+    refuse_new_handshakes(&listener);
     let Ok(listener) = listener.into_std() else {
         return;
     };
@@ -307,6 +311,18 @@ async fn accept_loop<H: Handler>(
             // WouldBlock: the queue is empty
             Err(_) => break,
         }
+    }
+}
+
+/// Drops every packet that would reach this listening socket from now on (a one-instruction
+/// classic BPF filter, `ret #0`): no new handshake completes on it, while the connections
+/// already in its accept queue stay there to be accepted.
+fn refuse_new_handshakes(listener: &TcpListener) {
+    const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let drop_all = [socket2::SockFilter::new(BPF_RET_K, 0, 0, 0)];
+    if let Err(e) = socket2::SockRef::from(listener).attach_filter(&drop_all) {
+        // a kernel without socket filters: the close alone, as before
+        tracing::debug!(error = %e, "cannot stop new handshakes before closing a listener");
     }
 }
 
@@ -457,5 +473,38 @@ pub(crate) fn tcp_keepalive(stream: &tokio::net::TcpStream) {
         .with_retries(3);
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
         tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection the kernel completed before the filter is still accepted; a handshake
+    /// begun after it never completes (the client would retry its SYN, then be refused).
+    #[tokio::test]
+    async fn a_closing_listener_keeps_its_queue_and_completes_no_new_handshake() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let queued = tokio::net::TcpStream::connect(addr).await.unwrap();
+        refuse_new_handshakes(&l);
+        let late = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
+        assert!(
+            late.is_err(),
+            "a handshake completed after the filter: {late:?}"
+        );
+        let (_s, peer) = l.accept().await.unwrap();
+        assert_eq!(peer, queued.local_addr().unwrap());
+        let l = l.into_std().unwrap();
+        let next = l.accept().map(|(_, p)| p);
+        assert_eq!(
+            next.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "nothing else in the queue"
+        );
     }
 }
