@@ -206,6 +206,18 @@ pub fn bind_single(addr: SocketAddr) -> Result<std::net::TcpListener, BindError>
     bind_one(addr, false)
 }
 
+/// Drops every packet that would reach this listening socket from now on (a one-instruction
+/// classic BPF filter, `ret #0`): no new handshake completes on it, while the connections
+/// already in its accept queue stay there to be accepted.
+pub fn refuse_new_handshakes(listener: &tokio::net::TcpListener) {
+    const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let drop_all = [socket2::SockFilter::new(BPF_RET_K, 0, 0, 0)];
+    if let Err(e) = socket2::SockRef::from(listener).attach_filter(&drop_all) {
+        // a kernel without socket filters: the close alone, as before
+        tracing::debug!(error = %e, "cannot stop new handshakes before closing a listener");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

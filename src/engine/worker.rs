@@ -291,7 +291,7 @@ async fn accept_loop<H: Handler>(
     // last accept and the close would be reset instead (its client cannot tell whether its
     // request was read); a dropped SYN is retried by the client a second later and then finds
     // another listener, or none: refused, nothing sent.
-    refuse_new_handshakes(&listener);
+    super::listener::refuse_new_handshakes(&listener);
     let Ok(listener) = listener.into_std() else {
         return;
     };
@@ -311,18 +311,6 @@ async fn accept_loop<H: Handler>(
             // WouldBlock: the queue is empty
             Err(_) => break,
         }
-    }
-}
-
-/// Drops every packet that would reach this listening socket from now on (a one-instruction
-/// classic BPF filter, `ret #0`): no new handshake completes on it, while the connections
-/// already in its accept queue stay there to be accepted.
-fn refuse_new_handshakes(listener: &TcpListener) {
-    const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    let drop_all = [socket2::SockFilter::new(BPF_RET_K, 0, 0, 0)];
-    if let Err(e) = socket2::SockRef::from(listener).attach_filter(&drop_all) {
-        // a kernel without socket filters: the close alone, as before
-        tracing::debug!(error = %e, "cannot stop new handshakes before closing a listener");
     }
 }
 
@@ -487,7 +475,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let queued = tokio::net::TcpStream::connect(addr).await.unwrap();
-        refuse_new_handshakes(&l);
+        crate::engine::listener::refuse_new_handshakes(&l);
         let late = tokio::time::timeout(
             Duration::from_millis(300),
             tokio::net::TcpStream::connect(addr),

@@ -199,28 +199,53 @@ async fn accept_loop(
 ) {
     let local = listener.local_addr().unwrap_or(key.configured);
     let key = Arc::new(key);
+    let serve = |stream: tokio::net::TcpStream, peer| {
+        let _ = stream.set_nodelay(true);
+        super::keepalive(&stream);
+        // the worker's drain waits for the connection (up to shutdown_timeout)
+        let hold = crate::engine::drain::hold();
+        let serve = super::conn::serve(shared.clone(), stream, peer, local, key.clone());
+        tokio::spawn(async move {
+            let _hold = hold;
+            serve.await
+        });
+    };
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = stop.wait_for(|s| *s != Stop::Serving) => return,
+            _ = stop.wait_for(|s| *s != Stop::Serving) => break,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                super::keepalive(&stream);
-                // the worker's drain waits for the connection (up to shutdown_timeout)
-                let hold = crate::engine::drain::hold();
-                let serve = super::conn::serve(shared.clone(), stream, peer, local, key.clone());
-                tokio::spawn(async move {
-                    let _hold = hold;
-                    serve.await
-                });
-            }
+            Ok((stream, peer)) => serve(stream, peer),
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning
                 tracing::warn!(error = %e, "L4 accept failed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        }
+    }
+    if *stop.borrow() != Stop::Close {
+        return;
+    }
+    // closing resets what the kernel queued: stop new handshakes, then carry the queued ones
+    crate::engine::listener::refuse_new_handshakes(&listener);
+    let Ok(listener) = listener.into_std() else {
+        return;
+    };
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let stream = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(stream));
+                match stream {
+                    Ok(s) => serve(s, peer),
+                    Err(e) => tracing::debug!(error = %e, "cannot register an L4 connection"),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // WouldBlock: the queue is empty
+            Err(_) => break,
         }
     }
 }
