@@ -4,9 +4,10 @@
 //! the worker's connections sit in one short list, found by the endpoint's id, and go back on
 //! it as soon as the response head is in: a connection counts as idle when hyper says it can
 //! take a request (`is_ready`), which it does once the previous response body has been read to
-//! its end. Under callgrind (`bench/instructions.sh`, warm token) that took the gateway from
-//! 54.5k to 47.0k instructions per request — what the anchors' bare hyper hop saves the same
-//! way (`--client thin`: 34.4k → 26.8k).
+//! its end; one still busy a second after it was handed out (a stream) is parked out of the
+//! checkouts' way until the sweep finds it idle. Under callgrind (`bench/instructions.sh`, warm
+//! token) that took the gateway from 54.5k to 47.0k instructions per request — what the
+//! anchors' bare hyper hop saves the same way (`--client thin`: 34.4k → 26.8k).
 //!
 //! HTTP/2 (`h2`, `h2c`, `auto`) keeps hyper-util's client: one multiplexed connection per
 //! endpoint, nothing to win per request.
@@ -68,12 +69,25 @@ impl SendError {
 struct Idle {
     endpoint: EndpointId,
     sender: SendRequest<ReqBody>,
-    /// when the connection was last known busy: handed out, or found with an exchange still
-    /// running by the sweep; idle time counts from here
-    busy_at: Instant,
+    /// when it was last handed out, or came back from the parked ones: it has been idle (or
+    /// busy, while hyper does not call it ready) since then at most
+    since: Instant,
 }
 
-type List = Mutex<Vec<Idle>>;
+/// A connection still busy this long after it was handed out (a stream: SSE, a download) is
+/// parked: checkouts stop looking at it, and the sweep brings it back once it is idle. Without
+/// this, every checkout would walk past every open stream of the worker.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Lists {
+    /// handed out less than `PARK_AFTER` ago, or idle; the most recently used at the end
+    recent: Vec<Idle>,
+    /// busy for longer
+    parked: Vec<Idle>,
+}
+
+type List = Mutex<Lists>;
 
 pub struct H1Pool {
     connector: Connector,
@@ -95,7 +109,7 @@ impl H1Pool {
         H1Pool {
             connector,
             scheme,
-            list: Arc::new(Mutex::new(Vec::new())),
+            list: Arc::new(Mutex::new(Lists::default())),
             max_idle,
             idle_timeout,
             sweeping: AtomicBool::new(false),
@@ -139,26 +153,27 @@ impl H1Pool {
     }
 
     /// The most recently used idle connection to `id`; closed and expired ones are dropped
-    /// on the way.
+    /// and long-busy ones parked on the way.
     fn checkout(&self, id: EndpointId, now: Instant) -> Option<SendRequest<ReqBody>> {
-        let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut i = list.len();
+        let mut guard = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        let lists = &mut *guard;
+        let mut i = lists.recent.len();
         while i > 0 {
             i -= 1;
-            let Some(e) = list.get(i) else { break };
+            let Some(e) = lists.recent.get(i) else { break };
+            let age = now.saturating_duration_since(e.since);
             if e.sender.is_closed() {
-                list.swap_remove(i);
-                continue;
-            }
-            if !e.sender.is_ready() {
-                continue; // an exchange is still running on it
-            }
-            if now.saturating_duration_since(e.busy_at) >= self.idle_timeout {
-                list.swap_remove(i); // dropping the sender closes the connection
-                continue;
-            }
-            if e.endpoint == id {
-                return Some(list.swap_remove(i).sender);
+                lists.recent.swap_remove(i);
+            } else if !e.sender.is_ready() {
+                // an exchange still running on it
+                if age >= PARK_AFTER {
+                    let e = lists.recent.swap_remove(i);
+                    lists.parked.push(e);
+                }
+            } else if age >= self.idle_timeout {
+                lists.recent.swap_remove(i); // dropping the sender closes the connection
+            } else if e.endpoint == id {
+                return Some(lists.recent.swap_remove(i).sender);
             }
         }
         None
@@ -171,32 +186,34 @@ impl H1Pool {
         if self.max_idle == 0 || sender.is_closed() {
             return;
         }
-        let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
-        let idle = list
+        let mut lists = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        let idle = lists
+            .recent
             .iter()
             .filter(|e| e.endpoint == id && e.sender.is_ready())
             .count();
         if idle >= self.max_idle {
             return;
         }
-        list.push(Idle {
+        lists.recent.push(Idle {
             endpoint: id,
             sender,
-            busy_at: now,
+            since: now,
         });
-        drop(list);
+        drop(lists);
         self.sweep_from_now_on();
     }
 
-    /// Closes idle connections past `pool_idle_timeout` when no request comes to find them:
-    /// one task per worker pool, every half timeout, gone with the pool.
+    /// Closes idle connections past `pool_idle_timeout` when no request comes to find them,
+    /// parks long-busy ones and brings back parked ones that are idle again: one task per
+    /// worker pool, every half timeout (at most a second), gone with the pool.
     fn sweep_from_now_on(&self) {
         if self.sweeping.swap(true, Ordering::Relaxed) {
             return;
         }
         let list = Arc::downgrade(&self.list);
         let (timeout, max_idle) = (self.idle_timeout, self.max_idle);
-        let period = (timeout / 2).max(Duration::from_millis(10));
+        let period = (timeout / 2).clamp(Duration::from_millis(10), PARK_AFTER);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,43 +255,59 @@ impl H1Pool {
     }
 }
 
-/// One pass over a pool's list: drops closed connections and idle ones past the timeout or
-/// past `max_idle` per endpoint (the most recently used kept), marks busy ones. False once
-/// the pool is gone.
+/// One pass over a pool's lists: drops closed connections and idle ones past the timeout or
+/// past `max_idle` per endpoint (the most recently used kept), parks long-busy ones, brings
+/// back parked ones that are idle now. False once the pool is gone.
 fn sweep(list: &Weak<List>, timeout: Duration, max_idle: usize) -> bool {
     let Some(list) = list.upgrade() else {
         return false;
     };
     let now = Instant::now();
-    let mut list = list.lock().unwrap_or_else(PoisonError::into_inner);
-    // idle ones kept so far per endpoint, newest first (the list's end is the newest)
-    let mut kept: Vec<(EndpointId, usize)> = Vec::new();
-    let mut i = list.len();
+    let mut guard = list.lock().unwrap_or_else(PoisonError::into_inner);
+    let lists = &mut *guard;
+    // parked ones idle again since the last pass: back, as the least recently used
+    let mut back = Vec::new();
+    let mut i = lists.parked.len();
     while i > 0 {
         i -= 1;
-        let Some(e) = list.get_mut(i) else { break };
-        let drop_it = if e.sender.is_closed() {
-            true
+        let Some(e) = lists.parked.get(i) else { break };
+        if e.sender.is_closed() {
+            lists.parked.swap_remove(i);
+        } else if e.sender.is_ready() {
+            let mut e = lists.parked.swap_remove(i);
+            e.since = now;
+            back.push(e);
+        }
+    }
+    if !back.is_empty() {
+        back.append(&mut lists.recent);
+        lists.recent = back;
+    }
+    // idle ones kept so far per endpoint, newest first (the end is the newest)
+    let mut kept: Vec<(EndpointId, usize)> = Vec::new();
+    let mut i = lists.recent.len();
+    while i > 0 {
+        i -= 1;
+        let Some(e) = lists.recent.get(i) else { break };
+        let age = now.saturating_duration_since(e.since);
+        if e.sender.is_closed() {
+            lists.recent.remove(i);
         } else if !e.sender.is_ready() {
-            e.busy_at = now;
-            false
-        } else if now.saturating_duration_since(e.busy_at) >= timeout {
-            true
-        } else {
-            match kept.iter_mut().find(|(id, _)| *id == e.endpoint) {
-                Some((_, n)) if *n >= max_idle => true,
-                Some((_, n)) => {
-                    *n += 1;
-                    false
-                }
-                None => {
-                    kept.push((e.endpoint, 1));
-                    false
-                }
+            if age >= PARK_AFTER {
+                let e = lists.recent.remove(i);
+                lists.parked.push(e);
             }
-        };
-        if drop_it {
-            list.remove(i);
+        } else if age >= timeout {
+            lists.recent.remove(i);
+        } else {
+            let endpoint = e.endpoint;
+            match kept.iter_mut().find(|(id, _)| *id == endpoint) {
+                Some((_, n)) if *n >= max_idle => {
+                    lists.recent.remove(i);
+                }
+                Some((_, n)) => *n += 1,
+                None => kept.push((endpoint, 1)),
+            }
         }
     }
     true

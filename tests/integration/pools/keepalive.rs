@@ -1,7 +1,8 @@
 //! The worker's keep-alive connections to an HTTP/1.1 upstream: reused request after request
 //! (after a streamed body too), one per concurrent request, `pool_max_idle` idle ones kept,
-//! closed after `pool_idle_timeout`, none kept with `pool_max_idle = 0`. The upstream is a raw
-//! socket server that counts the connections it accepted and the ones the gateway closed.
+//! closed after `pool_idle_timeout`, none kept with `pool_max_idle = 0`, and one that carried
+//! a long stream back in use once the stream ended. The upstream is a raw socket server that
+//! counts the connections it accepted and the ones the gateway closed.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use super::config;
 use crate::common::servers::read_head;
@@ -22,41 +23,64 @@ struct Counting {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     closed: Arc<AtomicUsize>,
+    /// request heads read
+    heads: Arc<AtomicUsize>,
     /// answers wait for a permit (the concurrency test holds them back)
     gate: Arc<Semaphore>,
+    /// `/stream` sends its head and a first chunk, then the rest once notified
+    stream_end: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// Each answer: chunked when the path asks for it (`/chunked`), else with a Content-Length.
 const PLAIN: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\no\r\n";
+const STREAM_END: &[u8] = b"1\r\nk\r\n0\r\n\r\n";
 
 impl Counting {
     async fn start(open_gate: bool) -> Counting {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
         let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let heads = Arc::new(AtomicUsize::new(0));
+        let stream_end = Arc::new(Notify::new());
         let gate = Arc::new(Semaphore::new(if open_gate {
             Semaphore::MAX_PERMITS
         } else {
             0
         }));
-        let (a, c, g) = (accepted.clone(), closed.clone(), gate.clone());
+        let (a, c, h, g, n) = (
+            accepted.clone(),
+            closed.clone(),
+            heads.clone(),
+            gate.clone(),
+            stream_end.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
                 a.fetch_add(1, Ordering::SeqCst);
-                let (c, g) = (c.clone(), g.clone());
+                let (c, h, g, n) = (c.clone(), h.clone(), g.clone(), n.clone());
                 tokio::spawn(async move {
                     while let Some(head) = read_head(&mut s).await {
+                        h.fetch_add(1, Ordering::SeqCst);
                         let Ok(permit) = g.acquire().await else {
                             return;
                         };
                         permit.forget();
-                        let chunked = head.starts_with(b"GET /chunked ");
-                        if s.write_all(if chunked { CHUNKED } else { PLAIN })
-                            .await
-                            .is_err()
-                        {
+                        let written = if head.starts_with(b"GET /stream ") {
+                            let first = s.write_all(STREAM_HEAD).await;
+                            n.notified().await;
+                            match first {
+                                Ok(()) => s.write_all(STREAM_END).await,
+                                e => e,
+                            }
+                        } else if head.starts_with(b"GET /chunked ") {
+                            s.write_all(CHUNKED).await
+                        } else {
+                            s.write_all(PLAIN).await
+                        };
+                        if written.is_err() {
                             break;
                         }
                     }
@@ -68,7 +92,9 @@ impl Counting {
             addr,
             accepted,
             closed,
+            heads,
             gate,
+            stream_end,
             task,
         }
     }
@@ -185,4 +211,67 @@ async fn pool_max_idle_0_keeps_no_connection() {
     }
     assert_eq!(up.accepted(), 3, "a connection per request");
     up.wait_closed(3).await;
+}
+
+#[tokio::test]
+async fn a_connection_busy_with_a_long_stream_is_used_again_once_the_stream_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Counting::start(false).await;
+    let gw = Arc::new(gateway(dir.path(), &up, "").await);
+    up.gate.add_permits(2); // the stream and /a
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_until(&mut stream, b"\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // busy past the gateway's one-second mark: the next checkout parks that connection and
+    // opens another (the time passing is the condition here, not a synchronisation)
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ok(&gw, "/a").await;
+    assert_eq!(up.accepted(), 2);
+    up.stream_end.notify_one();
+    let rest = read_until(&mut stream, b"0\r\n\r\n").await;
+    assert!(rest.contains('k'), "{rest:?}");
+    // within a sweep (a second at most) the parked one is idle in the list again; then two
+    // requests held at the upstream at once find two connections, not a third
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let held: Vec<_> = ["/b", "/c"]
+        .into_iter()
+        .map(|p| {
+            let gw = gw.clone();
+            tokio::spawn(async move { ok(&gw, p).await })
+        })
+        .collect();
+    wait_until("both requests at the upstream", DEADLINE, || async {
+        match up.heads.load(Ordering::SeqCst) {
+            4 => Ok(()),
+            n => Err(format!("{n} heads, {} connections", up.accepted())),
+        }
+    })
+    .await;
+    assert_eq!(up.accepted(), 2, "no third connection");
+    up.gate.add_permits(2);
+    for t in held {
+        t.await.unwrap();
+    }
+}
+
+/// Reads from `s` until what was read contains `end` (within the deadline).
+async fn read_until(s: &mut tokio::net::TcpStream, end: &[u8]) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(DEADLINE, async {
+        while !got.windows(end.len()).any(|w| w == end) {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(buf.get(..n).unwrap_or_default()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {end:?} in {got:?}"));
+    String::from_utf8_lossy(&got).into_owned()
 }
