@@ -206,6 +206,37 @@ pub fn bind_single(addr: SocketAddr) -> Result<std::net::TcpListener, BindError>
     bind_one(addr, false)
 }
 
+/// Closes a listener without resetting what the kernel queued on it: new handshakes are
+/// stopped first ([`refuse_new_handshakes`]; one completing between the last accept and the
+/// close would be reset, and its client could not tell whether its request was read — a
+/// dropped SYN is retried a second later and finds another listener, or none: refused, nothing
+/// sent), then every queued connection is accepted and handed to `serve`.
+pub fn close_serving_queue(
+    listener: tokio::net::TcpListener,
+    mut serve: impl FnMut(tokio::net::TcpStream, SocketAddr),
+) {
+    refuse_new_handshakes(&listener);
+    let Ok(listener) = listener.into_std() else {
+        return;
+    };
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let stream = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(stream));
+                match stream {
+                    Ok(s) => serve(s, peer),
+                    Err(e) => tracing::debug!(error = %e, "cannot register a connection"),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // WouldBlock: the queue is empty
+            Err(_) => break,
+        }
+    }
+}
+
 /// Drops every packet that would reach this listening socket from now on (a one-instruction
 /// classic BPF filter, `ret #0`): no new handshake completes on it, while the connections
 /// already in its accept queue stay there to be accepted.

@@ -286,32 +286,11 @@ async fn accept_loop<H: Handler>(
     if *stop.borrow() != Stop::Close {
         return;
     }
-    // the connections the kernel completed before this close: accepted and answered, not
-    // reset with the socket. New handshakes are stopped first, or one completing between the
-    // last accept and the close would be reset instead (its client cannot tell whether its
-    // request was read); a dropped SYN is retried by the client a second later and then finds
-    // another listener, or none: refused, nothing sent.
-    super::listener::refuse_new_handshakes(&listener);
-    let Ok(listener) = listener.into_std() else {
-        return;
-    };
-    loop {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                let stream = stream
-                    .set_nonblocking(true)
-                    .and_then(|()| tokio::net::TcpStream::from_std(stream));
-                match stream {
-                    // answered and closed: past the limit, as the kernel already took them
-                    Ok(s) => spawn_connection(s, peer, local, &tls, &ctx, true, None),
-                    Err(e) => tracing::debug!(error = %e, "cannot register a connection"),
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            // WouldBlock: the queue is empty
-            Err(_) => break,
-        }
-    }
+    // the connections the kernel completed before this close: accepted and answered (and
+    // closed: past the limit, as the kernel already took them), not reset with the socket
+    super::listener::close_serving_queue(listener, |s, peer| {
+        spawn_connection(s, peer, local, &tls, &ctx, true, None)
+    });
 }
 
 /// Serves one accepted connection on its own task. `last`: accepted while closing — it

@@ -227,25 +227,6 @@ async fn accept_loop(
     if *stop.borrow() != Stop::Close {
         return;
     }
-    // closing resets what the kernel queued: stop new handshakes, then carry the queued ones
-    crate::engine::listener::refuse_new_handshakes(&listener);
-    let Ok(listener) = listener.into_std() else {
-        return;
-    };
-    loop {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                let stream = stream
-                    .set_nonblocking(true)
-                    .and_then(|()| tokio::net::TcpStream::from_std(stream));
-                match stream {
-                    Ok(s) => serve(s, peer),
-                    Err(e) => tracing::debug!(error = %e, "cannot register an L4 connection"),
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            // WouldBlock: the queue is empty
-            Err(_) => break,
-        }
-    }
+    // closing would reset what the kernel queued: carried like the others
+    crate::engine::listener::close_serving_queue(listener, serve);
 }

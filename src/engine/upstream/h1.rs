@@ -79,6 +79,37 @@ struct Idle {
 /// this, every checkout would walk past every open stream of the worker.
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// What a listed connection is at a given moment.
+enum Is {
+    Closed,
+    /// an exchange still runs on it
+    Busy,
+    /// busy past `PARK_AFTER`
+    LongBusy,
+    /// idle past `pool_idle_timeout`
+    Expired,
+    Idle,
+}
+
+impl Idle {
+    fn is(&self, now: Instant, idle_timeout: Duration) -> Is {
+        let age = now.saturating_duration_since(self.since);
+        if self.sender.is_closed() {
+            Is::Closed
+        } else if !self.sender.is_ready() {
+            if age >= PARK_AFTER {
+                Is::LongBusy
+            } else {
+                Is::Busy
+            }
+        } else if age >= idle_timeout {
+            Is::Expired
+        } else {
+            Is::Idle
+        }
+    }
+}
+
 #[derive(Default)]
 struct Lists {
     /// handed out less than `PARK_AFTER` ago, or idle; the most recently used at the end
@@ -161,19 +192,16 @@ impl H1Pool {
         while i > 0 {
             i -= 1;
             let Some(e) = lists.recent.get(i) else { break };
-            let age = now.saturating_duration_since(e.since);
-            if e.sender.is_closed() {
-                lists.recent.swap_remove(i);
-            } else if !e.sender.is_ready() {
-                // an exchange still running on it
-                if age >= PARK_AFTER {
+            let (is, endpoint) = (e.is(now, self.idle_timeout), e.endpoint);
+            match is {
+                // dropping the sender closes the connection
+                Is::Closed | Is::Expired => drop(lists.recent.swap_remove(i)),
+                Is::LongBusy => {
                     let e = lists.recent.swap_remove(i);
                     lists.parked.push(e);
                 }
-            } else if age >= self.idle_timeout {
-                lists.recent.swap_remove(i); // dropping the sender closes the connection
-            } else if e.endpoint == id {
-                return Some(lists.recent.swap_remove(i).sender);
+                Is::Idle if endpoint == id => return Some(lists.recent.swap_remove(i).sender),
+                Is::Busy | Is::Idle => {}
             }
         }
         None
@@ -289,25 +317,19 @@ fn sweep(list: &Weak<List>, timeout: Duration, max_idle: usize) -> bool {
     while i > 0 {
         i -= 1;
         let Some(e) = lists.recent.get(i) else { break };
-        let age = now.saturating_duration_since(e.since);
-        if e.sender.is_closed() {
-            lists.recent.remove(i);
-        } else if !e.sender.is_ready() {
-            if age >= PARK_AFTER {
+        let (is, endpoint) = (e.is(now, timeout), e.endpoint);
+        match is {
+            Is::Closed | Is::Expired => drop(lists.recent.remove(i)),
+            Is::LongBusy => {
                 let e = lists.recent.remove(i);
                 lists.parked.push(e);
             }
-        } else if age >= timeout {
-            lists.recent.remove(i);
-        } else {
-            let endpoint = e.endpoint;
-            match kept.iter_mut().find(|(id, _)| *id == endpoint) {
-                Some((_, n)) if *n >= max_idle => {
-                    lists.recent.remove(i);
-                }
+            Is::Busy => {}
+            Is::Idle => match kept.iter_mut().find(|(id, _)| *id == endpoint) {
+                Some((_, n)) if *n >= max_idle => drop(lists.recent.remove(i)),
                 Some((_, n)) => *n += 1,
                 None => kept.push((endpoint, 1)),
-            }
+            },
         }
     }
     true
