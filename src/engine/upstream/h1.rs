@@ -168,7 +168,7 @@ impl H1Pool {
         };
         match sender.try_send_request(req).await {
             Ok(resp) => {
-                self.checkin(id, sender, now);
+                self.checkin(id, sender);
                 Ok(resp)
             }
             Err(mut e) => {
@@ -209,24 +209,29 @@ impl H1Pool {
 
     /// Puts a connection whose response head just came back on the list: it is idle again
     /// once the body has been read. Past `pool_max_idle` idle ones to the endpoint it is
-    /// dropped, and hyper closes it when this exchange ends.
-    fn checkin(&self, id: EndpointId, sender: SendRequest<ReqBody>, now: Instant) {
+    /// dropped, and hyper closes it when this exchange ends. Its time starts now, not when the
+    /// try began: an answer slower than `pool_idle_timeout` (a long LLM completion) must not
+    /// make its connection look idle that long.
+    fn checkin(&self, id: EndpointId, sender: SendRequest<ReqBody>) {
         if self.max_idle == 0 || sender.is_closed() {
             return;
         }
         let mut lists = self.list.lock().unwrap_or_else(PoisonError::into_inner);
-        let idle = lists
-            .recent
-            .iter()
-            .filter(|e| e.endpoint == id && e.sender.is_ready())
-            .count();
-        if idle >= self.max_idle {
-            return;
+        // counted only when the list could hold that many (never at the default 1024)
+        if lists.recent.len() >= self.max_idle {
+            let idle = lists
+                .recent
+                .iter()
+                .filter(|e| e.endpoint == id && e.sender.is_ready())
+                .count();
+            if idle >= self.max_idle {
+                return;
+            }
         }
         lists.recent.push(Idle {
             endpoint: id,
             sender,
-            since: now,
+            since: Instant::now(),
         });
         drop(lists);
         self.sweep_from_now_on();

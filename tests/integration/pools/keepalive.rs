@@ -202,6 +202,35 @@ async fn an_idle_connection_is_closed_after_pool_idle_timeout() {
 }
 
 #[tokio::test]
+async fn an_answer_slower_than_pool_idle_timeout_keeps_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Counting::start(false).await;
+    let gw = Arc::new(gateway(dir.path(), &up, "pool_idle_timeout = \"300ms\"").await);
+    let slow = {
+        let gw = gw.clone();
+        tokio::spawn(async move { ok(&gw, "/slow").await })
+    };
+    wait_until("the request at the upstream", DEADLINE, || async {
+        match up.heads.load(Ordering::SeqCst) {
+            1 => Ok(()),
+            n => Err(format!("{n} heads")),
+        }
+    })
+    .await;
+    // held longer than pool_idle_timeout (the time passing is the condition, not a
+    // synchronisation), then answered
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    up.gate.add_permits(2);
+    slow.await.unwrap();
+    ok(&gw, "/next").await;
+    assert_eq!(
+        up.accepted(),
+        1,
+        "the slow answer's connection served the next request"
+    );
+}
+
+#[tokio::test]
 async fn pool_max_idle_0_keeps_no_connection() {
     let dir = tempfile::tempdir().unwrap();
     let up = Counting::start(true).await;
