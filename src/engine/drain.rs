@@ -36,6 +36,7 @@ pub fn closing() -> bool {
 /// Keeps this worker's drain waiting while it lives (up to `shutdown_timeout`, like an open
 /// HTTP request): for connections the HTTP server does not track — L4 connections, `connect`
 /// streams, tunnel agents.
+#[derive(Clone)]
 pub struct Hold {
     _tx: tokio::sync::mpsc::Sender<()>,
 }

@@ -199,11 +199,14 @@ async fn accept_loop(
 ) {
     let local = listener.local_addr().unwrap_or(key.configured);
     let key = Arc::new(key);
+    // the loop's own hold: the worker's drain waits for it too, so the connections still
+    // queued at the close are accepted (and held) before the drain can end
+    let loop_hold = crate::engine::drain::hold();
     let serve = |stream: tokio::net::TcpStream, peer| {
         let _ = stream.set_nodelay(true);
         super::keepalive(&stream);
         // the worker's drain waits for the connection (up to shutdown_timeout)
-        let hold = crate::engine::drain::hold();
+        let hold = crate::engine::drain::hold().or_else(|| loop_hold.clone());
         let serve = super::conn::serve(shared.clone(), stream, peer, local, key.clone());
         tokio::spawn(async move {
             let _hold = hold;
