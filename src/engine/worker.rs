@@ -442,36 +442,3 @@ pub(crate) fn tcp_keepalive(stream: &tokio::net::TcpStream) {
         tracing::debug!(error = %e, "cannot set TCP keepalive");
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A connection the kernel completed before the filter is still accepted; a handshake
-    /// begun after it never completes (the client would retry its SYN, then be refused).
-    #[tokio::test]
-    async fn a_closing_listener_keeps_its_queue_and_completes_no_new_handshake() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let queued = tokio::net::TcpStream::connect(addr).await.unwrap();
-        crate::engine::listener::refuse_new_handshakes(&l);
-        let late = tokio::time::timeout(
-            Duration::from_millis(300),
-            tokio::net::TcpStream::connect(addr),
-        )
-        .await;
-        assert!(
-            late.is_err(),
-            "a handshake completed after the filter: {late:?}"
-        );
-        let (_s, peer) = l.accept().await.unwrap();
-        assert_eq!(peer, queued.local_addr().unwrap());
-        let l = l.into_std().unwrap();
-        let next = l.accept().map(|(_, p)| p);
-        assert_eq!(
-            next.map_err(|e| e.kind()),
-            Err(std::io::ErrorKind::WouldBlock),
-            "nothing else in the queue"
-        );
-    }
-}

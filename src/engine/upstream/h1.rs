@@ -183,8 +183,8 @@ impl H1Pool {
         }
     }
 
-    /// The most recently used idle connection to `id`; closed and expired ones are dropped
-    /// and long-busy ones parked on the way.
+    /// The most recently used idle connection to `id`, else a parked one idle again; closed
+    /// and expired ones are dropped and long-busy ones parked on the way.
     fn checkout(&self, id: EndpointId, now: Instant) -> Option<SendRequest<ReqBody>> {
         let mut guard = self.list.lock().unwrap_or_else(PoisonError::into_inner);
         let lists = &mut *guard;
@@ -204,7 +204,13 @@ impl H1Pool {
                 Is::Busy | Is::Idle => {}
             }
         }
-        None
+        // none idle among the recent ones: a parked one whose stream has ended since the last
+        // sweep serves before a new connection is opened
+        let i = lists
+            .parked
+            .iter()
+            .position(|e| e.endpoint == id && !e.sender.is_closed() && e.sender.is_ready())?;
+        Some(lists.parked.swap_remove(i).sender)
     }
 
     /// Puts a connection whose response head just came back on the list: it is idle again
