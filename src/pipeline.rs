@@ -31,14 +31,18 @@ mod tunnel;
 
 use exchange::{upstream_name, Exchange};
 
-/// Serves one request with worker snapshot `w` (held until the request is logged).
+/// Serves one request with worker snapshot `w` (held until the request is logged). `id` is
+/// the request's id (the client's valid `X-Request-Id` or a new one, already in `req`'s
+/// headers) and `grpc` whether the client speaks gRPC: the engine's entry decided both.
 pub async fn handle(
     w: Arc<WorkerSnapshot>,
     mut req: Request<Incoming>,
     conn: ConnInfo,
+    id: HeaderValue,
+    grpc: bool,
 ) -> Response<Body> {
     let gw = &w.gw;
-    let mut ex = Exchange::begin(&w, &req, &conn);
+    let mut ex = Exchange::begin(&w, &req, &conn, id, grpc);
 
     // 0. a head whose host is ambiguous or whose body we could not forward faithfully goes
     // no further
@@ -327,17 +331,18 @@ impl Handler for WorkerHandler {
 
     fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         conn: ConnInfo,
     ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
         // still open when the shutdown timeout passes: answered 503 `shutting_down` (the
         // exchange, dropped, logs the same); the id is fixed now so both carry the same one
+        // (it goes upstream from the exchange, which replaces any the client sent)
         let id = forward::request_id(req.headers());
-        req.headers_mut().insert(X_REQUEST_ID, id.clone());
         let grpc = respond::is_grpc(req.headers());
         // boxed once here: the pipeline's future is ~4.7 KB, and the wrappers and hyper's
         // dispatcher each moved it by value (a memcpy of all of it, several per request)
-        drain::or_cut_off(Box::pin(handle(self.snapshot(), req, conn)), move || {
+        let pipeline = handle(self.snapshot(), req, conn, id.clone(), grpc);
+        drain::or_cut_off(Box::pin(pipeline), move || {
             let mut r = match grpc {
                 true => respond::grpc_refusal(&Refusal::shutting_down()),
                 false => respond::refusal(&Refusal::shutting_down(), &id),

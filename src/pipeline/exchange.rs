@@ -76,7 +76,13 @@ pub(super) struct Exchange {
 }
 
 impl Exchange {
-    pub(super) fn begin(w: &Arc<WorkerSnapshot>, req: &Request<Incoming>, conn: &ConnInfo) -> Self {
+    pub(super) fn begin(
+        w: &Arc<WorkerSnapshot>,
+        req: &Request<Incoming>,
+        conn: &ConnInfo,
+        request_id: HeaderValue,
+        grpc: bool,
+    ) -> Self {
         let gw = &w.gw;
         let start = Instant::now();
         Exchange {
@@ -84,7 +90,7 @@ impl Exchange {
             answered: false,
             start,
             trace: gw.tracer.begin(req, start, conn.tls),
-            request_id: forward::request_id(req.headers()),
+            request_id,
             peer: conn.peer.ip(),
             client: forward::client_ip(
                 req.headers(),
@@ -114,7 +120,7 @@ impl Exchange {
             metered: None,
             client_uri: None,
             tls: conn.tls,
-            grpc: respond::is_grpc(req.headers()),
+            grpc,
         }
     }
 
