@@ -9,11 +9,13 @@
 //! written directly (the kernel's page cache absorbs it, as for nginx); a failing write (disk
 //! full) drops its lines and counts them.
 
+mod json;
 mod sink;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -36,9 +38,9 @@ pub struct AccessLogger {
 /// One request. Never contains the token or `Authorization`.
 #[derive(Serialize)]
 pub struct Record<'a> {
-    pub time: String,
+    pub time: Stamp,
     pub request_id: &'a str,
-    pub client_ip: String,
+    pub client_ip: IpAddr,
     pub method: &'a str,
     pub path: &'a str,
     pub protocol: &'a str,
@@ -70,6 +72,60 @@ pub struct Record<'a> {
     /// AI usage (routes with `kind = "ai"` only; absent from every other line)
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub ai: Option<AiFields<'a>>,
+}
+
+/// A UTC time with milliseconds as the log lines carry it, RFC 3339
+/// (`2026-12-03T18:40:12.345Z`). The date and time of day are formatted once per second per
+/// thread, not per line.
+#[derive(Clone, Copy)]
+pub struct Stamp([u8; 24]);
+
+thread_local! {
+    /// the second last formatted on this thread, and its `YYYY-MM-DDTHH:MM:SS.`
+    static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+}
+
+impl Stamp {
+    pub fn now() -> Self {
+        Self::at(SystemTime::now())
+    }
+
+    pub fn at(t: SystemTime) -> Self {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        let mut prefix = SECOND.get();
+        if prefix.0 != secs {
+            let whole = UNIX_EPOCH + Duration::from_secs(secs);
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            let b = text.as_bytes();
+            // `…SSZ` (a year past 9999 would not fit: it never gets here from a clock)
+            let mut p = *b"1970-01-01T00:00:00.";
+            if b.len() == 20 {
+                p[..19].copy_from_slice(&b[..19]);
+            }
+            prefix = (secs, p);
+            SECOND.set(prefix);
+        }
+        let ms = d.subsec_millis();
+        let mut buf = [0u8; 24];
+        buf[..20].copy_from_slice(&prefix.1);
+        buf[20] = b'0' + (ms / 100) as u8;
+        buf[21] = b'0' + (ms / 10 % 10) as u8;
+        buf[22] = b'0' + (ms % 10) as u8;
+        buf[23] = b'Z';
+        Stamp(buf)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // ASCII by construction
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl Serialize for Stamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// The usage of an AI route's response. Token counts and cost are absent when the usage is
@@ -120,6 +176,18 @@ impl AccessLogger {
     /// Appends the line to this thread's buffer; writes the buffer when it is full or old. On a
     /// thread without a flusher (not a worker) the line is written at once.
     pub fn log(&self, r: &impl Serialize) {
+        self.push(|out| serde_json::to_writer(out, r).is_ok());
+    }
+
+    /// [`log`](Self::log) for a request's line, written without serde (the same bytes).
+    pub fn log_request(&self, r: &Record<'_>) {
+        self.push(|out| {
+            r.write_json(out);
+            true
+        });
+    }
+
+    fn push(&self, write: impl FnOnce(&mut Vec<u8>) -> bool) {
         let Some(sink) = &self.sink else { return };
         BUFFER.with(|b| {
             let Ok(mut b) = b.try_borrow_mut() else {
@@ -127,7 +195,7 @@ impl AccessLogger {
                 METRICS.access_log_dropped.inc();
                 return;
             };
-            b.push(sink, r);
+            b.push(sink, write);
         });
     }
 }
@@ -180,7 +248,7 @@ struct Buffer {
 }
 
 impl Buffer {
-    fn push(&mut self, sink: &Arc<Sink>, r: &impl Serialize) {
+    fn push(&mut self, sink: &Arc<Sink>, write: impl FnOnce(&mut Vec<u8>) -> bool) {
         if !self.sink.as_ref().is_some_and(|s| Arc::ptr_eq(s, sink)) {
             // a reload reopened the log: what is pending belongs to the old file
             self.flush();
@@ -195,7 +263,7 @@ impl Buffer {
             }
         }
         let start = self.bytes.len();
-        if serde_json::to_writer(&mut self.bytes, r).is_err() {
+        if !write(&mut self.bytes) {
             self.bytes.truncate(start);
             return;
         }
@@ -244,5 +312,25 @@ impl Drop for Buffer {
     /// A worker thread that ends (shutdown) writes what it still holds.
     fn drop(&mut self) {
         self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_rfc3339_millis_across_seconds() {
+        // each second twice (the cached prefix, then reused), and a second's last millisecond
+        let base = UNIX_EPOCH + Duration::from_millis(1_764_787_199_998);
+        for ms in [0, 1, 2, 3, 1_000, 1_001, 86_400_000, 86_400_999, 0] {
+            let t = base + Duration::from_millis(ms);
+            assert_eq!(
+                Stamp::at(t).as_str(),
+                humantime::format_rfc3339_millis(t).to_string(),
+                "{ms}"
+            );
+        }
+        assert_eq!(Stamp::at(UNIX_EPOCH).as_str(), "1970-01-01T00:00:00.000Z");
     }
 }

@@ -11,7 +11,7 @@ use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::{ai, tunnel};
-use crate::accesslog::Record;
+use crate::accesslog::{Record, Stamp};
 use crate::auth::Verified;
 use crate::engine::body::{Done, Limits};
 use crate::engine::drain;
@@ -289,9 +289,9 @@ impl Exchange {
         let cfg = &gw.config;
         let id = self.identity.as_deref();
         let rec = Record {
-            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            time: Stamp::now(),
             request_id: self.request_id.to_str().unwrap_or(""),
-            client_ip: self.client.to_string(),
+            client_ip: self.client,
             method: self.method.as_str(),
             path: self.path.as_deref().unwrap_or(""),
             protocol: version_str(self.version),
@@ -321,7 +321,7 @@ impl Exchange {
             trace_id: trace_id.map(HexTraceId::as_str),
             ai: outcome.usage.map(|o| ai::fields(o, cost)),
         };
-        gw.access_log.log(&rec);
+        gw.access_log.log_request(&rec);
         if let Some(l) = &gw.request_log {
             l.log(&rec, id, self.log_fields.as_ref());
         }

@@ -123,7 +123,7 @@ impl RequestLog {
         Row {
             request_id: rec.request_id.to_string(),
             trace_id: s(rec.trace_id),
-            time: rec.time.clone(),
+            time: rec.time.as_str().to_string(),
             node: self.inner.cfg.node.clone(),
             route: s(rec.route),
             upstream: s(rec.upstream),
@@ -140,7 +140,7 @@ impl RequestLog {
             sub: s(rec.sub),
             iss: s(rec.iss),
             realm: s(rec.realm),
-            client_ip: Some(rec.client_ip.clone()),
+            client_ip: Some(rec.client_ip.to_string()),
             fields: self.fields(id, captured),
             model: ai.and_then(|a| s(a.model)),
             input_tokens: n(ai.and_then(|a| a.input_tokens)),
