@@ -59,13 +59,16 @@ pub(crate) fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry
     c
 }
 
+/// A counter family (not registered yet). The names and labels are ours and static: a bad one
+/// is a bug that every test run would hit at startup.
+pub(crate) fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
 impl Metrics {
     fn new() -> Self {
         let r = Registry::new_custom(Some("cc_gateway".into()), None).unwrap_or_default();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(name, help), labels)
-                .unwrap_or_else(|e| panic!("metric {name}: {e}"))
-        };
         let hist_vec = |name: &str, help: &str, labels: &[&str]| {
             HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
@@ -290,13 +293,8 @@ pub const MAX_AI_MODELS: usize = 200;
 
 pub static AI: LazyLock<AiMetrics> = LazyLock::new(|| {
     let r = &METRICS.registry;
-    let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-        reg(
-            r,
-            IntCounterVec::new(Opts::new(name, help), labels)
-                .unwrap_or_else(|e| panic!("metric {name}: {e}")),
-        )
-    };
+    let counter_vec =
+        |name: &str, help: &str, labels: &[&str]| reg(r, counter_vec(name, help, labels));
     AiMetrics {
         tokens: counter_vec(
             "ai_tokens_total",
@@ -392,10 +390,6 @@ pub struct PoolMetrics {
 
 pub static POOL_METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| {
     let r = &METRICS.registry;
-    let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-        IntCounterVec::new(Opts::new(name, help), labels)
-            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
-    };
     PoolMetrics {
         upstream_requests: reg(
             r,
@@ -439,10 +433,6 @@ pub struct TcpMetrics {
 
 pub static TCP_METRICS: LazyLock<TcpMetrics> = LazyLock::new(|| {
     let r = &METRICS.registry;
-    let vec = |name: &str, help: &str, labels: &[&str]| {
-        IntCounterVec::new(Opts::new(name, help), labels)
-            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
-    };
     TcpMetrics {
         open: reg(
             r,
@@ -454,7 +444,7 @@ pub static TCP_METRICS: LazyLock<TcpMetrics> = LazyLock::new(|| {
         ),
         connections: reg(
             r,
-            vec(
+            counter_vec(
                 "tcp_connections_total",
                 "L4 connections by route and result (ok, limit, client_cert, tls, connect_failed, no_route, tunnel_unavailable).",
                 &["route", "result"],
@@ -462,7 +452,7 @@ pub static TCP_METRICS: LazyLock<TcpMetrics> = LazyLock::new(|| {
         ),
         bytes: reg(
             r,
-            vec(
+            counter_vec(
                 "tcp_bytes_total",
                 "Bytes carried by L4 routes: direction in (from clients) or out (to clients).",
                 &["route", "direction"],
@@ -489,14 +479,11 @@ pub static REQUEST_LOG: LazyLock<RequestLogMetrics> = LazyLock::new(|| {
     let m = RequestLogMetrics {
         dropped: reg(
             r,
-            IntCounterVec::new(
-                Opts::new(
-                    "request_log_dropped_total",
-                    "Request log rows lost, by cause (queue_full, spool_full, shutdown, rejected).",
-                ),
+            counter_vec(
+                "request_log_dropped_total",
+                "Request log rows lost, by cause (queue_full, spool_full, shutdown, rejected).",
                 &["cause"],
-            )
-            .unwrap_or_else(|e| panic!("metric request_log_dropped_total: {e}")),
+            ),
         ),
         queue_depth: reg(
             r,
@@ -545,14 +532,11 @@ pub static REQUEST_LOG: LazyLock<RequestLogMetrics> = LazyLock::new(|| {
 pub static CANARY_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     reg(
         &METRICS.registry,
-        IntCounterVec::new(
-            Opts::new(
-                "canary_decisions_total",
-                "Requests on routes split across upstreams, by route, chosen upstream and cause (hash/override/no_key).",
-            ),
+        counter_vec(
+            "canary_decisions_total",
+            "Requests on routes split across upstreams, by route, chosen upstream and cause (hash/override/no_key).",
             &["route", "upstream", "cause"],
-        )
-        .unwrap_or_else(|e| panic!("metric canary_decisions_total: {e}")),
+        ),
     )
 });
 
@@ -561,13 +545,10 @@ pub static CANARY_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static UPSTREAM_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     reg(
         &METRICS.registry,
-        IntCounterVec::new(
-            Opts::new(
-                "upstream_retries_total",
-                "Upstream tries repeated by a route's retries, by upstream and cause.",
-            ),
+        counter_vec(
+            "upstream_retries_total",
+            "Upstream tries repeated by a route's retries, by upstream and cause.",
             &["upstream", "cause"],
-        )
-        .unwrap_or_else(|e| panic!("upstream_retries_total: {e}")),
+        ),
     )
 });

@@ -4,7 +4,7 @@ use std::sync::LazyLock;
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 
-use crate::metrics::{reg, METRICS};
+use crate::metrics::{counter_vec, reg, METRICS};
 
 /// Tunnels (`[[tunnels]]`), registered in [`METRICS`]'s registry on first use.
 pub struct TunnelMetrics {
@@ -20,10 +20,6 @@ pub struct TunnelMetrics {
 
 pub static TUNNEL_METRICS: LazyLock<TunnelMetrics> = LazyLock::new(|| {
     let r = &METRICS.registry;
-    let vec = |name: &str, help: &str, labels: &[&str]| {
-        IntCounterVec::new(Opts::new(name, help), labels)
-            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
-    };
     TunnelMetrics {
         agents: reg(
             r,
@@ -35,7 +31,7 @@ pub static TUNNEL_METRICS: LazyLock<TunnelMetrics> = LazyLock::new(|| {
         ),
         streams: reg(
             r,
-            vec(
+            counter_vec(
                 "tunnel_streams_total",
                 "Streams opened over tunnels by result (ok, unavailable, unknown_service, connect_failed, error).",
                 &["tunnel", "result"],
@@ -43,7 +39,7 @@ pub static TUNNEL_METRICS: LazyLock<TunnelMetrics> = LazyLock::new(|| {
         ),
         agent_connections: reg(
             r,
-            vec(
+            counter_vec(
                 "tunnel_agent_connections_total",
                 "Agents' connections to tunnels by result (ok, or the refusal's reason).",
                 &["tunnel", "result"],
