@@ -20,7 +20,7 @@
 # ~25k instructions per token digest instead of ~1.5k natively), D1 and LL read misses per
 # request (LL simulated as 2 MiB, 16-way), and the functions that cost the most per request.
 # Knobs: BENCH_SCENARIOS ("warm cold"), BENCH_WARMUP (40s, the cold warm-up verifies 10k
-# tokens at valgrind speed), BENCH_DURATION (20s), BENCH_TOP (15), BENCH_CACHE (cc-gateway's
+# tokens at valgrind speed), BENCH_DURATION (20s), BENCH_CONNS (4: wrk connections), BENCH_TOP (15), BENCH_CACHE (cc-gateway's
 # token_cache_size, 100000; 0: every request verifies RS256 — the cache-off path).
 source "$(dirname "$0")/lib.sh"
 need wrk nginx valgrind callgrind_control callgrind_annotate
@@ -48,9 +48,9 @@ for bin in "$@"; do
     g=$!
     # valgrind starts slowly: wait for the port without lib.sh's 10 s limit
     for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-    TOKENS_FILE=$RUN/$s.txt wrk -t1 -c4 -d"${BENCH_WARMUP:-40s}" --timeout 20s -s bench/tokens.lua "$url" >/dev/null
+    TOKENS_FILE=$RUN/$s.txt wrk -t1 -c"${BENCH_CONNS:-4}" -d"${BENCH_WARMUP:-40s}" --timeout 20s -s bench/tokens.lua "$url" >/dev/null
     callgrind_control -i on "$g" >/dev/null 2>&1
-    res=$(TOKENS_FILE=$RUN/$s.txt wrk -t1 -c4 -d"${BENCH_DURATION:-20s}" --timeout 20s -s bench/tokens.lua "$url" | grep '^RESULT')
+    res=$(TOKENS_FILE=$RUN/$s.txt wrk -t1 -c"${BENCH_CONNS:-4}" -d"${BENCH_DURATION:-20s}" --timeout 20s -s bench/tokens.lua "$url" | grep '^RESULT')
     callgrind_control -i off "$g" >/dev/null 2>&1
     callgrind_control -d "$g" >/dev/null 2>&1 # → $out.out.1: the measured requests only
     kill -TERM "$g"; wait "$g" 2>/dev/null || true # hyper-hop ends on TERM, not INT
