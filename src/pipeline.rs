@@ -32,8 +32,9 @@ mod tunnel;
 use exchange::{upstream_name, Exchange};
 
 /// Serves one request with worker snapshot `w` (held until the request is logged). `id` is
-/// the request's id (the client's valid `X-Request-Id` or a new one, already in `req`'s
-/// headers) and `grpc` whether the client speaks gRPC: the engine's entry decided both.
+/// the request's id (the client's valid `X-Request-Id` or a new one; it goes upstream and back
+/// to the client from the exchange) and `grpc` whether the client speaks gRPC: the engine's
+/// entry decided both.
 pub async fn handle(
     w: Arc<WorkerSnapshot>,
     mut req: Request<Incoming>,
