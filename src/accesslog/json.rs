@@ -181,12 +181,8 @@ fn ip(out: &mut Vec<u8>, ip: IpAddr) {
     out.push(b'"');
     match ip {
         IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                int(out, octet);
-            }
+            let (buf, n) = crate::forward::ipv4_text(v4);
+            out.extend_from_slice(&buf[..n]);
         }
         // `Ipv6Addr`'s text has nothing to escape
         IpAddr::V6(v6) => {

@@ -271,6 +271,13 @@ fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {
     let IpAddr::V4(v4) = ip else {
         return HeaderValue::from_str(&ip.to_string()).ok();
     };
+    let (buf, n) = ipv4_text(v4);
+    HeaderValue::from_bytes(&buf[..n]).ok()
+}
+
+/// An IPv4 address's dotted text (its first `n` bytes) without `Display`'s machinery: the
+/// forwarding headers and the access log write one per request.
+pub fn ipv4_text(v4: std::net::Ipv4Addr) -> ([u8; 15], usize) {
     let mut buf = [0u8; 15];
     let mut n = 0;
     for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -291,7 +298,7 @@ fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {
             n += 1;
         }
     }
-    HeaderValue::from_bytes(&buf[..n]).ok()
+    (buf, n)
 }
 
 /// The client's `X-Request-Id` when it is sane (1–128 of `[A-Za-z0-9._:-]`), else a new one.
